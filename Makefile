@@ -1,0 +1,57 @@
+# The two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+NETNS ?= edge-test
+CONFIG ?= config/edge.toml
+PYTEST_ARGS ?=
+
+.PHONY: run test venv test-deps system-deps testbed-up testbed-down unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# `compat` keeps the repository root on sys.path, so twistd finds
+# twisted/plugins/edge_plugin.py in an editable install.
+venv: $(BIN)/python
+	$(BIN)/pip install -q -e . --config-settings editable_mode=compat
+
+run: venv
+	$(BIN)/twistd -n edge --config $(CONFIG)
+
+test-deps: $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
+
+# Debian packages the tests drive: a real dockerd, dig, dnsmasq, curl, busybox
+# for the images the tests make.
+system-deps:
+	@missing=""; \
+	for tool in dockerd dig dnsmasq curl busybox nsenter ip openssl; do \
+		command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages for:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			docker.io busybox-static dnsutils dnsmasq-base curl iproute2 util-linux openssl; \
+	fi
+
+testbed-up:
+	bash tests/testbed/swarm.sh up
+
+testbed-down:
+	bash tests/testbed/swarm.sh down
+
+# The whole suite runs inside the test engine's network namespace: overlay
+# task addresses are unreachable from there and nothing can leave the machine.
+test: system-deps test-deps testbed-up
+	DOCKER_HOST=unix:///tmp/edge-test/docker.sock EDGE_TEST_NETNS=$(NETNS) \
+		ip netns exec $(NETNS) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: test-deps
+	$(BIN)/python -m pytest -m 'not swarm' $(PYTEST_ARGS)
+
+bench: venv
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

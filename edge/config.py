@@ -1,0 +1,444 @@
+"""
+edge's configuration: a TOML file, overridden by command-line flags.
+
+Every section is a frozen dataclass; :func:`load` turns a TOML document into
+them, checking every key against the dataclass fields and their types, so a
+mistake stops start-up with one line naming the file, the key and what was
+expected (:class:`ConfigError`).  ``docs/configuration.md`` documents each key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "DockerConfig",
+    "EntryPoint",
+    "AdminConfig",
+    "DNSRecord",
+    "DNSConfig",
+    "HTTPConfig",
+    "TLSConfig",
+    "StaticRoute",
+    "LogConfig",
+    "Config",
+    "load",
+    "parse",
+    "default_docker_url",
+    "check_endpoint",
+]
+
+
+class ConfigError(Exception):
+    """A configuration mistake; ``str()`` is the one line shown to the user."""
+
+
+def default_docker_url() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    # Docker Engine API address: unix:///path, tcp://host:port (a socket proxy).
+    url: str = field(default_factory=default_docker_url)
+    # Read swarm services, tasks and nodes: "auto" (when the engine is a
+    # swarm manager), "true" or "false".
+    swarm: str = "auto"
+    # Read labelled plain containers: "auto" (when swarm is off), "true", "false".
+    containers: str = "auto"
+    # Route services that carry no traefik.enable/edge.enable label.
+    exposed_by_default: bool = True
+    # Traefik's `domain`: default rule Host:<service>.<domain>; "" for none.
+    domain: str = ""
+    # Network to reach backends on when labels do not name one.
+    network: str = ""
+    # "auto" | "task" | "published": how backends are addressed.
+    backend_addressing: str = "auto"
+    # Full re-sync period, seconds (a safety net behind the event stream).
+    resync_interval: float = 60.0
+    # Coalescing delay for bursts of events, seconds.
+    debounce: float = 0.2
+    # Docker API call timeout, seconds.
+    timeout: float = 10.0
+    # Longest pause between reconnect attempts, seconds.
+    max_backoff: float = 30.0
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    name: str
+    # A Twisted server endpoint string, e.g. "tcp:80" or "tcp:8080:interface=127.0.0.1".
+    address: str
+    # Terminate TLS here (certificates from the [tls] section).
+    tls: bool = False
+    # Accept the PROXY protocol (v1/v2) from these sources (CIDRs); [] = off.
+    proxy_protocol: tuple[str, ...] = ()
+    # Redirect every request on this entry point to this one ("" = off).
+    redirect_to: str = ""
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    # "" disables the admin endpoint (API, dashboard, /metrics, /healthz).
+    address: str = "tcp:8081:interface=127.0.0.1"
+    # htpasswd-style "user:hash" entries; [] = no authentication.
+    users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DNSRecord:
+    name: str
+    type: str
+    value: str
+    ttl: int = 0  # 0 = [dns] ttl
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    enabled: bool = True
+    port: int = 5353
+    interfaces: tuple[str, ...] = ("127.0.0.1",)
+    # Zone for cluster names: <service>.<zone>, managers.<zone>, ...
+    zone: str = "swarm.home"
+    # TTL of edge's own answers, seconds; short so changes propagate.
+    ttl: int = 5
+    # Addresses answered for routed host names; [] = manager node addresses.
+    advertise: tuple[str, ...] = ()
+    # Upstream servers "ADDR[:PORT]"; [] = those in /etc/resolv.conf.
+    upstream: tuple[str, ...] = ()
+    upstream_timeout: float = 2.0
+    # Entries in the forwarding cache.
+    cache_size: int = 10000
+    # Clients that may ask for names edge does not own (CIDRs).
+    allow_recursion: tuple[str, ...] = (
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    )
+    hosts_file: str = ""
+    records: tuple[DNSRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    # Sources whose X-Forwarded-* headers are trusted (CIDRs).
+    trusted_proxies: tuple[str, ...] = ()
+    # "" = off, "-" = standard output, else a file path.
+    access_log: str = ""
+    # "common" | "combined" | "json"
+    access_log_format: str = "common"
+    client_idle_timeout: float = 180.0
+    request_header_timeout: float = 30.0
+    backend_connect_timeout: float = 5.0
+    backend_response_timeout: float = 60.0
+    max_header_count: int = 100
+    max_header_bytes: int = 65536
+    # 0 = unlimited.
+    max_body_bytes: int = 0
+    # Persistent connections kept per backend target.
+    backend_pool_size: int = 64
+    # Grace period for requests in flight on shutdown, seconds.
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    # Directory of PEM certificates ("" = none).
+    certificates: str = ""
+    # Certificate served when SNI matches nothing ("" = the built-in CA's, or fail).
+    default_certificate: str = ""
+    # Issue certificates for routed names from edge's own CA.
+    internal_ca: bool = False
+    # Where the CA and issued certificates live.
+    state_dir: str = "state"
+    # "1.2" | "1.3"
+    min_version: str = "1.2"
+    # Redirect every plain-HTTP request to HTTPS.
+    redirect_http: bool = False
+    # Offer HTTP/2 through ALPN.
+    http2: bool = True
+
+
+@dataclass(frozen=True)
+class StaticRoute:
+    """A route from the config file (Traefik's file provider idea)."""
+
+    name: str
+    # Rule in Traefik v2 syntax (v1 syntax is accepted too).
+    rule: str
+    # Backend URLs, e.g. ["http://192.168.1.10:5000"].
+    backends: tuple[str, ...]
+    entry_points: tuple[str, ...] = ()
+    priority: int = 0
+    pass_host_header: bool = True
+    tls: bool = False
+    redirect_https: bool = False
+    strip_prefixes: tuple[str, ...] = ()
+    basic_auth: tuple[str, ...] = ()
+    allow_ips: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    # "text" | "json"
+    format: str = "text"
+    # "debug" | "info" | "warn" | "error"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    entrypoints: tuple[EntryPoint, ...] = (
+        EntryPoint("http", "tcp:8080"),
+        EntryPoint("https", "tcp:8443", tls=True),
+    )
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    routes: tuple[StaticRoute, ...] = ()
+    log: LogConfig = field(default_factory=LogConfig)
+    # Where the config came from, for messages.
+    source: str = ""
+
+    def entrypoint(self, name: str) -> EntryPoint | None:
+        for ep in self.entrypoints:
+            if ep.name == name:
+                return ep
+        return None
+
+
+_CHOICES = {
+    ("docker", "swarm"): ("auto", "true", "false"),
+    ("docker", "containers"): ("auto", "true", "false"),
+    ("docker", "backend_addressing"): ("auto", "task", "published"),
+    ("http", "access_log_format"): ("common", "combined", "json"),
+    ("tls", "min_version"): ("1.2", "1.3"),
+    ("log", "format"): ("text", "json"),
+    ("log", "level"): ("debug", "info", "warn", "error"),
+}
+
+_ENDPOINT_KEYS = {("admin", "address")}
+_CIDR_KEYS = {
+    ("dns", "allow_recursion"),
+    ("http", "trusted_proxies"),
+    ("entrypoints", "proxy_protocol"),
+    ("routes", "allow_ips"),
+}
+
+_DNS_TYPES = ("A", "AAAA", "CNAME", "TXT", "MX", "SRV", "PTR")
+
+
+def check_endpoint(description: str) -> None:
+    """Raise ``ValueError`` unless ``description`` is a valid server endpoint string."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    serverFromString(MemoryReactor(), description)
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(hint)
+        return f"a list of {_type_name(inner)}"
+    if dataclasses.is_dataclass(hint):
+        return "a table"
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+    }.get(hint, str(hint))
+
+
+class _Reader:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, message: str) -> typing.NoReturn:
+        where = f"{self.source}: " if self.source else ""
+        raise ConfigError(f"{where}{key}: {message}")
+
+    def value(self, key: str, hint: Any, value: Any) -> Any:
+        origin = typing.get_origin(hint)
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+        elif hint is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif hint is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif hint is str:
+            if isinstance(value, str):
+                return value
+        elif origin is tuple:
+            (inner, *_rest) = typing.get_args(hint)
+            if isinstance(value, list):
+                return tuple(
+                    self.value(f"{key}[{i}]", inner, item)
+                    for i, item in enumerate(value)
+                )
+        elif dataclasses.is_dataclass(hint):
+            if isinstance(value, dict):
+                return self.table(key, hint, value)
+        self.fail(key, f"expected {_type_name(hint)}, got {value!r}")
+
+    def table(self, key: str, cls: type, table: dict, **extra: Any) -> Any:
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+        kwargs = dict(extra)
+        for name, value in table.items():
+            full = f"{key}.{name}" if key else name
+            if name not in names or name in extra:
+                known = ", ".join(sorted(names - set(extra)))
+                self.fail(full, f"unknown key (known keys: {known})")
+            kwargs[name] = self.value(full, hints[name], value)
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            missing = [
+                f.name
+                for f in dataclasses.fields(cls)
+                if f.name not in kwargs
+                and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING
+            ]
+            if missing:
+                self.fail(key, f"missing required key {missing[0]!r}")
+            self.fail(key, str(e))
+
+
+def parse(document: dict, source: str = "") -> Config:
+    """Build a :class:`Config` from a parsed TOML document, validating it all."""
+    reader = _Reader(source)
+    document = dict(document)
+    kwargs: dict[str, Any] = {"source": source}
+
+    entrypoints = document.pop("entrypoints", None)
+    if entrypoints is not None:
+        if not isinstance(entrypoints, dict):
+            reader.fail("entrypoints", "expected a table of named entry points")
+        eps = []
+        for name, table in entrypoints.items():
+            if not isinstance(table, dict):
+                reader.fail(f"entrypoints.{name}", "expected a table")
+            eps.append(reader.table(f"entrypoints.{name}", EntryPoint, table, name=name))
+        kwargs["entrypoints"] = tuple(eps)
+
+    routes = document.pop("routes", None)
+    if routes is not None:
+        if not isinstance(routes, dict):
+            reader.fail("routes", "expected a table of named routes")
+        parsed = []
+        for name, table in routes.items():
+            if not isinstance(table, dict):
+                reader.fail(f"routes.{name}", "expected a table")
+            parsed.append(reader.table(f"routes.{name}", StaticRoute, table, name=name))
+        kwargs["routes"] = tuple(parsed)
+
+    rest = reader.table("", Config, document)
+    config = dataclasses.replace(rest, **kwargs)
+    _check(config, reader)
+    return config
+
+
+def _check(config: Config, reader: _Reader) -> None:
+    """Cross-field checks: choices, endpoint strings, CIDRs, DNS records."""
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in choices:
+            reader.fail(
+                f"{section}.{key}",
+                f"expected one of {', '.join(choices)}, got {value!r}",
+            )
+    for section, key in _ENDPOINT_KEYS:
+        value = getattr(getattr(config, section), key)
+        if value:
+            _check_endpoint(reader, f"{section}.{key}", value)
+    names = set()
+    for ep in config.entrypoints:
+        if ep.name in names:
+            reader.fail(f"entrypoints.{ep.name}", "defined twice")
+        names.add(ep.name)
+        _check_endpoint(reader, f"entrypoints.{ep.name}.address", ep.address)
+        _check_cidrs(reader, f"entrypoints.{ep.name}.proxy_protocol", ep.proxy_protocol)
+    for ep in config.entrypoints:
+        if ep.redirect_to and ep.redirect_to not in names:
+            reader.fail(
+                f"entrypoints.{ep.name}.redirect_to",
+                f"no entry point named {ep.redirect_to!r}",
+            )
+    _check_cidrs(reader, "dns.allow_recursion", config.dns.allow_recursion)
+    _check_cidrs(reader, "http.trusted_proxies", config.http.trusted_proxies)
+    if not 0 < config.dns.port < 65536:
+        reader.fail("dns.port", f"expected a port number 1-65535, got {config.dns.port}")
+    for i, record in enumerate(config.dns.records):
+        if record.type.upper() not in _DNS_TYPES:
+            reader.fail(
+                f"dns.records[{i}].type",
+                f"expected one of {', '.join(_DNS_TYPES)}, got {record.type!r}",
+            )
+    for address in config.dns.advertise:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            reader.fail("dns.advertise", f"expected IP addresses, got {address!r}")
+    for route in config.routes:
+        if not route.backends:
+            reader.fail(f"routes.{route.name}.backends", "expected at least one URL")
+        for url in route.backends:
+            if not (url.startswith("http://") or url.startswith("https://")):
+                reader.fail(
+                    f"routes.{route.name}.backends",
+                    f"expected http:// or https:// URLs, got {url!r}",
+                )
+        _check_cidrs(reader, f"routes.{route.name}.allow_ips", route.allow_ips)
+
+
+def _check_endpoint(reader: _Reader, key: str, value: str) -> None:
+    try:
+        check_endpoint(value)
+    except Exception as e:  # endpoint parsers raise assorted types
+        reader.fail(
+            key,
+            f"expected a Twisted endpoint string like 'tcp:8080:interface=127.0.0.1',"
+            f" got {value!r} ({e})",
+        )
+
+
+def _check_cidrs(reader: _Reader, key: str, values: tuple[str, ...]) -> None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            reader.fail(key, f"expected an address or CIDR, got {value!r}")
+
+
+def load(path: str | None) -> Config:
+    """Read and validate the config file at ``path``; ``None`` gives the defaults."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(document, source=path)

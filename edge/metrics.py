@@ -1,0 +1,64 @@
+"""
+Prometheus metrics, defined once so every part of edge uses the same names.
+
+The admin endpoint serves :data:`REGISTRY` at ``/metrics``.  Updating a
+metric is cheap (a lock and an add); the HTTP hot path still batches where
+it can.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["REGISTRY"]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Discovery
+discovery_syncs = Counter(
+    "edge_discovery_syncs", "Full syncs with a provider's source", ["provider"], registry=REGISTRY
+)
+discovery_errors = Counter(
+    "edge_discovery_errors", "Failures talking to a provider's source", ["provider"], registry=REGISTRY
+)
+discovery_lag = Gauge(
+    "edge_discovery_lag_seconds",
+    "Seconds from the Docker event to the snapshot that reflects it",
+    ["provider"],
+    registry=REGISTRY,
+)
+snapshot_generation = Gauge(
+    "edge_snapshot_generation", "Number of snapshots published", registry=REGISTRY
+)
+
+# HTTP
+http_requests = Counter(
+    "edge_http_requests",
+    "Requests answered",
+    ["router", "entrypoint", "code_class"],
+    registry=REGISTRY,
+)
+http_request_duration = Histogram(
+    "edge_http_request_duration_seconds",
+    "Time from request head to response end",
+    ["router"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+http_upstream_connect_failures = Counter(
+    "edge_http_upstream_connect_failures",
+    "Failed connections to backend targets",
+    ["service"],
+    registry=REGISTRY,
+)
+http_open_connections = Gauge(
+    "edge_http_open_connections", "Client connections open", ["entrypoint"], registry=REGISTRY
+)
+target_health = Gauge(
+    "edge_target_up", "1 when a target is considered healthy", ["service", "target"], registry=REGISTRY
+)
+
+# DNS
+dns_queries = Counter(
+    "edge_dns_queries", "DNS queries answered", ["qtype", "rcode", "source"], registry=REGISTRY
+)
+dns_cache_hits = Counter("edge_dns_cache_hits", "Forwarded queries served from cache", registry=REGISTRY)
+dns_bad_packets = Counter("edge_dns_bad_packets", "Malformed DNS packets dropped or answered FORMERR", registry=REGISTRY)

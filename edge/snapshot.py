@@ -1,0 +1,292 @@
+"""
+The snapshot: one immutable value holding everything discovery knows.
+
+Providers (Docker, the config file) build a complete :class:`Snapshot` every
+time; consumers (DNS, HTTP, admin) hold one reference and swap it whole.  All
+types here are frozen and hashable, so two snapshots built from the same
+Docker state compare equal and the publisher can drop no-op updates.
+
+Names are qualified by provider, as Traefik does: ``web@docker``,
+``nas@file``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+from edge.rules import Rule, hosts_of
+
+__all__ = [
+    "Target",
+    "StickyCookie",
+    "HealthCheck",
+    "BackendService",
+    "RedirectScheme",
+    "StripPrefix",
+    "BasicAuth",
+    "Headers",
+    "IPAllowList",
+    "Middleware",
+    "RouterTLS",
+    "Router",
+    "Node",
+    "PublishedPort",
+    "SwarmService",
+    "Problem",
+    "Snapshot",
+    "EMPTY",
+]
+
+
+@dataclass(frozen=True)
+class Target:
+    """
+    One backend endpoint: a swarm task, a container, or a static URL.
+
+    ``id`` is stable for the life of the task (sticky sessions key on it).
+    """
+
+    id: str
+    host: str
+    port: int
+    scheme: str = "http"
+    weight: int = 1
+    node_id: str = ""
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class StickyCookie:
+    name: str = "_edge_sticky"
+    secure: bool = False
+    http_only: bool = True
+    same_site: str = ""
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    path: str = "/"
+    interval: float = 30.0
+    timeout: float = 5.0
+    port: int = 0
+    scheme: str = ""
+    hostname: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class BackendService:
+    """A load-balanced set of targets that routers send requests to."""
+
+    name: str
+    targets: tuple[Target, ...] = ()
+    pass_host_header: bool = True
+    sticky: StickyCookie | None = None
+    health_check: HealthCheck | None = None
+
+
+@dataclass(frozen=True)
+class RedirectScheme:
+    scheme: str = "https"
+    port: str = ""
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class StripPrefix:
+    prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    """``users`` holds ``name:hash`` entries in htpasswd formats."""
+
+    users: tuple[str, ...]
+    realm: str = "edge"
+    remove_header: bool = False
+
+
+@dataclass(frozen=True)
+class Headers:
+    custom_request: tuple[tuple[str, str], ...] = ()
+    custom_response: tuple[tuple[str, str], ...] = ()
+    sts_seconds: int = 0
+    sts_include_subdomains: bool = False
+    sts_preload: bool = False
+    force_sts_header: bool = False
+    ssl_redirect: bool = False
+
+
+@dataclass(frozen=True)
+class IPAllowList:
+    source_ranges: tuple[str, ...]
+
+
+Middleware = Union[RedirectScheme, StripPrefix, BasicAuth, Headers, IPAllowList]
+
+
+@dataclass(frozen=True)
+class RouterTLS:
+    """TLS is asked for on this router; certificates come from the TLS layer."""
+
+    cert_resolver: str = ""
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Router:
+    """
+    A rule that sends matching requests through middlewares to a service.
+
+    ``entry_points`` empty means every entry point.  ``middlewares`` are
+    resolved values, applied in order.
+    """
+
+    name: str
+    rule: Rule
+    rule_text: str
+    service: str
+    entry_points: tuple[str, ...] = ()
+    priority: int = 0
+    middlewares: tuple[Middleware, ...] = ()
+    tls: RouterTLS | None = None
+    provider: str = "docker"
+    source: str = ""
+
+    @property
+    def effective_priority(self) -> int:
+        """Traefik's order: explicit priority, else the rule's length."""
+        return self.priority if self.priority else len(self.rule_text)
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """Literal host names (lower case) the rule can match; may include ``*.x``."""
+        return hosts_of(self.rule)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    hostname: str
+    role: str  # "manager" | "worker"
+    address: str
+    state: str = "ready"
+    availability: str = "active"
+    leader: bool = False
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    target_port: int
+    published_port: int
+    protocol: str = "tcp"
+    mode: str = "ingress"  # "ingress" | "host"
+
+
+@dataclass(frozen=True)
+class SwarmService:
+    """DNS-relevant facts about one Docker service (or labelled container)."""
+
+    name: str
+    id: str = ""
+    stack: str = ""
+    published_ports: tuple[PublishedPort, ...] = ()
+    # Nodes that run a task of this service that is running now.
+    node_ids: tuple[str, ...] = ()
+    replicas_running: int = 0
+    provider: str = "docker"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A warning or error about one service or label; never fatal."""
+
+    source: str
+    message: str
+    level: str = "warning"  # "warning" | "error"
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the front ends need, sorted so equal content is equal."""
+
+    routers: tuple[Router, ...] = ()
+    services: tuple[BackendService, ...] = ()
+    nodes: tuple[Node, ...] = ()
+    swarm_services: tuple[SwarmService, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    _service_index: dict = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
+
+    def service(self, name: str) -> BackendService | None:
+        index = self._service_index
+        if index is None:
+            index = {s.name: s for s in self.services}
+            object.__setattr__(self, "_service_index", index)
+        return index.get(name)
+
+    @property
+    def managers(self) -> tuple[Node, ...]:
+        return tuple(
+            n for n in self.nodes if n.role == "manager" and n.state == "ready"
+        )
+
+    def host_names(self) -> Iterator[tuple[str, Router]]:
+        """Every literal host name in every router's rule, with its router."""
+        for router in self.routers:
+            for host in router.hosts:
+                yield host, router
+
+    @classmethod
+    def build(
+        cls,
+        routers=(),
+        services=(),
+        nodes=(),
+        swarm_services=(),
+        problems=(),
+    ) -> "Snapshot":
+        """Sort every part by name so equal content gives an equal snapshot."""
+        return cls(
+            routers=tuple(sorted(routers, key=lambda r: r.name)),
+            services=tuple(
+                sorted(
+                    (
+                        BackendService(
+                            name=s.name,
+                            targets=tuple(sorted(s.targets, key=lambda t: t.id)),
+                            pass_host_header=s.pass_host_header,
+                            sticky=s.sticky,
+                            health_check=s.health_check,
+                        )
+                        for s in services
+                    ),
+                    key=lambda s: s.name,
+                )
+            ),
+            nodes=tuple(sorted(nodes, key=lambda n: n.id)),
+            swarm_services=tuple(sorted(swarm_services, key=lambda s: s.name)),
+            problems=tuple(
+                sorted(set(problems), key=lambda p: (p.source, p.label, p.message))
+            ),
+        )
+
+    def merged(self, other: "Snapshot") -> "Snapshot":
+        """The union of two providers' snapshots (names are already qualified)."""
+        return Snapshot.build(
+            routers=self.routers + other.routers,
+            services=self.services + other.services,
+            nodes=self.nodes + other.nodes,
+            swarm_services=self.swarm_services + other.swarm_services,
+            problems=self.problems + other.problems,
+        )
+
+
+EMPTY = Snapshot()

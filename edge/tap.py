@@ -1,0 +1,178 @@
+"""
+``twistd edge``: command-line options and the service tree.
+
+The plugin in ``twisted/plugins/edge_plugin.py`` points here.  Options only
+collect values; :func:`makeService` reads the config file, applies the flags
+over it and builds one :class:`EdgeService` holding discovery and the front
+ends, all sharing one :class:`~edge.discovery.publisher.SnapshotPublisher`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from twisted.application.service import MultiService
+from twisted.logger import ILogObserver, Logger
+from twisted.python import usage
+
+from edge import config as _config
+from edge.logs import make_observer
+
+__all__ = ["Options", "makeService", "apply_flags", "EdgeService"]
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "edge: DNS server and reverse proxy for Docker Swarm. Reads the"
+        " config file (TOML) if given, then applies the flags below over it."
+        " Endpoint options take Twisted endpoint strings, e.g. tcp:80 or"
+        " tcp:8080:interface=127.0.0.1."
+    )
+    optParameters = [
+        ["config", "c", None, "Configuration file (TOML). Default: built-in defaults."],
+        ["docker-url", None, None,
+         "Docker Engine API: unix:///path or tcp://host:port (a socket proxy)."
+         " Default: $DOCKER_HOST, else unix:///var/run/docker.sock."
+         " TLS follows DOCKER_TLS_VERIFY/DOCKER_CERT_PATH."],
+        ["http", None, None, "Endpoint of the 'http' entry point (default tcp:8080)."],
+        ["https", None, None, "Endpoint of the 'https' entry point (default tcp:8443)."],
+        ["admin", None, None,
+         "Endpoint of the admin API/dashboard/metrics (default"
+         " tcp:8081:interface=127.0.0.1); 'none' disables it."],
+        ["dns-port", None, None, "DNS port, UDP and TCP (default 5353).", int],
+        ["zone", None, None, "DNS zone for cluster names (default swarm.home)."],
+        ["domain", None, None, "Default domain: exposed services without a rule get Host:<service>.<domain>."],
+        ["exposed-by-default", None, None, "true|false: route services without an enable label (default true)."],
+        ["backend-addressing", None, None, "auto|task|published: how backends are reached (default auto)."],
+        ["dns-hosts", None, None, "A hosts file whose names DNS answers."],
+        ["log-format", None, None, "text|json (default text)."],
+        ["log-level", None, None, "debug|info|warn|error (default info)."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["dns-interface"] = []
+        self["dns-upstream"] = []
+
+    def opt_dns_interface(self, address):
+        """Address DNS listens on (repeatable; default 127.0.0.1)."""
+        self["dns-interface"].append(address)
+
+    def opt_dns_upstream(self, address):
+        """Upstream DNS server ADDR[:PORT] (repeatable; default: /etc/resolv.conf)."""
+        self["dns-upstream"].append(address)
+
+    def opt_version(self):
+        """Print edge's version and exit."""
+        from importlib.metadata import version
+
+        print(f"edge {version('edge')}")
+        raise SystemExit(0)
+
+
+def apply_flags(config: _config.Config, options) -> _config.Config:
+    """The config with command-line flags laid over it, validated again."""
+    r = dataclasses.replace
+    docker = config.docker
+    if options.get("docker-url"):
+        docker = r(docker, url=options["docker-url"])
+    if options.get("domain") is not None:
+        docker = r(docker, domain=options["domain"])
+    if options.get("exposed-by-default") is not None:
+        try:
+            docker = r(docker, exposed_by_default=_bool(options["exposed-by-default"]))
+        except ValueError as e:
+            raise _config.ConfigError(f"--exposed-by-default: {e}") from None
+    if options.get("backend-addressing") is not None:
+        docker = r(docker, backend_addressing=options["backend-addressing"])
+
+    entrypoints = list(config.entrypoints)
+    for name in ("http", "https"):
+        if options.get(name):
+            found = [i for i, ep in enumerate(entrypoints) if ep.name == name]
+            if found:
+                entrypoints[found[0]] = r(entrypoints[found[0]], address=options[name])
+            else:
+                entrypoints.append(_config.EntryPoint(name, options[name], tls=name == "https"))
+
+    admin = config.admin
+    if options.get("admin"):
+        admin = r(admin, address="" if options["admin"] == "none" else options["admin"])
+
+    dns = config.dns
+    if options.get("dns-port") is not None:
+        dns = r(dns, port=options["dns-port"])
+    if options.get("dns-interface"):
+        dns = r(dns, interfaces=tuple(options["dns-interface"]))
+    if options.get("dns-upstream"):
+        dns = r(dns, upstream=tuple(options["dns-upstream"]))
+    if options.get("zone"):
+        dns = r(dns, zone=options["zone"])
+    if options.get("dns-hosts"):
+        dns = r(dns, hosts_file=options["dns-hosts"])
+
+    log = config.log
+    if options.get("log-format"):
+        log = r(log, format=options["log-format"])
+    if options.get("log-level"):
+        log = r(log, level=options["log-level"])
+
+    merged = r(
+        config,
+        docker=docker,
+        entrypoints=tuple(entrypoints),
+        admin=admin,
+        dns=dns,
+        log=log,
+    )
+    # Validate the result the same way as a file.
+    _config._check(merged, _config._Reader(config.source or "command line"))
+    return merged
+
+
+class EdgeService(MultiService):
+    """The root service; carries the log observer twistd should use."""
+
+    def __init__(self, config: _config.Config, observer=None):
+        super().__init__()
+        self.config = config
+        self.observer = observer
+
+    def setServiceParent(self, parent):
+        # twistd's AppLogger.start() asks the application for an ILogObserver.
+        if self.observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.observer)
+        return super().setServiceParent(parent)
+
+
+def build_service(config: _config.Config, reactor) -> EdgeService:
+    """Discovery and every front end, under one root service."""
+    from edge.discovery.publisher import SnapshotPublisher
+    from edge.discovery.service import make_discovery_service
+
+    root = EdgeService(config, make_observer(config.log.format, config.log.level))
+    publisher = SnapshotPublisher(reactor, debounce=config.docker.debounce)
+    root.publisher = publisher
+    make_discovery_service(config, publisher, reactor).setServiceParent(root)
+    # Front ends: each adds one line here.
+    return root
+
+
+def makeService(options) -> EdgeService:
+    from twisted.internet import reactor
+
+    try:
+        config = apply_flags(_config.load(options.get("config")), options)
+    except _config.ConfigError as e:
+        raise SystemExit(f"edge: configuration error: {e}")
+    return build_service(config, reactor)
