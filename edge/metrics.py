@@ -28,6 +28,13 @@ discovery_lag = Gauge(
 snapshot_generation = Gauge(
     "edge_snapshot_generation", "Number of snapshots published", registry=REGISTRY
 )
+# Set by the admin service from the publisher's statuses at scrape time.
+discovery_connected = Gauge(
+    "edge_discovery_connected", "1 while a provider is connected to its source", ["provider"], registry=REGISTRY
+)
+discovery_last_sync_age = Gauge(
+    "edge_discovery_last_sync_age_seconds", "Seconds since a provider's last good sync", ["provider"], registry=REGISTRY
+)
 
 # HTTP
 http_requests = Counter(
