@@ -169,6 +169,13 @@ class TLSConfig:
     redirect_http: bool = False
     # Offer HTTP/2 through ALPN.
     http2: bool = True
+    # The internal CA's root and key (PEM); "" = <state_dir>/ca/edge-ca.{crt,key},
+    # created on first start.  Several instances: `python -m edge.tls init-ca`
+    # once, then point every instance at the same files (docs/tls.md).
+    ca_certificate: str = ""
+    ca_key: str = ""
+    # Seconds a client may take to finish the TLS handshake.
+    handshake_timeout: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,302 @@
+"""
+The TLS service: certificates from the directory and the built-in CA, kept
+current while edge runs.
+
+The directory is polled (a ``stat`` of each file every ``poll_interval``
+seconds, cheap) and re-read when anything changed, or at once on SIGHUP or
+:meth:`TLSService.reload`.  A re-read builds a new index and swaps it in one
+assignment: handshakes in progress and open connections keep the context they
+started with.  If the directory cannot be listed, the last good index stays.
+
+The built-in CA issues only for names the current snapshot routes, so a
+client cannot make edge mint certificates for arbitrary SNI names.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import threading
+from typing import Callable
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from edge.config import ConfigError, TLSConfig
+from edge.snapshot import Snapshot
+from edge.tls.ca import CA_CERT_FILE, CA_KEY_FILE, CAError, create_ca, load_ca, write_ca
+from edge.tls.issuer import ICertificateIssuer, InternalCAIssuer
+from edge.tls.sni import SNIConnectionCreator, TLSServerFactory, TLSSettings
+from edge.tls.store import (
+    CertificateIndex,
+    CertifiedKey,
+    FileProblem,
+    StoreError,
+    directory_state,
+    load_bundle,
+    normalize_name,
+    scan,
+)
+
+__all__ = ["TLSService", "make_tls_service", "routed_names", "DEFAULT_NAME"]
+
+# The name on the internal CA's fallback certificate (RFC 2606: never real).
+DEFAULT_NAME = "edge-default.invalid"
+
+
+def routed_names(snapshot: Snapshot) -> frozenset[str]:
+    """Every host name (``*.x`` included) routers match or list as TLS domains."""
+    names = set()
+    for router in snapshot.routers:
+        names.update(router.hosts)
+        if router.tls is not None:
+            names.update(router.tls.domains)
+    return frozenset(normalize_name(n) for n in names if n)
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class TLSService(Service):
+    """Owns the certificate index, the issuer and the connection creator."""
+
+    _log = Logger()
+    name = "tls"
+
+    def __init__(
+        self,
+        config: TLSConfig,
+        publisher,
+        reactor,
+        issuer: ICertificateIssuer | None = None,
+        poll_interval: float = 2.0,
+        handle_sighup: bool = True,
+        now: Callable[[], datetime.datetime] = _utcnow,
+    ):
+        self.config = config
+        self._publisher = publisher
+        self._reactor = reactor
+        self.issuer = issuer
+        self._poll_interval = poll_interval
+        self._handle_sighup = handle_sighup
+        self._now = now
+        self.index = CertificateIndex()
+        self.problems: list[FileProblem] = []
+        self.allowed: frozenset[str] = frozenset()
+        self._cache: dict = {}
+        self._state = None
+        self._unsubscribe = None
+        self._poll = None
+        self._previous_handler = None
+        self.reloads = 0
+        self.creator = SNIConnectionCreator(
+            self.select,
+            None,
+            TLSSettings(min_version=config.min_version, http2=config.http2),
+        )
+        self._rescan(force=True)
+
+    # -- what other parts use -------------------------------------------
+
+    def wrap(self, factory) -> TLSServerFactory:
+        """``factory`` behind TLS with this service's certificates."""
+        return TLSServerFactory(
+            self.creator, factory, self._reactor, self.config.handshake_timeout
+        )
+
+    def root_certificate_pem(self) -> bytes | None:
+        """The built-in CA's root (PEM) for users to trust, or ``None`` when it is off."""
+        return self.issuer.root_certificate_pem() if self.issuer is not None else None
+
+    def select(self, name: str) -> CertifiedKey | None:
+        """The certificate for SNI ``name``: directory first, then the issuer."""
+        found = self.index.lookup(name)
+        if found is not None or self.issuer is None:
+            return found
+        if name in self.allowed:
+            return self.issuer.certificate_for(name)
+        _, dot, parent = name.partition(".")
+        if dot and f"*.{parent}" in self.allowed:
+            return self.issuer.certificate_for(f"*.{parent}")
+        return None
+
+    def reload(self) -> None:
+        """Re-read the directory now (SIGHUP does this)."""
+        self._log.info("Reloading TLS certificates")
+        self._rescan(force=True)
+
+    # -- service ----------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._unsubscribe = self._publisher.subscribe(self._snapshot)
+        if self.config.certificates and self._poll_interval > 0:
+            self._poll = LoopingCall(self._rescan)
+            self._poll.clock = self._reactor
+            self._poll.start(self._poll_interval, now=False)
+        if self._handle_sighup and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.getsignal(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, self._sighup)
+
+    def stopService(self):
+        if self._poll is not None and self._poll.running:
+            self._poll.stop()
+        self._poll = None
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+        return super().stopService()
+
+    def _sighup(self, signum, frame) -> None:
+        self._reactor.callFromThread(self.reload)
+        previous = self._previous_handler
+        if callable(previous):
+            previous(signum, frame)
+
+    # -- internals --------------------------------------------------------
+
+    def _snapshot(self, snapshot: Snapshot) -> None:
+        self.allowed = routed_names(snapshot)
+        if isinstance(self.issuer, InternalCAIssuer):
+            self.issuer.forget(self.allowed)
+
+    def _rescan(self, force: bool = False) -> None:
+        directory = self.config.certificates
+        if directory:
+            try:
+                state = directory_state(directory)
+            except OSError as e:
+                if force or self._state != "error":
+                    self._log.error(
+                        "Cannot read the certificate directory {directory}: {error};"
+                        " keeping the {count} certificates loaded before",
+                        directory=directory,
+                        error=e.strerror,
+                        count=len(self.index),
+                    )
+                self._state = "error"
+                return
+            expired = any(e.not_after <= self._now() for e in self.index.entries)
+            if state != self._state or force or expired:
+                self._state = state
+                self._load(directory)
+        if force or (self.issuer is not None and not self.config.default_certificate):
+            # The internal CA's fallback leaf renews itself here.
+            self._update_default()
+
+    def _load(self, directory: str) -> None:
+        try:
+            index, problems, self._cache = scan(directory, self._now(), self._cache)
+        except OSError as e:
+            self._log.error(
+                "Cannot read the certificate directory {directory}: {error}",
+                directory=directory,
+                error=e.strerror,
+            )
+            return
+        self.index, self.problems = index, problems
+        self.reloads += 1
+        for problem in problems:
+            self._log.warn(
+                "Skipping certificate file {path}: {problem}",
+                path=problem.path,
+                problem=problem.message,
+            )
+        self._log.info(
+            "Serving {count} certificates from {directory} ({names} names, {problems} files skipped)",
+            count=len(index),
+            directory=directory,
+            names=len(index.exact) + len(index.wildcard),
+            problems=len(problems),
+        )
+        self._update_default()
+
+    def _update_default(self) -> None:
+        default = self._default_certificate()
+        if default is not self.creator.default:
+            self.creator.set_default(default)
+
+    def _default_certificate(self) -> CertifiedKey | None:
+        wanted = self.config.default_certificate
+        if wanted:
+            path = wanted
+            if not os.path.isabs(path) and self.config.certificates:
+                candidate = os.path.join(self.config.certificates, path)
+                if os.path.exists(candidate):
+                    path = candidate
+            if os.path.exists(path):
+                current = self.creator.default
+                if current is not None and current.source == path and current.not_after > self._now():
+                    return current
+                for entry in self.index.entries:
+                    if entry.source == path:
+                        return entry
+                try:
+                    return load_bundle(path, now=self._now())
+                except StoreError as e:
+                    self._log.error(
+                        "The default certificate {path} cannot be used: {problem}",
+                        path=path,
+                        problem=e,
+                    )
+                    return None
+            found = self.index.lookup(normalize_name(wanted))
+            if found is None:
+                self._log.warn(
+                    "tls.default_certificate {wanted!r} is neither a file nor a name"
+                    " in the certificate directory; no default certificate",
+                    wanted=wanted,
+                )
+            return found
+        if self.issuer is not None:
+            return self.issuer.certificate_for(DEFAULT_NAME)
+        return None
+
+
+def _load_or_create_ca(config: TLSConfig):
+    cert_path = config.ca_certificate or os.path.join(config.state_dir, "ca", CA_CERT_FILE)
+    key_path = config.ca_key or os.path.join(config.state_dir, "ca", CA_KEY_FILE)
+    explicit = bool(config.ca_certificate or config.ca_key)
+    if not (os.path.exists(cert_path) or os.path.exists(key_path)):
+        if explicit:
+            # Never make up a CA when the user pointed at a shared one: every
+            # instance would then sign with a different root.
+            raise ConfigError(
+                f"tls.ca_certificate/tls.ca_key: {cert_path} and {key_path} do not exist"
+                " (create them once with `python -m edge.tls init-ca DIR`)"
+            )
+        ca = create_ca()
+        write_ca(ca, cert_path, key_path)
+        TLSService._log.warn(
+            "Created a new internal CA in {path}. If several edge instances serve the"
+            " same names, create the CA once with `python -m edge.tls init-ca` and"
+            " give every instance the same files (tls.ca_certificate, tls.ca_key).",
+            path=os.path.dirname(cert_path),
+        )
+        return ca
+    try:
+        return load_ca(cert_path, key_path)
+    except CAError as e:
+        raise ConfigError(f"tls: {e}") from None
+
+
+def make_tls_service(config, publisher, reactor, **kwargs) -> TLSService:
+    """The TLS service for ``config`` (a whole :class:`edge.config.Config`)."""
+    tls: TLSConfig = config.tls
+    issuer = None
+    if tls.internal_ca:
+        ca = _load_or_create_ca(tls)
+        issuer = InternalCAIssuer(ca, os.path.join(tls.state_dir, "issued"))
+    if tls.certificates and not os.path.isdir(tls.certificates):
+        TLSService._log.error(
+            "tls.certificates {path} is not a directory (yet); it is polled and read"
+            " once it appears",
+            path=tls.certificates,
+        )
+    return TLSService(tls, publisher, reactor, issuer=issuer, **kwargs)

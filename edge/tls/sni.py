@@ -1,0 +1,253 @@
+"""
+The TLS handshake: pick a certificate by SNI, negotiate ALPN.
+
+:class:`SNIConnectionCreator` gives every connection one shared base context
+whose servername callback asks a *selector* (a callable from name to
+:class:`CertifiedKey`) and switches the connection to that certificate's
+context, built once and cached (the txsni idea).  When the selector has
+nothing and there is no default certificate, the base context has no
+certificate and OpenSSL ends the handshake with an alert: no Python error, no
+lasting cost.
+
+:class:`TLSServerFactory` wraps a protocol factory in TLS and adds what
+Twisted leaves out for a server on the open network: a handshake deadline
+and one log line per failed handshake.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from edge.tls.store import CertifiedKey, normalize_name
+
+__all__ = [
+    "TLSSettings",
+    "SNIConnectionCreator",
+    "TLSServerFactory",
+    "CIPHERS_TLS12",
+    "make_context",
+]
+
+# Mozilla "intermediate" for TLS 1.2, ECDHE only (no DH parameters to manage).
+# TLS 1.3 suites are OpenSSL's defaults (all AEAD).
+CIPHERS_TLS12 = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+Selector = Callable[[str], "CertifiedKey | None"]
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    min_version: str = "1.2"
+    http2: bool = True
+    ciphers: str = CIPHERS_TLS12
+
+    @property
+    def alpn(self) -> tuple[bytes, ...]:
+        return (b"h2", b"http/1.1") if self.http2 else (b"http/1.1",)
+
+
+def make_context(settings: TLSSettings, certified: CertifiedKey | None) -> SSL.Context:
+    """An OpenSSL server context for one certificate (or none), fully configured."""
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(_VERSIONS[settings.min_version])
+    context.set_options(
+        SSL.OP_NO_COMPRESSION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+        | SSL.OP_NO_RENEGOTIATION
+        | SSL.OP_SINGLE_ECDH_USE
+    )
+    context.set_cipher_list(settings.ciphers.encode("ascii"))
+    # Needed for server-side session caching to work at all.
+    context.set_session_id(b"edge")
+    context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    offered = settings.alpn
+
+    def select(connection, protocols):
+        for protocol in offered:
+            if protocol in protocols:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    context.set_alpn_select_callback(select)
+    if certified is not None:
+        context.use_certificate(certified.leaf)
+        for extra in certified.chain[1:]:
+            context.add_extra_chain_cert(extra)
+        context.use_privatekey(certified.key)
+        context.check_privatekey()
+    return context
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SNIConnectionCreator:
+    """
+    Serve the certificate ``select(name)`` returns, else ``default``.
+
+    ``select`` runs inside the handshake, on the reactor thread.  Contexts
+    are cached per :class:`CertifiedKey` object (weakly: a certificate removed
+    from the directory lets its context go once no connection uses it).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        select: Selector,
+        default: CertifiedKey | None = None,
+        settings: TLSSettings = TLSSettings(),
+    ):
+        self._select = select
+        self._settings = settings
+        self._contexts: "weakref.WeakKeyDictionary[CertifiedKey, SSL.Context]" = (
+            weakref.WeakKeyDictionary()
+        )
+        self.unknown_names = 0
+        self.set_default(default)
+
+    @property
+    def settings(self) -> TLSSettings:
+        return self._settings
+
+    @property
+    def default(self) -> CertifiedKey | None:
+        return self._default
+
+    def set_default(self, default: CertifiedKey | None) -> None:
+        """Replace the certificate served without SNI or for unknown names."""
+        base = make_context(self._settings, default)
+        base.set_tlsext_servername_callback(self._servername)
+        self._default = default
+        self._base = base
+
+    def context_for(self, certified: CertifiedKey) -> SSL.Context:
+        context = self._contexts.get(certified)
+        if context is None:
+            context = make_context(self._settings, certified)
+            self._contexts[certified] = context
+        return context
+
+    def serverConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+        return SSL.Connection(self._base, None)
+
+    def _servername(self, connection: SSL.Connection) -> None:
+        raw = connection.get_servername()
+        if not raw:
+            return  # no SNI: the base context's default certificate (if any)
+        try:
+            name = normalize_name(raw.decode("ascii"))
+        except UnicodeDecodeError:
+            return
+        try:
+            certified = self._select(name)
+        except Exception:
+            # A bug in selection must not leak out as an OpenSSL alert
+            # without a trace; serve the default and say why.
+            self._log.failure("Choosing a certificate for {name} failed", name=name)
+            certified = None
+        if certified is None:
+            self.unknown_names += 1
+            return
+        if certified is not self._default:
+            connection.set_context(self.context_for(certified))
+
+
+class _TLSServerProtocol(BufferingTLSTransport):
+    """Twisted's TLS transport with a handshake deadline and failure logging."""
+
+    _timeout = None
+
+    def makeConnection(self, transport):
+        super().makeConnection(transport)
+        if not self._handshakeDone and self.connected:
+            self._timeout = self.factory.reactor.callLater(
+                self.factory.handshake_timeout, self._handshake_timed_out
+            )
+
+    def dataReceived(self, data):
+        super().dataReceived(data)
+        if self._timeout is not None and self._handshakeDone:
+            self._timeout.cancel()
+            self._timeout = None
+
+    def _handshake_timed_out(self):
+        self._timeout = None
+        if not self._handshakeDone:
+            self.factory.handshake_failed(self, "timed out")
+            self.abortConnection()
+
+    def connectionLost(self, reason):
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        if not self._handshakeDone and self._reason is not None:
+            self.factory.handshake_failed(self, _describe(self._reason))
+        elif not self._handshakeDone and self._tlsConnection is not None:
+            self.factory.handshake_failed(self, "client closed during the handshake")
+        super().connectionLost(reason)
+
+
+def _describe(failure) -> str:
+    value = failure.value
+    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
+        parts = [str(item[2]) for item in value.args[0] if len(item) > 2]
+        if parts:
+            return "; ".join(parts)
+    return str(value) or type(value).__name__
+
+
+class TLSServerFactory(TLSMemoryBIOFactory):
+    """
+    TLS around ``wrapped`` with :class:`SNIConnectionCreator` certificates.
+
+    Handshakes that do not finish within ``handshake_timeout`` seconds are
+    aborted; failures are logged at debug level (scanners and old clients
+    make many) and counted in ``handshake_failures``.
+    """
+
+    protocol = _TLSServerProtocol
+    _log = Logger()
+
+    def __init__(
+        self,
+        creator: IOpenSSLServerConnectionCreator,
+        wrapped,
+        reactor,
+        handshake_timeout: float = 10.0,
+        on_failure: Callable[[str], None] | None = None,
+    ):
+        super().__init__(creator, False, wrapped, clock=reactor)
+        self.reactor = reactor
+        self.handshake_timeout = handshake_timeout
+        self.handshake_failures = 0
+        self._on_failure = on_failure
+
+    def handshake_failed(self, protocol: _TLSServerProtocol, reason: str) -> None:
+        self.handshake_failures += 1
+        name = None
+        connection = protocol._tlsConnection
+        if connection is not None:
+            raw = connection.get_servername()
+            name = raw.decode("ascii", "replace") if raw else None
+        peer = protocol.transport.getPeer() if protocol.transport else None
+        self._log.debug(
+            "TLS handshake with {peer} (SNI {name}) failed: {reason}",
+            peer=getattr(peer, "host", peer),
+            name=name or "none",
+            reason=reason,
+        )
+        if self._on_failure is not None:
+            self._on_failure(reason)
