@@ -1,28 +1,74 @@
 """
 Read Traefik v1, Traefik v2/v3 and edge's own ``edge.*`` labels into routers
-and services (interface first; the readers follow in the next commits).
+and services.
+
+One Docker service (or container) at a time: :func:`read_labels` turns its
+labels into :class:`~edge.snapshot.Router` values and :class:`ServiceSpec`
+descriptions (the Docker provider adds the targets).  Nothing here raises on
+bad labels: each mistake becomes a :class:`~edge.snapshot.Problem` naming the
+label, and only the router it breaks is dropped.  A router whose
+authentication or allow-list middleware cannot be built is always dropped,
+never served unprotected.
+
+Which labels are read:
+
+- ``edge.*`` routing labels (the v2 grammar under the ``edge.`` prefix), when
+  present, win: the service's ``traefik.*`` labels are then ignored, so one
+  service can carry both during a migration.
+- Otherwise Traefik v2/v3 labels (``traefik.http.*``, ``traefik.swarm.*``).
+- Otherwise Traefik v1 labels (``traefik.frontend.*``, ``traefik.port``...,
+  segments ``traefik.<segment>.frontend.*``).
+
+``docs/labels.md`` lists every label and what edge does with it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+import re
+from dataclasses import dataclass, field
 from typing import Mapping
 
-from edge.snapshot import HealthCheck, Problem, Router, StickyCookie
+from twisted.logger import Logger
 
-__all__ = ["ServiceSpec", "LabelConfig", "read_labels"]
+from edge.discovery.rule_parser import RuleError, looks_like_v1, parse_v1, parse_v2
+from edge.rules import Rule
+from edge.snapshot import (
+    BasicAuth,
+    HealthCheck,
+    Headers,
+    IPAllowList,
+    Middleware,
+    Problem,
+    RedirectScheme,
+    Router,
+    RouterTLS,
+    StickyCookie,
+    StripPrefix,
+)
+
+__all__ = [
+    "ServiceSpec",
+    "LabelConfig",
+    "read_labels",
+    "read_middlewares",
+    "normalize_name",
+    "default_host",
+]
+
+_log = Logger()
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
     """What labels say about one load-balanced service; targets come from Docker."""
 
-    name: str
-    port: int | None = None
+    name: str  # qualified: "web@docker"
+    port: int | None = None  # container port; None = the labels gave none
     scheme: str = "http"
     weight: int = 1
     network: str = ""
-    lb_swarm: bool = False
+    lb_swarm: bool = False  # use the service's virtual IP, not task addresses
     pass_host_header: bool = True
     sticky: StickyCookie | None = None
     health_check: HealthCheck | None = None
@@ -36,6 +82,982 @@ class LabelConfig:
     problems: tuple[Problem, ...]
 
 
+def normalize_name(source: str) -> str:
+    """A Docker service name as a DNS label: ``proxy_jenkins`` -> ``proxy-jenkins``."""
+    return source.replace("_", "-").replace("/", "-").strip("-").lower()
+
+
+def default_host(source: str, domain: str) -> str:
+    """The host of Traefik's default rule, ``<service>.<domain>`` ("" without a domain)."""
+    domain = domain.strip().strip(".").lower()
+    name = normalize_name(source)
+    if not domain or not name:
+        return ""
+    return f"{name}.{domain}"
+
+
+# -- value readers ---------------------------------------------------------
+
+_TRUE = {"1", "t", "true", "yes", "on"}
+_FALSE = {"0", "f", "false", "no", "off"}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+# Middleware kinds whose absence would expose a route unprotected.
+_GUARDS = frozenset({"basicauth", "digestauth", "forwardauth", "ipwhitelist", "ipallowlist", "chain", "plugin"})
+
+
+class _Broken:
+    """A middleware that could not be built; ``guard`` means routers must drop it."""
+
+    def __init__(self, reason: str, guard: bool):
+        self.reason = reason
+        self.guard = guard
+
+
+_SKIP = object()  # a middleware edge does not implement but that is safe to leave out
+
+
+class _Reader:
+    """Collects problems for one service while its labels are read."""
+
+    def __init__(self, source: str, provider: str):
+        self.source = source
+        self.provider = provider
+        self.problems: list[Problem] = []
+        self._warned: set[str] = set()
+
+    def warn(self, label: str, message: str) -> None:
+        if label in self._warned:
+            return
+        self._warned.add(label)
+        self.problems.append(Problem(self.source, message, "warning", label))
+
+    def error(self, label: str, message: str) -> None:
+        self.problems.append(Problem(self.source, message, "error", label))
+
+    def unsupported(self, label: str, what: str = "") -> None:
+        extra = f" ({what})" if what else ""
+        self.warn(label, f"label {label} is not supported by edge and is ignored{extra}")
+
+    def unknown(self, label: str) -> None:
+        self.warn(label, f"unknown label {label} is ignored")
+
+    # values
+
+    def boolean(self, label: str, value: str, default: bool) -> bool:
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        self.error(label, f"label {label}: expected true or false, got {value!r}; using {str(default).lower()}")
+        return default
+
+    def integer(self, label: str, value: str, default, minimum: int, maximum: int):
+        text = value.strip()
+        try:
+            number = int(text, 10)
+        except ValueError:
+            number = None
+        if number is None or not minimum <= number <= maximum:
+            self.error(
+                label,
+                f"label {label}: expected a whole number from {minimum} to {maximum},"
+                f" got {value!r}; using {default if default is not None else 'none'}",
+            )
+            return default
+        return number
+
+    def port(self, label: str, value: str) -> int | None:
+        return self.integer(label, value, None, 1, 65535)
+
+    def duration(self, label: str, value: str, default: float) -> float:
+        text = value.strip()
+        try:
+            seconds = float(text)  # Traefik takes a bare number as seconds
+        except ValueError:
+            seconds = None
+        if seconds is None and text:
+            pos, total = 0, 0.0
+            for m in _DURATION.finditer(text):
+                if m.start() != pos:
+                    break
+                total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+                pos = m.end()
+            if pos == len(text):
+                seconds = total
+        if seconds is None or not (0 < seconds < 86400 * 365):
+            self.error(
+                label,
+                f"label {label}: expected a duration like 10s or 1m30s, got {value!r};"
+                f" using {default:g}s",
+            )
+            return default
+        return seconds
+
+    def scheme(self, label: str, value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered in ("http", "https"):
+            return lowered
+        if lowered == "h2c":
+            self.warn(label, f"label {label}: h2c backends are not supported by edge; using http")
+            return "http"
+        self.error(label, f"label {label}: expected http or https, got {value!r}; using http")
+        return "http"
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def _split_labels(labels: Mapping[str, str]) -> list[tuple[str, list[str], list[str], str]]:
+    """(label, parts as written, parts lower-cased, value) for traefik.*/edge.* labels."""
+    out = []
+    try:
+        items = list(labels.items())
+    except Exception:  # not a mapping after all; read nothing
+        return out
+    for key, value in items:
+        if not isinstance(key, str):
+            continue
+        if not isinstance(value, str):
+            value = "" if value is None else str(value)
+        lowered = key.lower()
+        if not (lowered.startswith("traefik.") or lowered.startswith("edge.")):
+            continue
+        parts = key.split(".")
+        out.append((key, parts, [p.lower() for p in parts], value))
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+# -- middlewares (v2 grammar) ----------------------------------------------
+
+
+def _build_middleware(
+    reader: _Reader, name: str, kinds: dict[str, dict[str, tuple[str, str, str]]]
+):
+    """
+    One middleware from its labels: a Middleware value, ``_SKIP`` or a
+    :class:`_Broken`.  ``kinds`` maps the kind (``basicauth``) to its options,
+    each ``option -> (label, option as written, value)``.
+    """
+    if len(kinds) != 1:
+        listed = ", ".join(sorted(kinds))
+        for opts in kinds.values():
+            for label, _written, _value in opts.values():
+                reader.error(label, f"middleware {name} mixes several kinds ({listed}); it is not built")
+        return _Broken(f"it mixes several kinds ({listed})", bool(_GUARDS & set(kinds)))
+    ((kind, opts),) = kinds.items()
+
+    if kind == "redirectscheme":
+        scheme, port, permanent = "https", "", False
+        for opt, (label, _w, value) in opts.items():
+            if opt == "scheme":
+                scheme = value.strip().lower() or "https"
+                if scheme not in ("http", "https"):
+                    reader.error(label, f"label {label}: expected http or https, got {value!r}; using https")
+                    scheme = "https"
+            elif opt == "port":
+                number = reader.port(label, value)
+                port = str(number) if number else ""
+            elif opt == "permanent":
+                permanent = reader.boolean(label, value, False)
+            else:
+                reader.unknown(label)
+        return RedirectScheme(scheme=scheme, port=port, permanent=permanent)
+
+    if kind == "stripprefix":
+        prefixes: tuple[str, ...] = ()
+        for opt, (label, _w, value) in opts.items():
+            if opt == "prefixes":
+                prefixes = _list(value)
+                bad = [p for p in prefixes if not p.startswith("/")]
+                if bad:
+                    reader.error(label, f"label {label}: prefixes must start with '/', got {bad[0]!r}")
+                    prefixes = tuple(p for p in prefixes if p.startswith("/"))
+            elif opt == "forceslash":
+                pass  # deprecated in Traefik; edge always keeps a leading '/'
+            else:
+                reader.unknown(label)
+        if not prefixes:
+            return _Broken("it has no prefixes", False)
+        return StripPrefix(prefixes)
+
+    if kind == "basicauth":
+        users: tuple[str, ...] = ()
+        realm, remove = "", False
+        users_label = ""
+        for opt, (label, _w, value) in opts.items():
+            if opt == "users":
+                users, users_label = _list(value), label
+            elif opt == "realm":
+                realm = value.strip()
+            elif opt == "removeheader":
+                remove = reader.boolean(label, value, False)
+            elif opt == "headerfield":
+                reader.unsupported(label, "the user name is not forwarded in a header")
+            elif opt == "usersfile":
+                reader.unsupported(label, "use basicauth.users")
+            else:
+                reader.unknown(label)
+        bad = [u for u in users if ":" not in u or u.startswith(":")]
+        if bad:
+            reader.error(users_label, f"label {users_label}: expected user:hash entries, got {bad[0]!r}")
+            return _Broken("its users are not user:hash entries", True)
+        if not users:
+            return _Broken("it lists no users", True)
+        if realm:
+            return BasicAuth(users=users, realm=realm, remove_header=remove)
+        return BasicAuth(users=users, remove_header=remove)
+
+    if kind == "headers":
+        return _headers_v2(reader, opts)
+
+    if kind in ("ipwhitelist", "ipallowlist"):
+        ranges: tuple[str, ...] = ()
+        for opt, (label, _w, value) in opts.items():
+            if opt == "sourcerange":
+                ranges = _list(value)
+                for item in ranges:
+                    try:
+                        ipaddress.ip_network(item, strict=False)
+                    except ValueError:
+                        reader.error(label, f"label {label}: {item!r} is not an address or CIDR")
+                        return _Broken("its source range is invalid", True)
+            elif opt.startswith("ipstrategy"):
+                reader.unsupported(label, "edge takes client addresses from [http] trusted_proxies")
+            elif opt == "rejectstatuscode":
+                reader.unsupported(label, "edge answers 403")
+            else:
+                reader.unknown(label)
+        if not ranges:
+            return _Broken("it has no source range", True)
+        return IPAllowList(ranges)
+
+    # A kind edge does not implement: warn once per label.
+    for opt, (label, _w, _value) in opts.items():
+        reader.unsupported(label, f"the {kind} middleware")
+    if kind in _GUARDS:
+        return _Broken(f"edge does not implement the {kind} middleware", True)
+    return _SKIP
+
+
+_HEADER_BOOLS = {
+    "stsincludesubdomains": "sts_include_subdomains",
+    "stspreload": "sts_preload",
+    "forcestsheader": "force_sts_header",
+    "sslredirect": "ssl_redirect",
+}
+
+
+def _headers_v2(reader: _Reader, opts: dict[str, tuple[str, str, str]]) -> Headers:
+    request: list[tuple[str, str]] = []
+    response: list[tuple[str, str]] = []
+    values: dict = {}
+    for opt, (label, written, value) in opts.items():
+        head, _, rest = opt.partition(".")
+        if head in ("customrequestheaders", "customresponseheaders") and rest:
+            header = written.split(".", 1)[1]
+            if not _valid_header_name(header):
+                reader.error(label, f"label {label}: {header!r} is not a header name")
+                continue
+            (request if head == "customrequestheaders" else response).append((header, value))
+        elif opt == "stsseconds":
+            values["sts_seconds"] = reader.integer(label, value, 0, 0, 2**31 - 1)
+        elif opt in _HEADER_BOOLS:
+            values[_HEADER_BOOLS[opt]] = reader.boolean(label, value, False)
+        else:
+            reader.unsupported(label, "this headers option")
+    return Headers(custom_request=tuple(request), custom_response=tuple(response), **values)
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _valid_header_name(name: str) -> bool:
+    return bool(_HEADER_NAME.match(name))
+
+
+# -- the v2/v3 grammar -------------------------------------------------------
+
+
+@dataclass
+class _V2Labels:
+    routers: dict[str, dict[str, tuple[str, str, str]]] = field(default_factory=dict)
+    services: dict[str, dict[str, tuple[str, str, str]]] = field(default_factory=dict)
+    middlewares: dict[str, dict[str, dict[str, tuple[str, str, str]]]] = field(default_factory=dict)
+    network: tuple[str, str] | None = None
+    lb_swarm: tuple[str, str] | None = None
+
+
+def _collect_v2(reader: _Reader, entries, prefix: str) -> _V2Labels:
+    found = _V2Labels()
+    for label, parts, lower, value in entries:
+        if lower[0] != prefix or lower[1:2] == ["enable"]:
+            continue
+        rest, rest_written = lower[1:], parts[1:]
+        if rest[:1] in (["docker"], ["swarm"]) and len(rest) == 2:
+            if rest[1] == "network":
+                found.network = (label, value)
+                continue
+            if rest[1] == "lbswarm":
+                found.lb_swarm = (label, value)
+                continue
+        if rest[:1] == ["http"] and len(rest) >= 4 and rest_written[2]:
+            section, name = rest[1], rest_written[2]
+            opt = ".".join(rest[3:])
+            written = ".".join(rest_written[3:])
+            if section == "routers":
+                found.routers.setdefault(name, {})[opt] = (label, written, value)
+                continue
+            if section == "services":
+                found.services.setdefault(name, {})[opt] = (label, written, value)
+                continue
+            if section == "middlewares":
+                kind = rest[3]
+                opt = ".".join(rest[4:])
+                written = ".".join(rest_written[4:])
+                found.middlewares.setdefault(name, {}).setdefault(kind, {})[opt] = (label, written, value)
+                continue
+            if section == "serverstransports":
+                reader.unsupported(label, "servers transports")
+                continue
+        if rest[:1] in (["tcp"], ["udp"]):
+            reader.unsupported(label, "edge routes HTTP only")
+            continue
+        reader.unknown(label)
+    return found
+
+
+def _v2_middlewares(reader: _Reader, found: _V2Labels) -> dict[str, object]:
+    return {name: _build_middleware(reader, name, kinds) for name, kinds in found.middlewares.items()}
+
+
+def _service_spec(
+    reader: _Reader, name: str, opts: dict[str, tuple[str, str, str]], network: str, lb_swarm: bool
+) -> ServiceSpec:
+    port: int | None = None
+    scheme, weight, pass_host = "http", 1, True
+    sticky: StickyCookie | None = None
+    sticky_opts: dict = {}
+    sticky_on = False
+    health: dict = {}
+    health_headers: list[tuple[str, str]] = []
+    health_label = ""
+    for opt, (label, written, value) in opts.items():
+        if not opt.startswith("loadbalancer."):
+            reader.unsupported(label, "only loadbalancer services are supported")
+            continue
+        opt = opt[len("loadbalancer.") :]
+        written = written.split(".", 1)[1] if "." in written else written
+        if opt == "server.port":
+            port = reader.port(label, value)
+        elif opt == "server.scheme":
+            scheme = reader.scheme(label, value)
+        elif opt == "server.weight":
+            weight = reader.integer(label, value, 1, 0, 1_000_000)
+        elif opt == "passhostheader":
+            pass_host = reader.boolean(label, value, True)
+        elif opt == "sticky":  # Traefik 2.0's spelling
+            sticky_on = reader.boolean(label, value, False) or sticky_on
+        elif opt == "sticky.cookie":
+            sticky_on = reader.boolean(label, value, True) or sticky_on
+        elif opt == "sticky.cookie.name":
+            sticky_on = True
+            if value.strip():
+                sticky_opts["name"] = value.strip()
+        elif opt == "sticky.cookie.secure":
+            sticky_on = True
+            sticky_opts["secure"] = reader.boolean(label, value, False)
+        elif opt == "sticky.cookie.httponly":
+            sticky_on = True
+            sticky_opts["http_only"] = reader.boolean(label, value, True)
+        elif opt == "sticky.cookie.samesite":
+            sticky_on = True
+            same = value.strip().lower()
+            if same not in ("", "none", "lax", "strict"):
+                reader.error(label, f"label {label}: expected none, lax or strict, got {value!r}")
+            else:
+                sticky_opts["same_site"] = same
+        elif opt.startswith("healthcheck."):
+            health_label = health_label or label
+            key = opt[len("healthcheck.") :]
+            if key == "path":
+                health["path"] = value.strip()
+            elif key == "interval":
+                health["interval"] = reader.duration(label, value, 30.0)
+            elif key == "timeout":
+                health["timeout"] = reader.duration(label, value, 5.0)
+            elif key == "port":
+                health["port"] = reader.port(label, value) or 0
+            elif key == "scheme":
+                health["scheme"] = reader.scheme(label, value)
+            elif key == "hostname":
+                health["hostname"] = value.strip()
+            elif key.startswith("headers.") and len(key) > len("headers."):
+                header = written.split(".", 2)[2]
+                if _valid_header_name(header):
+                    health_headers.append((header, value))
+                else:
+                    reader.error(label, f"label {label}: {header!r} is not a header name")
+            else:
+                reader.unsupported(label, "this health check option")
+        else:
+            reader.unsupported(label)
+    if sticky_on:
+        sticky = StickyCookie(**sticky_opts)
+    check = None
+    if health:
+        path = health.pop("path", "")
+        if not path.startswith("/"):
+            reader.error(
+                health_label,
+                f"service {name}: a health check needs a path starting with '/'"
+                f" (...healthcheck.path); health check ignored",
+            )
+        else:
+            check = HealthCheck(path=path, headers=tuple(health_headers), **health)
+    return ServiceSpec(
+        name=f"{name}@{reader.provider}",
+        port=port,
+        scheme=scheme,
+        weight=weight,
+        network=network,
+        lb_swarm=lb_swarm,
+        pass_host_header=pass_host,
+        sticky=sticky,
+        health_check=check,
+    )
+
+
+_TLS_DOMAIN = re.compile(r"^tls\.domains\[(\d+)\]\.(main|sans)$")
+
+
+def _resolve_middlewares(
+    reader: _Reader,
+    router: str,
+    label: str,
+    value: str,
+    local: Mapping[str, object],
+    shared: Mapping[str, Middleware],
+) -> tuple[tuple[Middleware, ...], bool]:
+    """The router's middlewares in order, and False when the router must be dropped."""
+    resolved: list[Middleware] = []
+    keep = True
+    for ref in _list(value):
+        name, _, provider = ref.partition("@")
+        found: object = None
+        if not provider or provider == reader.provider:
+            found = local.get(name)
+        if found is None:
+            qualified = f"{name}@{provider or reader.provider}"
+            found = shared.get(qualified)
+        if found is None:
+            reader.error(
+                label,
+                f"router {router}: middleware {ref!r} is not defined in this service's labels"
+                " (edge resolves only those); router dropped so it is not served"
+                " without it",
+            )
+            keep = False
+        elif isinstance(found, _Broken):
+            if found.guard:
+                reader.error(
+                    label,
+                    f"router {router}: middleware {ref!r} cannot be used ({found.reason});"
+                    " router dropped so it is not served unprotected",
+                )
+                keep = False
+            else:
+                reader.warn(label, f"router {router}: middleware {ref!r} is left out ({found.reason})")
+        elif found is _SKIP:
+            reader.warn(label, f"router {router}: middleware {ref!r} is not supported by edge and is left out")
+        else:
+            resolved.append(found)  # type: ignore[arg-type]
+    return tuple(resolved), keep
+
+
+def _read_v2(
+    reader: _Reader,
+    source: str,
+    entries,
+    prefix: str,
+    domain: str,
+    shared: Mapping[str, Middleware],
+) -> tuple[list[Router], list[ServiceSpec]]:
+    provider = reader.provider
+    found = _collect_v2(reader, entries, prefix)
+    network = found.network[1].strip() if found.network else ""
+    lb_swarm = reader.boolean(found.lb_swarm[0], found.lb_swarm[1], False) if found.lb_swarm else False
+    local = _v2_middlewares(reader, found)
+
+    default_name = normalize_name(source) or "service"
+    services = [
+        _service_spec(reader, name, opts, network, lb_swarm) for name, opts in found.services.items()
+    ]
+    if not services:
+        services = [ServiceSpec(name=f"{default_name}@{provider}", network=network, lb_swarm=lb_swarm)]
+
+    router_opts = dict(found.routers)
+    if not router_opts:
+        if len(services) > 1:
+            reader.error(
+                "",
+                f"{source}: several services and no router; add"
+                f" {prefix}.http.routers.<name>.rule and .service labels",
+            )
+            return [], services
+        router_opts = {default_name: {}}
+
+    routers = []
+    for name, opts in router_opts.items():
+        router = _router_v2(reader, source, name, opts, services, local, shared, prefix, domain)
+        if router is not None:
+            routers.append(router)
+    return routers, services
+
+
+def _router_v2(
+    reader: _Reader,
+    source: str,
+    name: str,
+    opts: dict[str, tuple[str, str, str]],
+    services: list[ServiceSpec],
+    local: Mapping[str, object],
+    shared: Mapping[str, Middleware],
+    prefix: str,
+    domain: str,
+) -> Router | None:
+    provider = reader.provider
+    rule: Rule | None = None
+    rule_text = ""
+    entry_points: tuple[str, ...] = ()
+    priority = 0
+    middlewares: tuple[Middleware, ...] = ()
+    keep = True
+    service = ""
+    tls_on: bool | None = None
+    resolver = ""
+    domains: dict[int, dict[str, tuple[str, ...]]] = {}
+    rule_label = ""
+    for opt, (label, _written, value) in opts.items():
+        if opt == "rule":
+            rule_label = label
+            rule_text = value.strip()
+        elif opt == "rulesyntax":
+            if value.strip().lower() not in ("v2", "v3"):
+                reader.warn(label, f"label {label}: expected v2 or v3, got {value!r}; edge reads both")
+        elif opt == "entrypoints":
+            entry_points = _list(value)
+        elif opt == "priority":
+            priority = reader.integer(label, value, 0, 0, 2**31 - 1)
+        elif opt == "middlewares":
+            middlewares, keep = _resolve_middlewares(reader, name, label, value, local, shared)
+        elif opt == "service":
+            service = value.strip()
+            if not service:
+                reader.error(label, f"label {label}: empty service name")
+        elif opt == "tls":
+            tls_on = reader.boolean(label, value, True)
+        elif opt == "tls.certresolver":
+            resolver = value.strip()
+        elif opt == "tls.options":
+            reader.unsupported(label, "TLS options come from edge's [tls] section")
+        elif _TLS_DOMAIN.match(opt):
+            m = _TLS_DOMAIN.match(opt)
+            assert m is not None
+            names = _list(value.lower())
+            domains.setdefault(int(m.group(1)), {})[m.group(2)] = names
+        elif opt.startswith("observability"):
+            reader.unsupported(label, "edge's access log and metrics cover every router")
+        else:
+            reader.unknown(label)
+
+    if not rule_text:
+        host = default_host(source, domain)
+        if not host:
+            if opts:
+                reader.warn(
+                    f"{prefix}.http.routers.{name}.rule",
+                    f"router {name} has no rule and no default domain is set"
+                    f" ([docker] domain); add {prefix}.http.routers.{name}.rule",
+                )
+            else:
+                reader.warn(
+                    "",
+                    f"{source} has no routing rule and no default domain is set"
+                    f" ([docker] domain); add {prefix}.http.routers.{name}.rule=Host(`...`)",
+                )
+            return None
+        rule_text = f"Host(`{host}`)"
+    try:
+        rule = parse_v2(rule_text)
+    except RuleError as e:
+        hint = ""
+        if looks_like_v1(rule_text):
+            hint = " (this is Traefik v1 syntax; v2 labels take Host(`example.com`))"
+        reader.error(rule_label, f"router {name}: bad rule in {rule_label}: {e}{hint}; router dropped")
+        return None
+    if not keep:
+        return None
+
+    if service:
+        if "@" in service:
+            if service.endswith("@internal"):
+                reader.warn(
+                    opts.get("service", ("",))[0],
+                    f"router {name}: service {service} is Traefik's own; edge has no such service",
+                )
+            qualified = service
+        else:
+            qualified = f"{service}@{provider}"
+    elif len(services) == 1:
+        qualified = services[0].name
+    else:
+        reader.error(
+            rule_label or f"{prefix}.http.routers.{name}",
+            f"router {name} names no service and this service defines several;"
+            f" add {prefix}.http.routers.{name}.service; router dropped",
+        )
+        return None
+
+    tls = None
+    if tls_on is not False and (tls_on or resolver or domains):
+        names: list[str] = []
+        for index in sorted(domains):
+            names.extend(domains[index].get("main", ()))
+            names.extend(domains[index].get("sans", ()))
+        tls = RouterTLS(cert_resolver=resolver, domains=tuple(dict.fromkeys(names)))
+
+    return Router(
+        name=f"{name}@{provider}",
+        rule=rule,
+        rule_text=rule_text,
+        service=qualified,
+        entry_points=entry_points,
+        priority=priority,
+        middlewares=middlewares,
+        tls=tls,
+        provider=provider,
+        source=source,
+    )
+
+
+# -- Traefik v1 ----------------------------------------------------------------
+
+_V1_ROOT = frozenset({"frontend", "port", "protocol", "weight", "backend", "domain", "tags", "docker", "enable"})
+_V1_SEGMENT_KEYS = frozenset({"frontend", "port", "protocol", "weight", "backend", "domain"})
+_V2_ROOT = frozenset({"http", "tcp", "udp", "swarm"})
+
+
+def _is_v1(lower: list[str]) -> bool:
+    if len(lower) < 2 or lower[0] != "traefik":
+        return False
+    if lower[1] in ("frontend", "port", "protocol", "weight", "backend", "domain", "tags"):
+        return True
+    return len(lower) >= 3 and lower[1] not in _V1_ROOT | _V2_ROOT and lower[2] in _V1_SEGMENT_KEYS
+
+
+def _is_v2(lower: list[str]) -> bool:
+    if len(lower) < 2 or lower[0] != "traefik":
+        return False
+    return lower[1] in _V2_ROOT or lower[1:] == ["docker", "lbswarm"]
+
+
+def _v1_header_pairs(reader: _Reader, label: str, value: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in value.split("||"):
+        if not item.strip():
+            continue
+        name, sep, val = item.partition(":")
+        name = name.strip()
+        if not sep or not _valid_header_name(name):
+            reader.error(label, f"label {label}: expected Name:value||Name2:value2, got {item.strip()!r}")
+            continue
+        pairs.append((name, val.strip()))
+    return tuple(pairs)
+
+
+def _v1_frontend(
+    reader: _Reader, name: str, opts: dict[str, tuple[str, str]]
+) -> tuple[dict, list[Middleware], bool]:
+    """Frontend options of one v1 segment: (fields, middlewares, keep)."""
+    fields: dict = {}
+    allow: list[Middleware] = []
+    redirect: list[Middleware] = []
+    auth: list[Middleware] = []
+    headers: dict = {}
+    keep = True
+    redirect_permanent = False
+    redirect_scheme = ""
+    users: tuple[str, ...] = ()
+    remove_header = False
+    for opt, (label, value) in opts.items():
+        if opt == "rule":
+            fields["rule"] = (label, value.strip())
+        elif opt == "entrypoints":
+            fields["entry_points"] = _list(value)
+        elif opt == "priority":
+            fields["priority"] = reader.integer(label, value, 0, 0, 2**31 - 1)
+        elif opt == "passhostheader":
+            fields["pass_host_header"] = reader.boolean(label, value, True)
+        elif opt == "redirect.entrypoint":
+            target = value.strip()
+            if target.lower() == "http":
+                redirect_scheme = "http"
+            else:
+                redirect_scheme = "https"
+                if target.lower() != "https":
+                    reader.warn(
+                        label,
+                        f"label {label}: entry point {target!r} taken to be HTTPS;"
+                        " edge redirects to https",
+                    )
+        elif opt == "redirect.permanent":
+            redirect_permanent = reader.boolean(label, value, False)
+        elif opt in ("redirect.regex", "redirect.replacement"):
+            reader.unsupported(label, "only redirect.entryPoint is")
+        elif opt in ("auth.basic", "auth.basic.users"):
+            users = _list(value)
+            bad = [u for u in users if ":" not in u or u.startswith(":")]
+            if bad or not users:
+                reader.error(
+                    label,
+                    f"label {label}: expected user:hash entries, got {value!r};"
+                    " frontend dropped so it is not served unprotected",
+                )
+                keep = False
+        elif opt == "auth.basic.removeheader":
+            remove_header = reader.boolean(label, value, False)
+        elif opt in ("auth.basic.usersfile", "auth.digest", "auth.digest.users", "auth.digest.usersfile") or opt.startswith("auth.forward"):
+            reader.unsupported(label)
+            reader.error(
+                label,
+                f"frontend {name}: {label} asks for authentication edge cannot do;"
+                " frontend dropped so it is not served unprotected",
+            )
+            keep = False
+        elif opt == "auth.headerfield":
+            reader.unsupported(label, "the user name is not forwarded in a header")
+        elif opt in ("whitelist.sourcerange", "whitelistsourcerange"):
+            ranges = _list(value)
+            for item in ranges:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    reader.error(
+                        label,
+                        f"label {label}: {item!r} is not an address or CIDR;"
+                        " frontend dropped so it is not served unprotected",
+                    )
+                    keep = False
+            if ranges:
+                allow.append(IPAllowList(ranges))
+        elif opt == "whitelist.usexforwardedfor":
+            reader.unsupported(label, "edge takes client addresses from [http] trusted_proxies")
+        elif opt == "headers.customrequestheaders":
+            headers["custom_request"] = _v1_header_pairs(reader, label, value)
+        elif opt == "headers.customresponseheaders":
+            headers["custom_response"] = _v1_header_pairs(reader, label, value)
+        elif opt == "headers.stsseconds":
+            headers["sts_seconds"] = reader.integer(label, value, 0, 0, 2**31 - 1)
+        elif opt.startswith("headers.") and opt[len("headers.") :] in _HEADER_BOOLS:
+            headers[_HEADER_BOOLS[opt[len("headers.") :]]] = reader.boolean(label, value, False)
+        elif opt.startswith("headers."):
+            reader.unsupported(label, "this headers option")
+        else:
+            reader.unsupported(label)
+    if redirect_scheme:
+        redirect.append(RedirectScheme(scheme=redirect_scheme, permanent=redirect_permanent))
+    if users and keep:
+        auth.append(BasicAuth(users=users, remove_header=remove_header))
+    extra: list[Middleware] = []
+    if headers:
+        extra.append(Headers(**headers))
+    return fields, allow + redirect + auth + extra, keep
+
+
+def _v1_backend(reader: _Reader, opts: dict[str, tuple[str, str]]) -> dict:
+    """Container-wide traefik.backend.* options, as ServiceSpec fields."""
+    out: dict = {}
+    sticky_on = False
+    cookie = ""
+    health: dict = {}
+    health_label = ""
+    for opt, (label, value) in opts.items():
+        if opt == "":
+            continue  # traefik.backend=<name>: edge groups by Docker service
+        if opt in ("loadbalancer.stickiness", "loadbalancer.sticky"):
+            sticky_on = reader.boolean(label, value, False)
+        elif opt == "loadbalancer.stickiness.cookiename":
+            cookie = value.strip()
+            sticky_on = True
+        elif opt == "loadbalancer.swarm":
+            out["lb_swarm"] = reader.boolean(label, value, False)
+        elif opt == "loadbalancer.method":
+            reader.unsupported(label, "edge balances round-robin by weight")
+        elif opt.startswith("healthcheck."):
+            health_label = health_label or label
+            key = opt[len("healthcheck.") :]
+            if key == "path":
+                health["path"] = value.strip()
+            elif key == "interval":
+                health["interval"] = reader.duration(label, value, 30.0)
+            elif key == "timeout":
+                health["timeout"] = reader.duration(label, value, 5.0)
+            elif key == "port":
+                health["port"] = reader.port(label, value) or 0
+            elif key == "scheme":
+                health["scheme"] = reader.scheme(label, value)
+            elif key == "hostname":
+                health["hostname"] = value.strip()
+            elif key == "headers":
+                health["headers"] = _v1_header_pairs(reader, label, value)
+            else:
+                reader.unsupported(label, "this health check option")
+        else:
+            reader.unsupported(label)
+    if sticky_on:
+        out["sticky"] = StickyCookie(name=cookie) if cookie else StickyCookie()
+    if health:
+        path = health.pop("path", "")
+        if path.startswith("/"):
+            out["health_check"] = HealthCheck(path=path, **health)
+        else:
+            reader.error(
+                health_label,
+                "a health check needs a path starting with '/'"
+                " (traefik.backend.healthcheck.path); health check ignored",
+            )
+    return out
+
+
+def _read_v1(
+    reader: _Reader, source: str, entries, domain: str
+) -> tuple[list[Router], list[ServiceSpec]]:
+    provider = reader.provider
+    base = normalize_name(source) or "service"
+    segments: dict[str, dict[str, tuple[str, str]]] = {}
+    frontends: dict[str, dict[str, tuple[str, str]]] = {}
+    backend: dict[str, tuple[str, str]] = {}
+    network = ""
+    for label, parts, lower, value in entries:
+        if lower[0] != "traefik" or lower[1:2] == ["enable"]:
+            continue
+        if lower[1] == "docker" and lower[2:] == ["network"]:
+            network = value.strip()
+            continue
+        if lower[1] == "domain" and len(lower) == 2:
+            domain = value.strip()
+            continue
+        if lower[1] == "tags" and len(lower) == 2:
+            reader.unsupported(label, "constraints")
+            continue
+        if lower[1] == "backend":
+            backend[".".join(lower[2:])] = (label, value)
+            continue
+        if lower[1] in _V1_SEGMENT_KEYS:
+            segment, rest = "", lower[1:]
+        elif len(lower) >= 3 and lower[2] in _V1_SEGMENT_KEYS and lower[1] not in _V1_ROOT | _V2_ROOT:
+            segment, rest = parts[1], lower[2:]
+        else:
+            reader.unknown(label)
+            continue
+        if rest[0] == "frontend" and len(rest) > 1:
+            frontends.setdefault(segment, {})[".".join(rest[1:])] = (label, value)
+        elif len(rest) == 1 and rest[0] in ("port", "protocol", "weight", "backend", "domain"):
+            segments.setdefault(segment, {})[rest[0]] = (label, value)
+        else:
+            reader.unknown(label)
+
+    backend_fields = _v1_backend(reader, backend)
+    names = set(segments) | set(frontends)
+    named = sorted(n for n in names if n)
+    # Without segments the container is one frontend; with them, the root one
+    # exists only when root frontend/port labels say so.
+    groups = named + ([""] if ("" in names or not named) else [])
+
+    routers: list[Router] = []
+    services: list[ServiceSpec] = []
+    for segment in groups:
+        name = base if not segment else f"{base}-{segment.lower()}"
+        seg_opts = segments.get(segment, {})
+        seg_domain = domain
+        spec_fields: dict = dict(backend_fields)
+        for key, (label, value) in seg_opts.items():
+            if key == "port":
+                spec_fields["port"] = reader.port(label, value)
+            elif key == "protocol":
+                spec_fields["scheme"] = reader.scheme(label, value)
+            elif key == "weight":
+                spec_fields["weight"] = reader.integer(label, value, 1, 0, 1_000_000)
+            elif key == "domain":
+                seg_domain = value.strip()
+            # "backend" names the backend; edge groups by Docker service.
+        fields, middlewares, keep = _v1_frontend(reader, name, frontends.get(segment, {}))
+        if "pass_host_header" in fields:
+            spec_fields["pass_host_header"] = fields["pass_host_header"]
+        spec = ServiceSpec(name=f"{name}@{provider}", network=network, **spec_fields)
+        services.append(spec)
+
+        rule_label, rule_text = fields.get("rule", ("", ""))
+        if not rule_text:
+            host = default_host(source, seg_domain) if not segment else ""
+            if not host:
+                where = f"traefik.{segment}.frontend.rule" if segment else "traefik.frontend.rule"
+                reader.warn(
+                    where,
+                    f"{source}: no rule for {'segment ' + segment if segment else 'the service'}"
+                    f" and no default domain; add {where}",
+                )
+                continue
+            rule_text = f"Host:{host}"
+        try:
+            rule, strip = parse_v1(rule_text)
+        except RuleError as e:
+            reader.error(rule_label, f"frontend {name}: bad rule in {rule_label}: {e}; frontend dropped")
+            continue
+        if not keep:
+            continue
+        routers.append(
+            Router(
+                name=f"{name}@{provider}",
+                rule=rule,
+                rule_text=rule_text,
+                service=spec.name,
+                entry_points=fields.get("entry_points", ()),
+                priority=fields.get("priority", 0),
+                middlewares=tuple(middlewares) + strip,
+                provider=provider,
+                source=source,
+            )
+        )
+    return routers, services
+
+
+# -- the entry point -----------------------------------------------------------
+
+
+def _enabled(reader: _Reader, entries, exposed_by_default: bool) -> bool:
+    enabled = exposed_by_default
+    found = {lower[0]: (label, value) for label, _p, lower, value in entries if lower[1:] == ["enable"] and len(lower) == 2}
+    for prefix in ("traefik", "edge"):  # edge.enable wins
+        if prefix in found:
+            label, value = found[prefix]
+            enabled = reader.boolean(label, value, False)
+    return enabled
+
+
 def read_labels(
     source: str,
     labels: Mapping[str, str],
@@ -43,10 +1065,81 @@ def read_labels(
     provider: str = "docker",
     domain: str = "",
     exposed_by_default: bool = True,
+    shared_middlewares: Mapping[str, Middleware] | None = None,
 ) -> LabelConfig:
-    """Interface placeholder: reads only the enable flag for now."""
-    enabled = exposed_by_default
-    for key in ("traefik.enable", "edge.enable"):
-        if key in labels:
-            enabled = labels[key].strip().lower() == "true"
-    return LabelConfig(enabled=enabled, routers=(), services=(), problems=())
+    """
+    Routers and services for the Docker service ``source`` from its labels.
+
+    ``shared_middlewares`` (qualified names such as ``auth@docker``) lets a
+    caller resolve middlewares defined on other services; see
+    :func:`read_middlewares`.
+    """
+    reader = _Reader(source, provider)
+    try:
+        entries = _split_labels(labels)
+        enabled = _enabled(reader, entries, exposed_by_default)
+        if not enabled:
+            return LabelConfig(False, (), (), tuple(reader.problems))
+        shared = shared_middlewares or {}
+        edge_routing = [e for e in entries if e[2][0] == "edge" and e[2][1:] != ["enable"]]
+        if edge_routing:
+            routers, services = _read_v2(reader, source, entries, "edge", domain, shared)
+        else:
+            v1 = [e for e in entries if _is_v1(e[2])]
+            v2 = [e for e in entries if _is_v2(e[2])]
+            if v2:
+                if v1:
+                    reader.warn(
+                        v1[0][0],
+                        f"{source}: Traefik v1 labels ({v1[0][0]}...) are ignored"
+                        " because v2 labels are present",
+                    )
+                    entries = [e for e in entries if not _is_v1(e[2])]
+                routers, services = _read_v2(reader, source, entries, "traefik", domain, shared)
+            elif v1:
+                routers, services = _read_v1(reader, source, entries, domain)
+            elif entries or domain:
+                # Only enable/network labels, or none with a default domain:
+                # Traefik's default router and service.
+                routers, services = _read_v2(reader, source, entries, "traefik", domain, shared)
+            else:
+                # No labels and no default domain: nothing to route, nothing to say.
+                return LabelConfig(True, (), (), ())
+        return LabelConfig(
+            enabled=True,
+            routers=tuple(sorted(routers, key=lambda r: r.name)),
+            services=tuple(sorted(services, key=lambda s: s.name)),
+            problems=tuple(reader.problems),
+        )
+    except Exception as e:  # a bug here must not stop discovery of other services
+        _log.failure("Reading labels of {source} failed", source=source)
+        return LabelConfig(
+            enabled=False,
+            routers=(),
+            services=(),
+            problems=tuple(reader.problems)
+            + (Problem(source, f"internal error reading labels: {e!r}", "error"),),
+        )
+
+
+def read_middlewares(
+    source: str, labels: Mapping[str, str], *, provider: str = "docker"
+) -> dict[str, Middleware]:
+    """
+    The usable middlewares a service defines (v2 or ``edge.*`` grammar),
+    by qualified name, for other services' routers to reference.  Problems
+    are reported by :func:`read_labels` for the defining service.
+    """
+    reader = _Reader(source, provider)
+    try:
+        entries = _split_labels(labels)
+        prefix = "edge" if any(e[2][0] == "edge" and e[2][1:] != ["enable"] for e in entries) else "traefik"
+        found = _collect_v2(reader, entries, prefix)
+        out: dict[str, Middleware] = {}
+        for name, built in _v2_middlewares(reader, found).items():
+            if not isinstance(built, _Broken) and built is not _SKIP:
+                out[f"{name}@{provider}"] = built  # type: ignore[assignment]
+        return out
+    except Exception:
+        _log.failure("Reading middlewares of {source} failed", source=source)
+        return {}
