@@ -1,0 +1,685 @@
+"""
+Turn what the Docker Engine API returned into a complete :class:`Snapshot`.
+
+Everything here is a pure function of the raw API dicts (as the docker SDK's
+``APIClient`` returns them), the ``[docker]`` config and a few facts about
+edge itself, so it is tested with small literal dicts and every sync builds
+the whole view again (Traefik's way: never a delta).
+
+Backend addressing, in short: when edge is attached to the network a
+service's tasks are on, targets are task IPs on that network; otherwise they
+are published ports on node addresses (host mode: the task's own node and
+port, read from the task's ``Status.PortStatus``).  The ``ingress`` network
+and its virtual IPs are never used.  A routed service edge cannot reach gets a
+warning :class:`Problem` instead of silently having no targets.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from edge.config import DockerConfig
+from edge.snapshot import (
+    BackendService,
+    Node,
+    Problem,
+    PublishedPort,
+    Router,
+    Snapshot,
+    SwarmService,
+    Target,
+)
+
+__all__ = [
+    "SelfFacts",
+    "DockerState",
+    "build_snapshot",
+    "converging",
+    "node_address",
+    "running_tasks",
+    "published_ports",
+]
+
+STACK_LABEL = "com.docker.stack.namespace"
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+SWARM_TASK_LABEL = "com.docker.swarm.task.id"
+
+_UPDATING = ("updating", "rollback_started")
+_ANY_ADDRESS = ("", "0.0.0.0", "::", "[::]")
+
+
+@dataclass(frozen=True)
+class SelfFacts:
+    """Where edge itself runs, which decides how backends are reachable."""
+
+    in_container: bool = False
+    container_id: str = ""
+    # IDs of the Docker networks edge's own container is attached to.
+    network_ids: frozenset[str] = frozenset()
+
+
+@dataclass
+class DockerState:
+    """One full read of the Engine API: raw dicts, as the docker SDK returns them."""
+
+    info: dict = field(default_factory=dict)
+    swarm: bool = False  # services/tasks/nodes were read
+    containers_read: bool = False  # plain containers were read
+    services: list = field(default_factory=list)
+    tasks: list = field(default_factory=list)
+    nodes: list = field(default_factory=list)
+    networks: list = field(default_factory=list)
+    containers: list = field(default_factory=list)
+    # Where published ports of plain containers answer when edge is outside
+    # their network: 127.0.0.1 for a local socket, the host of a tcp:// URL.
+    engine_host: str = "127.0.0.1"
+    problems: tuple[Problem, ...] = ()
+
+
+LabelReader = Callable[..., Any]
+
+
+def _default_reader() -> LabelReader:
+    from edge.discovery.labels import read_labels
+
+    return read_labels
+
+
+# -- small readers of the API shapes -----------------------------------------
+
+
+def _get(d: Any, *path: str, default: Any = None) -> Any:
+    for key in path:
+        if not isinstance(d, dict):
+            return default
+        d = d.get(key)
+    return default if d is None else d
+
+
+def _split_host(addr: str) -> str:
+    """``10.0.0.1:2377`` -> ``10.0.0.1``; ``[fd00::1]:2377`` -> ``fd00::1``."""
+    if addr.startswith("["):
+        return addr[1:].split("]", 1)[0]
+    if addr.count(":") == 1:
+        return addr.rsplit(":", 1)[0]
+    return addr
+
+
+def node_address(node: dict) -> str:
+    """
+    The address other machines reach a node on.
+
+    For managers ``Status.Addr`` may read ``0.0.0.0`` or ``127.0.0.1`` (it is
+    the address the node connected from); ``ManagerStatus.Addr`` is the
+    advertised one, without its ``:2377``.
+    """
+    manager_addr = _split_host(_get(node, "ManagerStatus", "Addr", default=""))
+    if manager_addr not in _ANY_ADDRESS:
+        return manager_addr
+    return _get(node, "Status", "Addr", default="")
+
+
+def running_tasks(tasks: Iterable[dict]) -> list[dict]:
+    """Tasks that run now and are meant to: the only ones edge routes to."""
+    return [
+        t
+        for t in tasks
+        if _get(t, "Status", "State") == "running" and t.get("DesiredState") == "running"
+    ]
+
+
+def published_ports(service: dict) -> tuple[PublishedPort, ...]:
+    """A service's published ports, from ``Endpoint.Ports`` or else its spec."""
+    ports = _get(service, "Endpoint", "Ports") or _get(
+        service, "Spec", "EndpointSpec", "Ports", default=[]
+    )
+    seen = set()
+    for p in ports:
+        if not p.get("TargetPort"):
+            continue
+        seen.add(
+            PublishedPort(
+                target_port=int(p["TargetPort"]),
+                published_port=int(p.get("PublishedPort") or 0),
+                protocol=p.get("Protocol", "tcp"),
+                mode=p.get("PublishMode", "ingress"),
+            )
+        )
+    return tuple(sorted(seen, key=lambda p: (p.target_port, p.protocol, p.mode, p.published_port)))
+
+
+def converging(state: DockerState) -> bool:
+    """True while some service is still moving towards its desired state."""
+    by_service: dict[str, list[dict]] = defaultdict(list)
+    for task in state.tasks:
+        if task.get("DesiredState") == "running":
+            by_service[task.get("ServiceID", "")].append(task)
+    for service in state.services:
+        if _get(service, "UpdateStatus", "State") in _UPDATING:
+            return True
+        tasks = by_service.get(service.get("ID", ""), [])
+        if any(_get(t, "Status", "State") != "running" for t in tasks):
+            return True
+        replicas = _get(service, "Spec", "Mode", "Replicated", "Replicas")
+        if replicas is not None and len(tasks) != replicas:
+            return True
+    return False
+
+
+# -- the network a service is reached on -------------------------------------
+
+
+@dataclass
+class _Networks:
+    by_id: dict[str, dict]
+    ids_by_name: dict[str, str]
+    ingress: frozenset[str]
+
+    @classmethod
+    def of(cls, networks: list[dict]) -> "_Networks":
+        by_id = {n.get("Id", ""): n for n in networks}
+        ids_by_name = {n.get("Name", ""): n.get("Id", "") for n in networks}
+        ingress = frozenset(
+            n.get("Id", "") for n in networks if n.get("Ingress") or n.get("Name") == "ingress"
+        )
+        return cls(by_id, ids_by_name, ingress)
+
+    def name(self, network_id: str) -> str:
+        return _get(self.by_id, network_id, "Name", default=network_id)
+
+    def match(self, wanted: str, candidates: Iterable[str], stack: str) -> str | None:
+        """
+        The candidate network ID a label's ``network`` value means.
+
+        Matches by ID (or an ID prefix of 12+ characters) and by name, with
+        or without the stack's prefix: ``frontend`` finds ``proxy_frontend``
+        in stack ``proxy`` and the other way round.
+        """
+        names = {wanted}
+        if stack:
+            names.add(f"{stack}_{wanted}")
+            if wanted.startswith(stack + "_"):
+                names.add(wanted[len(stack) + 1 :])
+        for nid in candidates:
+            if nid == wanted or (len(wanted) >= 12 and nid.startswith(wanted)):
+                return nid
+            if self.name(nid) in names:
+                return nid
+        return None
+
+
+def _is_ingress_name(networks: _Networks, wanted: str) -> bool:
+    nid = networks.ids_by_name.get(wanted, wanted)
+    return nid in networks.ingress
+
+
+# -- the builder ---------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, state: DockerState, config: DockerConfig, me: SelfFacts, reader: LabelReader):
+        self.state = state
+        self.config = config
+        self.me = me
+        self.read_labels = reader
+        self.networks = _Networks.of(state.networks)
+        self.routers: list[Router] = []
+        self.services: dict[str, BackendService] = {}
+        self.service_origin: dict[str, str] = {}
+        self.swarm_services: dict[str, SwarmService] = {}
+        self.problems: list[Problem] = list(state.problems)
+        self.nodes: dict[str, Node] = {}
+        self.local_node_id = _get(state.info, "Swarm", "NodeID", default="")
+
+    def problem(self, source: str, message: str, level: str = "warning", label: str = "") -> None:
+        self.problems.append(Problem(source=source, message=message, level=level, label=label))
+
+    # -- nodes
+
+    def read_nodes(self) -> None:
+        for raw in self.state.nodes:
+            nid = raw.get("ID", "")
+            self.nodes[nid] = Node(
+                id=nid,
+                hostname=_get(raw, "Description", "Hostname", default=""),
+                role=_get(raw, "Spec", "Role", default="worker"),
+                address=node_address(raw),
+                state=_get(raw, "Status", "State", default="unknown"),
+                availability=_get(raw, "Spec", "Availability", default="active"),
+                leader=bool(_get(raw, "ManagerStatus", "Leader", default=False)),
+            )
+
+    # -- swarm services
+
+    def read_services(self) -> None:
+        tasks_by_service: dict[str, list[dict]] = defaultdict(list)
+        for task in running_tasks(self.state.tasks):
+            tasks_by_service[task.get("ServiceID", "")].append(task)
+        for raw in sorted(self.state.services, key=lambda s: _get(s, "Spec", "Name", default="")):
+            name = _get(raw, "Spec", "Name", default="")
+            sid = raw.get("ID", "")
+            labels = _get(raw, "Spec", "Labels", default={})
+            stack = labels.get(STACK_LABEL, "")
+            tasks = sorted(tasks_by_service.get(sid, []), key=lambda t: t.get("ID", ""))
+            ports = published_ports(raw)
+            self.swarm_services[name] = SwarmService(
+                name=name,
+                id=sid,
+                stack=stack,
+                published_ports=ports,
+                node_ids=tuple(sorted({t.get("NodeID", "") for t in tasks} - {""})),
+                replicas_running=len(tasks),
+            )
+            config = self.read_labels(
+                name,
+                labels,
+                provider="docker",
+                domain=self.config.domain,
+                exposed_by_default=self.config.exposed_by_default,
+            )
+            if not config.enabled:
+                continue
+            self.problems.extend(config.problems)
+            self.routers.extend(config.routers)
+            for spec in config.services:
+                targets = self.service_targets(name, raw, stack, spec, tasks, ports)
+                self.add_service(name, spec, targets, mergeable=False)
+
+    def service_network(self, source: str, raw: dict, stack: str, wanted: str) -> tuple[str | None, bool]:
+        """(network ID to use or None, whether a failure was already reported)."""
+        attached = [
+            n.get("Target", "")
+            for n in (
+                _get(raw, "Spec", "TaskTemplate", "Networks")
+                or _get(raw, "Spec", "Networks", default=[])
+            )
+        ]
+        # Specs may name networks; the API normally gives IDs.
+        attached = [self.networks.ids_by_name.get(n, n) for n in attached]
+        usable = [n for n in attached if n not in self.networks.ingress]
+        if wanted:
+            if _is_ingress_name(self.networks, wanted):
+                self.problem(
+                    source,
+                    f"network {wanted!r} is the ingress network; edge never routes through it",
+                    level="error",
+                    label="network",
+                )
+                return None, True
+            found = self.networks.match(wanted, usable, stack)
+            if found is None:
+                on = ", ".join(sorted(self.networks.name(n) for n in usable)) or "none"
+                self.problem(
+                    source,
+                    f"network {wanted!r} is not one of the service's networks ({on})",
+                    level="error",
+                    label="network",
+                )
+                return None, True
+            return found, False
+        if len(usable) == 1:
+            return usable[0], False
+        shared = [n for n in usable if n in self.me.network_ids]
+        if len(shared) == 1:
+            return shared[0], False
+        return None, False
+
+    def target_port(self, source: str, spec, ports: tuple[PublishedPort, ...]) -> int | None:
+        if spec.port:
+            return spec.port
+        targets = sorted({p.target_port for p in ports if p.protocol == "tcp"})
+        if len(targets) == 1:
+            return targets[0]
+        why = (
+            "it publishes no port"
+            if not targets
+            else f"it publishes several ports ({', '.join(map(str, targets))})"
+        )
+        self.problem(
+            source,
+            f"no port for {spec.name}: {why}; set traefik.port or"
+            " traefik.http.services.<name>.loadbalancer.server.port",
+            level="error",
+            label="port",
+        )
+        return None
+
+    def service_targets(
+        self,
+        source: str,
+        raw: dict,
+        stack: str,
+        spec,
+        tasks: list[dict],
+        ports: tuple[PublishedPort, ...],
+    ) -> tuple[Target, ...]:
+        port = self.target_port(source, spec, ports)
+        if port is None:
+            return ()
+        wanted = spec.network or self.config.network
+        network_id, reported = self.service_network(source, raw, stack, wanted)
+        if reported:
+            return ()
+        mode = self.config.backend_addressing
+        if mode == "auto":
+            mode = "task" if network_id and network_id in self.me.network_ids else "published"
+        if mode == "task":
+            if network_id is None:
+                self.problem(
+                    source,
+                    f"{spec.name} is on several networks and no label names the one to use"
+                    " (traefik.docker.network)",
+                    level="error",
+                    label="network",
+                )
+                return ()
+            return self.task_targets(source, raw, spec, tasks, network_id, port)
+        return self.published_targets(source, spec, tasks, ports, port)
+
+    def task_targets(self, source, raw, spec, tasks, network_id, port) -> tuple[Target, ...]:
+        if spec.lb_swarm:
+            mode = _get(raw, "Spec", "EndpointSpec", "Mode", default="vip")
+            for vip in _get(raw, "Endpoint", "VirtualIPs", default=[]):
+                if vip.get("NetworkID") == network_id and mode == "vip":
+                    return (
+                        Target(
+                            id=raw.get("ID", ""),
+                            host=vip.get("Addr", "").split("/")[0],
+                            port=port,
+                            scheme=spec.scheme,
+                            weight=spec.weight,
+                        ),
+                    )
+            self.problem(
+                source,
+                f"{spec.name}: no virtual IP on network {self.networks.name(network_id)!r}"
+                " (endpoint mode dnsrr?); using task addresses",
+                label="lb_swarm",
+            )
+        targets = []
+        for task in tasks:
+            for attachment in task.get("NetworksAttachments") or ():
+                if _get(attachment, "Network", "ID") != network_id:
+                    continue
+                addresses = attachment.get("Addresses") or ()
+                if addresses:
+                    targets.append(
+                        Target(
+                            id=task.get("ID", ""),
+                            host=addresses[0].split("/")[0],
+                            port=port,
+                            scheme=spec.scheme,
+                            weight=spec.weight,
+                            node_id=task.get("NodeID", ""),
+                        )
+                    )
+        return tuple(targets)
+
+    def published_targets(self, source, spec, tasks, ports, port) -> tuple[Target, ...]:
+        matching = [p for p in ports if p.target_port == port and p.protocol == "tcp"]
+        if not matching:
+            self.problem(
+                source,
+                f"{spec.name} is unreachable: edge is not attached to its network and it"
+                f" publishes no port for {port}; attach edge to the service's network or"
+                f" publish the port (mode=host works without the routing mesh)",
+                label="network",
+            )
+            return ()
+        host_mode = any(p.mode == "host" for p in matching)
+        ingress = next((p for p in matching if p.mode != "host" and p.published_port), None)
+        targets = []
+        missing_nodes = set()
+        for task in tasks:
+            node_id = task.get("NodeID", "")
+            node = self.nodes.get(node_id)
+            if node is None or not node.address:
+                missing_nodes.add(node_id)
+                continue
+            published = 0
+            if host_mode:
+                for p in _get(task, "Status", "PortStatus", "Ports", default=[]):
+                    if (
+                        p.get("TargetPort") == port
+                        and p.get("Protocol", "tcp") == "tcp"
+                        and p.get("PublishMode") == "host"
+                        and p.get("PublishedPort")
+                    ):
+                        published = int(p["PublishedPort"])
+                        break
+            if not published and ingress is not None:
+                published = ingress.published_port
+            if published:
+                targets.append(
+                    Target(
+                        id=task.get("ID", ""),
+                        host=node.address,
+                        port=published,
+                        scheme=spec.scheme,
+                        weight=spec.weight,
+                        node_id=node_id,
+                    )
+                )
+        if missing_nodes:
+            self.problem(
+                source,
+                f"{spec.name}: no address known for node(s) {', '.join(sorted(missing_nodes))}",
+                label="network",
+            )
+        return tuple(targets)
+
+    # -- plain containers
+
+    def read_containers(self) -> None:
+        merged_counts: dict[str, int] = defaultdict(int)
+        for raw in sorted(self.state.containers, key=lambda c: c.get("Id", "")):
+            labels = raw.get("Labels") or {}
+            if SWARM_TASK_LABEL in labels or raw.get("State", "running") != "running":
+                continue
+            if self.me.container_id and raw.get("Id") == self.me.container_id:
+                continue
+            names = raw.get("Names") or [raw.get("Id", "")[:12]]
+            source = labels.get(COMPOSE_SERVICE_LABEL) or names[0].lstrip("/")
+            config = self.read_labels(
+                source,
+                labels,
+                provider="docker",
+                domain=self.config.domain,
+                exposed_by_default=self.config.exposed_by_default,
+            )
+            if not config.enabled:
+                continue
+            self.problems.extend(config.problems)
+            self.routers.extend(config.routers)
+            ports = tuple(
+                sorted(
+                    {
+                        PublishedPort(
+                            target_port=int(p["PrivatePort"]),
+                            published_port=int(p.get("PublicPort") or 0),
+                            protocol=p.get("Type", "tcp"),
+                            mode="host",
+                        )
+                        for p in raw.get("Ports") or ()
+                        if p.get("PrivatePort")
+                    },
+                    key=lambda p: (p.target_port, p.protocol, p.published_port),
+                )
+            )
+            merged_counts[source] += 1
+            own_ports = ports
+            previous = self.swarm_services.get(source)
+            if previous is not None:
+                ports = tuple(
+                    sorted(
+                        set(ports) | set(previous.published_ports),
+                        key=lambda p: (p.target_port, p.protocol, p.published_port),
+                    )
+                )
+            self.swarm_services[source] = SwarmService(
+                name=source,
+                id=previous.id if previous else raw.get("Id", ""),
+                stack=labels.get(COMPOSE_PROJECT_LABEL, ""),
+                published_ports=ports,
+                node_ids=(self.local_node_id,) if self.local_node_id else (),
+                replicas_running=merged_counts[source],
+            )
+            for spec in config.services:
+                targets = self.container_targets(source, raw, labels, spec, own_ports)
+                self.add_service(source, spec, targets, mergeable=True)
+
+    def container_targets(self, source, raw, labels, spec, ports) -> tuple[Target, ...]:
+        port = spec.port
+        if not port:
+            private = sorted({p.target_port for p in ports if p.protocol == "tcp"})
+            if len(private) != 1:
+                self.problem(
+                    source,
+                    f"no port for {spec.name}: the container "
+                    + ("exposes no port" if not private else "exposes several ports")
+                    + "; set traefik.port or traefik.http.services.<name>.loadbalancer.server.port",
+                    level="error",
+                    label="port",
+                )
+                return ()
+            port = private[0]
+        cid = raw.get("Id", "")
+        if _get(raw, "HostConfig", "NetworkMode") == "host":
+            return (Target(cid, self.state.engine_host, port, spec.scheme, spec.weight, self.local_node_id),)
+        attached = _get(raw, "NetworkSettings", "Networks", default={})
+        by_id = {v.get("NetworkID", ""): (name, v) for name, v in attached.items()}
+        stack = labels.get(COMPOSE_PROJECT_LABEL, "")
+        wanted = spec.network or self.config.network
+        chosen = None
+        if wanted:
+            nid = self.networks.match(wanted, by_id, stack)
+            if nid is None:
+                # Containers may sit on networks the listing does not show by ID.
+                nid = next(
+                    (
+                        i
+                        for i, (name, _) in by_id.items()
+                        if name in (wanted, f"{stack}_{wanted}")
+                    ),
+                    None,
+                )
+            if nid is None:
+                self.problem(
+                    source,
+                    f"network {wanted!r} is not one of the container's networks"
+                    f" ({', '.join(sorted(n for n, _ in by_id.values())) or 'none'})",
+                    level="error",
+                    label="network",
+                )
+                return ()
+            chosen = nid
+        elif len(by_id) == 1:
+            chosen = next(iter(by_id))
+        else:
+            shared = sorted(n for n in by_id if n in self.me.network_ids)
+            if shared:
+                chosen = shared[0]
+            elif by_id:
+                chosen = sorted(by_id, key=lambda i: by_id[i][0])[0]
+        mode = self.config.backend_addressing
+        if mode == "auto":
+            driver = _get(self.networks.by_id, chosen or "", "Driver", default="")
+            reachable_bridge = (
+                not self.me.in_container
+                and driver == "bridge"
+                and self.state.engine_host == "127.0.0.1"
+            )
+            mode = "task" if chosen and (chosen in self.me.network_ids or reachable_bridge) else "published"
+        if mode == "task" and chosen:
+            ip = by_id[chosen][1].get("IPAddress", "")
+            if ip:
+                return (Target(cid, ip, port, spec.scheme, spec.weight, self.local_node_id),)
+        # IPv4 bindings first: the same port is listed once per address family.
+        for p in sorted(raw.get("Ports") or (), key=lambda p: ":" in p.get("IP", "")):
+            if p.get("PrivatePort") == port and p.get("PublicPort") and p.get("Type", "tcp") == "tcp":
+                host = p.get("IP", "")
+                if host in _ANY_ADDRESS:
+                    host = self.state.engine_host
+                return (Target(cid, host, int(p["PublicPort"]), spec.scheme, spec.weight, self.local_node_id),)
+        self.problem(
+            source,
+            f"{spec.name} is unreachable: edge is not attached to the container's network"
+            f" and port {port} is not published",
+            label="network",
+        )
+        return ()
+
+    # -- assembling
+
+    def add_service(self, source: str, spec, targets: tuple[Target, ...], mergeable: bool) -> None:
+        existing = self.services.get(spec.name)
+        if existing is None:
+            self.services[spec.name] = BackendService(
+                name=spec.name,
+                targets=targets,
+                pass_host_header=spec.pass_host_header,
+                sticky=spec.sticky,
+                health_check=spec.health_check,
+            )
+            self.service_origin[spec.name] = source
+            return
+        if mergeable and self.service_origin[spec.name] == source:
+            # Several containers of one compose service share one load balancer.
+            self.services[spec.name] = BackendService(
+                name=existing.name,
+                targets=existing.targets + targets,
+                pass_host_header=existing.pass_host_header,
+                sticky=existing.sticky,
+                health_check=existing.health_check,
+            )
+            return
+        self.problem(
+            source,
+            f"service {spec.name} is already defined by {self.service_origin[spec.name]};"
+            " this definition is ignored",
+            level="error",
+            label="service",
+        )
+
+    def unique_routers(self) -> list[Router]:
+        chosen: dict[str, Router] = {}
+        for router in self.routers:
+            previous = chosen.get(router.name)
+            if previous is None:
+                chosen[router.name] = router
+            elif previous != router:
+                self.problem(
+                    router.source or router.name,
+                    f"router {router.name} is defined twice with different settings;"
+                    f" keeping the one from {previous.source or 'the first source'}",
+                    level="error",
+                    label="router",
+                )
+        return list(chosen.values())
+
+    def snapshot(self) -> Snapshot:
+        self.read_nodes()
+        if self.state.swarm:
+            self.read_services()
+        if self.state.containers_read:
+            self.read_containers()
+        return Snapshot.build(
+            routers=self.unique_routers(),
+            services=self.services.values(),
+            nodes=self.nodes.values(),
+            swarm_services=self.swarm_services.values(),
+            problems=self.problems,
+        )
+
+
+def build_snapshot(
+    state: DockerState,
+    config: DockerConfig,
+    me: SelfFacts = SelfFacts(),
+    read_labels: LabelReader | None = None,
+) -> Snapshot:
+    """The complete Docker view: routers, services with targets, nodes, DNS facts."""
+    return _Builder(state, config, me, read_labels or _default_reader()).snapshot()

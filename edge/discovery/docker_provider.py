@@ -1,0 +1,261 @@
+"""
+The Docker provider: keep a complete Docker snapshot reported to the publisher.
+
+A small state machine around a source (:class:`~edge.discovery.docker_client.
+DockerSource`, or a fake in tests):
+
+- connect: open the ``/events`` stream, then do a full sync; every
+  (re)connect ends in a full sync because the daemon replays few events;
+- every event asks for a full sync (coalesced: at most one in flight and one
+  queued) and starts a short burst of follow-up syncs, because no event says
+  a task reached ``running``; later ticks of the burst run only while some
+  service is still converging;
+- a slow periodic re-sync is the safety net behind the stream;
+- any failure (daemon gone, socket removed, timeout, stream closed) keeps the
+  last good snapshot, is logged once, and reconnects with capped exponential
+  back-off with jitter; recovery is logged too.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edge import metrics
+from edge.config import DockerConfig
+from edge.discovery.backoff import Backoff
+from edge.discovery.build import build_snapshot, converging
+
+__all__ = ["DockerProvider", "BURST"]
+
+# Seconds after an event at which to sync again while tasks converge.
+BURST = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
+# Ticks up to this offset always run: the swarm may not have started moving yet.
+_ALWAYS = 2.0
+
+
+def _describe(reason) -> str:
+    if isinstance(reason, Failure):
+        reason = reason.value
+    text = str(reason) or type(reason).__name__
+    return text.splitlines()[0] if text else type(reason).__name__
+
+
+class DockerProvider(Service):
+    """Reports ``docker`` snapshots; never empties them because the API went away."""
+
+    name = "docker"
+    _log = Logger()
+
+    def __init__(
+        self,
+        config: DockerConfig,
+        publisher,
+        reactor,
+        source=None,
+        backoff: Backoff | None = None,
+        burst: tuple[float, ...] = BURST,
+        build=build_snapshot,
+    ):
+        self.config = config
+        self._publisher = publisher
+        self._reactor = reactor
+        if source is None:
+            from edge.discovery.docker_client import DockerSource
+
+            source = DockerSource(config, reactor)
+        self._source = source
+        self._backoff = backoff or Backoff(initial=0.5, maximum=max(0.5, config.max_backoff))
+        self._burst = burst
+        self._build = build
+        self._watch = None
+        self._syncing = False
+        self._again = False
+        self._retry = None
+        self._resync = None
+        self._burst_calls: list = []
+        self._stopping = False
+        self.connected = False
+        self.converging = False
+        self._down_since: float | None = None
+        self._failed_attempts = 0
+        self._ever_connected = False
+
+    # -- service
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self._source.start()
+        self._connect()
+
+    def stopService(self):
+        self._stopping = True
+        self.connected = False
+        for call in [self._retry, self._resync, *self._burst_calls]:
+            if call is not None and call.active():
+                call.cancel()
+        self._burst_calls = []
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._source.stop()
+        return super().stopService()
+
+    # -- connecting
+
+    def _connect(self) -> None:
+        self._retry = None
+        if self._stopping:
+            return
+        d = self._source.watch(self._on_event)
+        d.addCallbacks(self._watching, self._failed)
+
+    def _watching(self, watch) -> None:
+        if self._stopping:
+            watch.close()
+            return
+        self._watch = watch
+        watch.ended.addCallback(self._watch_ended, watch)
+        self.connected = True
+        self.sync()
+
+    def _watch_ended(self, reason, watch) -> None:
+        if watch is not self._watch or self._stopping:
+            return
+        self._failed(f"event stream ended: {reason}")
+
+    def _failed(self, reason) -> None:
+        if self._stopping:
+            return
+        message = _describe(reason)
+        self.connected = False
+        if self._watch is not None:
+            watch, self._watch = self._watch, None
+            watch.close()
+        metrics.discovery_errors.labels("docker").inc()
+        self._publisher.report_error("docker", message)
+        self._failed_attempts += 1
+        if self._down_since is None:
+            self._down_since = self._reactor.seconds()
+            if self._ever_connected:
+                self._log.warn(
+                    "Docker API at {url} failed: {error}; keeping the last snapshot"
+                    " and reconnecting with back-off",
+                    url=self.config.url,
+                    error=message,
+                )
+            else:
+                self._log.warn(
+                    "Docker API at {url} is unreachable: {error}; routes come from the"
+                    " config file only until it answers (retrying with back-off)",
+                    url=self.config.url,
+                    error=message,
+                )
+        else:
+            self._log.debug("Docker API still failing: {error}", error=message)
+        for call in self._burst_calls:
+            if call.active():
+                call.cancel()
+        self._burst_calls = []
+        if self._resync is not None and self._resync.active():
+            self._resync.cancel()
+        if self._retry is None or not self._retry.active():
+            self._retry = self._reactor.callLater(self._backoff.next(), self._connect)
+
+    # -- syncing
+
+    def sync(self) -> None:
+        """Read everything again (coalesced with a sync already in flight)."""
+        if self._stopping or not self.connected:
+            return
+        if self._syncing:
+            self._again = True
+            return
+        self._syncing = True
+        self._again = False
+        d: Deferred = self._source.sync()
+        d.addCallbacks(self._synced, self._sync_failed)
+        d.addBoth(self._sync_done)
+
+    def _sync_done(self, _) -> None:
+        self._syncing = False
+        if self._again and self.connected and not self._stopping:
+            self.sync()
+
+    def _sync_failed(self, failure: Failure) -> None:
+        self._failed(failure)
+
+    def _synced(self, result) -> None:
+        if self._stopping or not self.connected:
+            return
+        state, me = result
+        try:
+            snapshot = self._build(state, self.config, me)
+        except Exception:
+            # A bug or an API shape we did not expect: keep the last good view.
+            self._log.failure("Building the Docker snapshot failed; keeping the last one")
+            self._publisher.report_error("docker", "snapshot build failed (see log)")
+            return
+        self._publisher.report("docker", snapshot)
+        metrics.discovery_syncs.labels("docker").inc()
+        if self._down_since is not None:
+            if self._ever_connected:
+                self._log.info(
+                    "Docker API at {url} is back after {seconds:.1f}s ({attempts} failed"
+                    " attempts); re-synced",
+                    url=self.config.url,
+                    seconds=self._reactor.seconds() - self._down_since,
+                    attempts=self._failed_attempts,
+                )
+            else:
+                self._log.info("Docker API at {url} now answers", url=self.config.url)
+        elif not self._ever_connected:
+            self._log.info(
+                "Docker API at {url}: swarm={swarm} containers={containers}",
+                url=self.config.url,
+                swarm=state.swarm,
+                containers=state.containers_read,
+            )
+        self._ever_connected = True
+        self._down_since = None
+        self._failed_attempts = 0
+        self._backoff.reset()
+        self.converging = converging(state)
+        if self._resync is not None and self._resync.active():
+            self._resync.cancel()
+        self._resync = self._reactor.callLater(self.config.resync_interval, self.sync)
+
+    # -- events
+
+    def _on_event(self, event: dict) -> None:
+        if self._stopping:
+            return
+        self._log.debug(
+            "Docker event {type} {action} {id}",
+            type=event.get("Type", ""),
+            action=event.get("Action", ""),
+            id=(event.get("Actor") or {}).get("ID", "")[:12],
+        )
+        self.sync()
+        self._start_burst()
+
+    def _start_burst(self) -> None:
+        for call in self._burst_calls:
+            if call.active():
+                call.cancel()
+        self._burst_calls = [
+            self._reactor.callLater(delay, self._burst_tick, delay) for delay in self._burst
+        ]
+
+    def _burst_tick(self, delay: float) -> None:
+        if delay <= _ALWAYS or self.converging:
+            self.sync()
+        else:
+            # Settled: the rest of this burst has nothing to catch.
+            for call in self._burst_calls:
+                if call.active():
+                    call.cancel()
+            self._burst_calls = []
