@@ -159,12 +159,14 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     """Discovery and every front end, under one root service."""
     from edge.discovery.publisher import SnapshotPublisher
     from edge.discovery.service import make_discovery_service
+    from edge.admin import make_admin_service
 
     root = EdgeService(config, make_observer(config.log.format, config.log.level))
     publisher = SnapshotPublisher(reactor, debounce=config.docker.debounce)
     root.publisher = publisher
     make_discovery_service(config, publisher, reactor).setServiceParent(root)
     # Front ends: each adds one line here.
+    make_admin_service(config, publisher, reactor).setServiceParent(root)
     return root
 
 
@@ -175,4 +177,8 @@ def makeService(options) -> EdgeService:
         config = apply_flags(_config.load(options.get("config")), options)
     except _config.ConfigError as e:
         raise SystemExit(f"edge: configuration error: {e}")
-    return build_service(config, reactor)
+    root = build_service(config, reactor)
+    from edge.lifecycle import ReloadService  # SIGHUP: re-read the file, flags laid over it again
+
+    ReloadService(lambda: apply_flags(_config.load(options.get("config")), options), reactor).setServiceParent(root)
+    return root

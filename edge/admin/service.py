@@ -1,0 +1,210 @@
+"""
+The admin service: one listening port for the dashboard, API, metrics and
+health check, reading the publisher and the rest of the service tree live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.metadata import PackageNotFoundError, version
+from typing import Iterator
+
+from twisted.application import strports
+from twisted.application.service import IService, IServiceCollection, MultiService
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from edge import metrics
+from edge.admin.passwords import PasswordChecker
+from edge.admin.view import Facts, overview
+from edge.admin.web import AdminRoot, AdminState
+from edge.config import Config
+from edge.snapshot import Snapshot, Target
+
+__all__ = ["AdminService", "routed_names", "walk"]
+
+
+def walk(service: IService) -> Iterator[IService]:
+    """``service`` and every service below it, depth first."""
+    yield service
+    collection = IServiceCollection(service, None)
+    if collection is not None:
+        for child in collection:
+            yield from walk(child)
+
+
+def routed_names(snapshot: Snapshot, config: Config) -> tuple[tuple[str, str, tuple[str, ...], str], ...]:
+    """
+    The names DNS answers for routed hosts, and the static records.
+
+    Routed hosts resolve to ``[dns] advertise`` or else to the ready manager
+    nodes, where edge listens; this mirrors what the DNS server answers for
+    the same snapshot.
+    """
+    try:
+        from edge.dns.table import edge_addresses
+    except ImportError:  # DNS front end not installed: the same rule, simply
+        addresses = tuple(config.dns.advertise) or tuple(
+            sorted({n.address for n in snapshot.managers if n.address})
+        )
+    else:
+        addresses = edge_addresses(snapshot, config.dns)
+    rows: dict[str, tuple[str, str, tuple[str, ...], str]] = {}
+    for host, router in snapshot.host_names():
+        if host in rows:
+            rows[host] = (host, "A", addresses, f"{rows[host][3]}, {router.name}")
+        else:
+            rows[host] = (host, "A", addresses, router.name)
+    zone = config.dns.zone.strip().rstrip(".").lower()
+    if zone:
+        managers = tuple(n.address for n in snapshot.managers if n.address)
+        rows[f"managers.{zone}"] = (f"managers.{zone}", "A", managers, "cluster zone")
+    for record in config.dns.records:
+        key = f"{record.name}/{record.type}"
+        rows[key] = (record.name, record.type.upper(), (record.value,), "config")
+    return tuple(rows[k] for k in sorted(rows))
+
+
+def _health_from_metrics() -> dict[tuple[str, str], bool]:
+    """What the HTTP layer last published in ``edge_target_up``."""
+    found = {}
+    for family in metrics.target_health.collect():
+        for sample in family.samples:
+            labels = sample.labels
+            found[(labels.get("service", ""), labels.get("target", ""))] = sample.value >= 1
+    return found
+
+
+def _edge_version() -> str:
+    try:
+        return version("edge")
+    except PackageNotFoundError:
+        return ""
+
+
+class _QuietSite(Site):
+    """No access log: the dashboard polls and the health check runs every few seconds."""
+
+    noisy = False
+
+    def log(self, request) -> None:
+        pass
+
+
+class AdminService(MultiService):
+    """
+    Serves the admin site on ``config.admin.address``.
+
+    The TLS service's CA certificate and the DNS service's names are looked
+    up in the service tree when asked for, so this service does not care
+    which front ends exist or in what order they start.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: Config, publisher, reactor):
+        super().__init__()
+        self.config = config
+        self.publisher = publisher
+        self.reactor = reactor
+        self._passwords = PasswordChecker()
+        self.site = _QuietSite(AdminRoot(self.state()), reactor=reactor)
+        self.site.displayTracebacks = False
+        self._listener = strports.service(config.admin.address, self.site, reactor=reactor)
+        self._listener.setServiceParent(self)
+
+    # -- what the resources read ---------------------------------------------
+
+    def state(self) -> AdminState:
+        return AdminState(
+            overview=self.overview,
+            snapshot_json=self.snapshot_json,
+            update_metrics=self.update_metrics,
+            ca_certificate=self.ca_certificate,
+            users=lambda: self.config.admin.users,
+            check_password=self._passwords,
+        )
+
+    def _root(self) -> IService:
+        node: IService = self
+        while getattr(node, "parent", None) is not None:
+            node = node.parent
+        return node
+
+    def _find(self, attribute: str):
+        for service in walk(self._root()):
+            if service is not self and callable(getattr(service, attribute, None)):
+                return service
+        return None
+
+    def overview(self) -> dict:
+        snapshot = self.publisher.current
+        health = _health_from_metrics()
+
+        def lookup(service: str, target: Target) -> bool | None:
+            for key in (target.id, target.url, f"{target.host}:{target.port}"):
+                if (service, key) in health:
+                    return health[(service, key)]
+            return None
+
+        dns = self._find("admin_dns_names")
+        names = dns.admin_dns_names(snapshot) if dns else routed_names(snapshot, self.config)
+        facts = Facts(
+            generation=self.publisher.generation,
+            published_at=self.publisher.published_at,
+            now=self.reactor.seconds(),
+            statuses=self.publisher.statuses(),
+            health=lookup,
+            dns_names=tuple(names),
+            version=_edge_version(),
+        )
+        return overview(snapshot, self.config, facts)
+
+    def snapshot_json(self) -> object:
+        from edge.discovery.jsonview import snapshot_to_data
+
+        return snapshot_to_data(self.publisher.current)
+
+    def update_metrics(self) -> None:
+        """Refresh the gauges that are read off the publisher at scrape time."""
+        metrics.snapshot_generation.set(self.publisher.generation)
+        now = self.reactor.seconds()
+        for status in self.publisher.statuses():
+            metrics.discovery_connected.labels(status.name).set(1 if status.connected else 0)
+            if status.last_sync is not None:
+                metrics.discovery_last_sync_age.labels(status.name).set(max(0.0, now - status.last_sync))
+
+    def ca_certificate(self) -> bytes | None:
+        tls = self._find("root_certificate_pem")
+        if tls is None:
+            return None
+        pem = tls.root_certificate_pem()
+        if pem is None:
+            return None
+        return pem if isinstance(pem, bytes) else pem.encode("ascii")
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def reload(self, config: Config) -> None:
+        """Take new users at once; a new listening address needs a restart."""
+        if config.admin.address != self.config.admin.address:
+            self._log.warn(
+                "Admin address change from {old} to {new} takes effect on restart",
+                old=self.config.admin.address,
+                new=config.admin.address,
+            )
+            config = dataclasses.replace(
+                config, admin=dataclasses.replace(config.admin, address=self.config.admin.address)
+            )
+        self.config = config
+
+    def startService(self) -> None:
+        self._log.info("Admin dashboard, API and metrics on {address}", address=self.config.admin.address)
+        super().startService()
+
+
+def make_admin_service(config: Config, publisher, reactor) -> MultiService:
+    """The admin service, or an empty one when ``[admin] address`` is ""."""
+    if not config.admin.address:
+        return MultiService()
+    return AdminService(config, publisher, reactor)
