@@ -88,6 +88,12 @@ def _default_reader() -> LabelReader:
     return read_labels
 
 
+def _default_middleware_reader() -> LabelReader:
+    from edge.discovery.labels import read_middlewares
+
+    return read_middlewares
+
+
 # -- small readers of the API shapes -----------------------------------------
 
 
@@ -220,11 +226,20 @@ def _is_ingress_name(networks: _Networks, wanted: str) -> bool:
 
 
 class _Builder:
-    def __init__(self, state: DockerState, config: DockerConfig, me: SelfFacts, reader: LabelReader):
+    def __init__(
+        self,
+        state: DockerState,
+        config: DockerConfig,
+        me: SelfFacts,
+        reader: LabelReader,
+        middleware_reader: LabelReader | None,
+    ):
         self.state = state
         self.config = config
         self.me = me
-        self.read_labels = reader
+        self._read_labels = reader
+        self._read_middlewares = middleware_reader
+        self.shared_middlewares: dict = {}
         self.networks = _Networks.of(state.networks)
         self.routers: list[Router] = []
         self.services: dict[str, BackendService] = {}
@@ -236,6 +251,33 @@ class _Builder:
 
     def problem(self, source: str, message: str, level: str = "warning", label: str = "") -> None:
         self.problems.append(Problem(source=source, message=message, level=level, label=label))
+
+    def read_labels(self, source: str, labels: dict, **kwargs):
+        if self._read_middlewares is not None:
+            kwargs["shared_middlewares"] = self.shared_middlewares
+        return self._read_labels(source, labels, **kwargs)
+
+    def collect_middlewares(self) -> None:
+        """Middlewares one service defines that other services' routers may use."""
+        if self._read_middlewares is None:
+            return
+        sources = []
+        if self.state.swarm:
+            sources += [
+                (_get(s, "Spec", "Name", default=""), _get(s, "Spec", "Labels", default={}))
+                for s in self.state.services
+            ]
+        if self.state.containers_read:
+            sources += [
+                ((c.get("Names") or ["/"])[0].lstrip("/"), c.get("Labels") or {})
+                for c in self.state.containers
+                if SWARM_TASK_LABEL not in (c.get("Labels") or {})
+            ]
+        for source, labels in sorted(sources, key=lambda pair: pair[0]):
+            if not any(".middlewares." in key for key in labels):
+                continue
+            for name, middleware in self._read_middlewares(source, labels, provider="docker").items():
+                self.shared_middlewares.setdefault(name, middleware)
 
     # -- nodes
 
@@ -662,6 +704,7 @@ class _Builder:
 
     def snapshot(self) -> Snapshot:
         self.read_nodes()
+        self.collect_middlewares()
         if self.state.swarm:
             self.read_services()
         if self.state.containers_read:
@@ -681,5 +724,12 @@ def build_snapshot(
     me: SelfFacts = SelfFacts(),
     read_labels: LabelReader | None = None,
 ) -> Snapshot:
-    """The complete Docker view: routers, services with targets, nodes, DNS facts."""
-    return _Builder(state, config, me, read_labels or _default_reader()).snapshot()
+    """
+    The complete Docker view: routers, services with targets, nodes, DNS facts.
+
+    ``read_labels`` replaces edge's label reader (tests); with the default one,
+    middlewares defined on one service are usable from every other one.
+    """
+    if read_labels is None:
+        return _Builder(state, config, me, _default_reader(), _default_middleware_reader()).snapshot()
+    return _Builder(state, config, me, read_labels, None).snapshot()
