@@ -17,7 +17,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.server import Request
-from twisted.web.static import File
 
 from edge import metrics
 from edge.admin.view import SECTIONS
@@ -149,6 +148,30 @@ class CACertificateResource(_Leaf):
         return pem
 
 
+class _Asset(resource.Resource):
+    """One file of the dashboard, read once: a handful of small files."""
+
+    isLeaf = True
+    _TYPES = {
+        ".html": b"text/html; charset=utf-8",
+        ".js": b"text/javascript; charset=utf-8",
+        ".css": b"text/css; charset=utf-8",
+    }
+
+    def __init__(self, path):
+        super().__init__()
+        self.body = path.read_bytes()
+        self.content_type = self._TYPES[path.name[path.name.rindex("."):]]
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", self.content_type)
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"x-frame-options", b"DENY")
+        request.setHeader(b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'")
+        return self.body
+
+
 class _Unauthorized(resource.Resource):
     isLeaf = True
 
@@ -172,8 +195,11 @@ class AdminRoot(resource.Resource):
         super().__init__()
         self.state = state
         static = files("edge.admin") / "static"
-        self.putChild(b"", File(str(static / "dashboard.html"), defaultType="text/html"))
-        self.putChild(b"static", File(str(static)))
+        self.putChild(b"", _Asset(static / "dashboard.html"))
+        assets = resource.Resource()
+        for name in ("dashboard.js", "dashboard.css"):
+            assets.putChild(name.encode(), _Asset(static / name))
+        self.putChild(b"static", assets)
         self.putChild(b"api", APIResource(state))
         self.putChild(b"metrics", MetricsResource(state))
         self.putChild(b"healthz", HealthResource(state))

@@ -1,0 +1,103 @@
+"""
+SIGHUP reload: a good file reaches every service's ``reload``; a bad one is
+logged in one line and the running configuration stays.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from edge import config as _config
+from edge.lifecycle import ReloadService
+from edge.tap import EdgeService
+
+
+class Recorder(Service):
+    def __init__(self):
+        self.configs = []
+
+    def reload(self, config):
+        self.configs.append(config)
+
+
+class NoArgs(Service):
+    """Like the TLS service: ``reload()`` re-reads its own files."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def reload(self):
+        self.calls += 1
+
+
+class Broken(Service):
+    def reload(self, config):
+        raise RuntimeError("cannot take it")
+
+
+class ReloadTests(SynchronousTestCase):
+    def setUp(self):
+        self.path = self.mktemp()
+        self.write('[http]\nshutdown_grace = 3.0\n')
+        self.reactor = MemoryReactorClock()
+        self.root = EdgeService(_config.load(self.path))
+        self.nested = MultiService()
+        self.nested.setServiceParent(self.root)
+        self.recorder = Recorder()
+        self.recorder.setServiceParent(self.nested)
+        self.noargs = NoArgs()
+        self.noargs.setServiceParent(self.root)
+        Broken().setServiceParent(self.root)
+        self.lifecycle = ReloadService(lambda: _config.load(self.path), self.reactor)
+        self.lifecycle.setServiceParent(self.root)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def write(self, text):
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    def test_good_config_reaches_every_service(self):
+        self.write('[http]\nshutdown_grace = 7.5\n')
+        self.assertTrue(self.lifecycle.handle_hangup())
+        self.assertEqual([c.http.shutdown_grace for c in self.recorder.configs], [7.5])
+        self.assertEqual(self.noargs.calls, 1)
+        self.assertEqual(self.root.config.http.shutdown_grace, 7.5)
+        # The broken service's failure is logged and did not stop the others.
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_bad_config_is_rejected_and_the_running_one_stays(self):
+        self.write('[http]\nshutdown_grace = "soon"\n')
+        self.assertFalse(self.lifecycle.handle_hangup())
+        self.assertEqual(self.recorder.configs, [])
+        self.assertEqual(self.noargs.calls, 0)
+        self.assertEqual(self.root.config.http.shutdown_grace, 3.0)
+        errors = [e for e in self.events if e.get("log_level").name == "error"]
+        self.assertEqual(len(errors), 1)
+        self.assertIn("http.shutdown_grace: expected a number", errors[0]["error"])
+        self.assertIn("keeping the running configuration", errors[0]["log_format"])
+
+    def test_unreadable_file_is_rejected(self):
+        os.remove(self.path)
+        self.assertFalse(self.lifecycle.handle_hangup())
+        self.assertEqual(self.lifecycle.rejected, 1)
+        self.assertEqual(self.recorder.configs, [])
+
+    def test_sighup_queues_the_reload_on_the_reactor(self):
+        calls = []
+        self.reactor.callFromThread = lambda f, *a, **kw: calls.append(f)
+        before = signal.getsignal(signal.SIGHUP)
+        self.root.startService()
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+        finally:
+            self.root.stopService()
+        self.assertEqual(calls, [self.lifecycle.handle_hangup])
+        # The handler is only run from the reactor, never in the signal frame.
+        self.assertEqual(self.recorder.configs, [])
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
