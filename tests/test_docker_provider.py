@@ -1,0 +1,285 @@
+"""
+The Docker provider's state machine with a fake source and ``task.Clock``;
+back-off arithmetic.  The real source against a real daemon is exercised in
+tests/test_discovery_swarm.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+
+from edge.config import DockerConfig
+from edge.discovery.backoff import Backoff
+from edge.discovery.build import DockerState, SelfFacts
+from edge.discovery.docker_provider import DockerProvider
+from edge.discovery.publisher import SnapshotPublisher
+from edge.snapshot import BackendService, Snapshot, Target
+
+
+# -- back-off -----------------------------------------------------------------
+
+
+def test_backoff_grows_caps_and_resets():
+    b = Backoff(initial=0.5, maximum=4.0, factor=2.0, jitter=0.0)
+    assert [b.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    b.reset()
+    assert b.next() == 0.5
+
+
+def test_backoff_jitter_stays_within_half_to_full_step():
+    values = iter([0.0, 1.0, 0.5])
+    b = Backoff(initial=2.0, maximum=2.0, jitter=0.5, random=lambda: next(values))
+    assert [b.next(), b.next(), b.next()] == [2.0, 1.0, 1.5]
+
+
+def test_backoff_rejects_nonsense():
+    with pytest.raises(ValueError):
+        Backoff(initial=0)
+    with pytest.raises(ValueError):
+        Backoff(initial=5, maximum=1)
+
+
+# -- a fake source --------------------------------------------------------------
+
+
+class FakeWatch:
+    def __init__(self):
+        self.ended = Deferred()
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+class FakeSource:
+    """Answers syncs from ``self.state``; ``self.down`` makes everything fail."""
+
+    def __init__(self):
+        self.state = DockerState()
+        self.down: Exception | None = None
+        self.syncs = 0
+        self.watches: list[FakeWatch] = []
+        self.on_event = None
+        self.pending: list[Deferred] = []
+        self.hold = False
+        self.started = self.stopped = False
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.stopped = True
+
+    def sync(self):
+        self.syncs += 1
+        if self.down:
+            return fail(self.down)
+        if self.hold:
+            d = Deferred()
+            self.pending.append(d)
+            return d
+        return succeed((self.state, SelfFacts()))
+
+    def release(self):
+        d = self.pending.pop(0)
+        d.callback((self.state, SelfFacts()))
+
+    def watch(self, on_event):
+        if self.down:
+            return fail(self.down)
+        self.on_event = on_event
+        w = FakeWatch()
+        self.watches.append(w)
+        return succeed(w)
+
+
+def snapshot_of(state):
+    """Stand-in builder: one service whose targets are the state's task IDs."""
+    return Snapshot.build(
+        services=[
+            BackendService("web@docker", tuple(Target(t["ID"], "127.0.0.1", 80) for t in state.tasks))
+        ]
+    )
+
+
+def fake_build(state, config, me):
+    return snapshot_of(state)
+
+
+def tasks(*ids, moving=False):
+    state = DockerState(
+        swarm=True,
+        services=[{"ID": "s", "Spec": {"Mode": {"Replicated": {"Replicas": len(ids) + (1 if moving else 0)}}}}],
+        tasks=[{"ID": i, "ServiceID": "s", "DesiredState": "running", "Status": {"State": "running"}} for i in ids],
+    )
+    return state
+
+
+class Harness:
+    def __init__(self, **config):
+        self.clock = task.Clock()
+        self.source = FakeSource()
+        self.publisher = SnapshotPublisher(self.clock, debounce=0)
+        self.logged: list[dict] = []
+        self.provider = DockerProvider(
+            DockerConfig(url="unix:///fake.sock", resync_interval=60.0, max_backoff=8.0, **config),
+            self.publisher,
+            self.clock,
+            source=self.source,
+            backoff=Backoff(initial=0.5, maximum=8.0, jitter=0.0),
+            build=fake_build,
+        )
+        self.provider._log = Logger(observer=self.logged.append)
+
+    def targets(self):
+        service = self.publisher.current.service("web@docker")
+        return sorted(t.id for t in service.targets) if service else None
+
+    def levels(self):
+        return [e["log_level"].name for e in self.logged]
+
+
+@pytest.fixture
+def h():
+    return Harness()
+
+
+def test_start_opens_events_then_syncs_and_reports(h):
+    h.source.state = tasks("t1")
+    h.provider.startService()
+    assert h.source.started and len(h.source.watches) == 1 and h.source.syncs == 1
+    assert h.targets() == ["t1"]
+    assert h.publisher.status("docker").connected
+
+
+def test_event_syncs_and_burst_follows_until_settled(h):
+    h.provider.startService()
+    h.source.state = tasks("t1", moving=True)  # a task is still starting
+    h.source.on_event({"Type": "service", "Action": "update", "Actor": {"ID": "s"}})
+    assert h.source.syncs == 2 and h.provider.converging
+    for _ in range(4):  # ticks at 0.5, 1, 2, 5 s
+        h.clock.advance(h.clock.getDelayedCalls()[0].getTime() - h.clock.seconds())
+    assert h.source.syncs == 6
+    # The task reaches running; no event says so, the burst finds it.
+    h.source.state = tasks("t1", "t2")
+    h.clock.advance(5)  # the 10 s tick
+    assert h.targets() == ["t1", "t2"] and not h.provider.converging
+    syncs = h.source.syncs
+    h.clock.advance(20.5)  # 20 and 30 s ticks: settled, skipped
+    assert h.source.syncs == syncs
+
+
+def test_early_burst_ticks_run_even_when_settled(h):
+    h.provider.startService()
+    h.source.on_event({"Type": "service", "Action": "update"})
+    assert not h.provider.converging
+    h.clock.advance(2.0)  # 0.5, 1, 2: the swarm may not have started moving
+    assert h.source.syncs == 2 + 3
+    h.clock.advance(3.0)  # 5 s tick, settled: nothing
+    assert h.source.syncs == 5
+
+
+def test_events_during_a_sync_coalesce_into_one_more(h):
+    h.provider.startService()
+    h.source.hold = True
+    h.source.on_event({"Type": "container", "Action": "start"})
+    for _ in range(10):
+        h.source.on_event({"Type": "container", "Action": "die"})
+    assert h.source.syncs == 2 and len(h.source.pending) == 1
+    h.source.release()
+    assert h.source.syncs == 3  # exactly one more
+    h.source.release()
+    assert h.source.pending == []
+
+
+def test_periodic_resync(h):
+    h.provider.startService()
+    h.clock.advance(59.9)
+    assert h.source.syncs == 1
+    h.clock.advance(0.2)
+    assert h.source.syncs == 2
+
+
+def test_outage_keeps_last_snapshot_logs_once_and_backs_off(h):
+    h.source.state = tasks("t1", "t2")
+    h.provider.startService()
+    assert h.targets() == ["t1", "t2"]
+    generation = h.publisher.generation
+
+    h.source.down = ConnectionRefusedError("connection refused")
+    h.source.watches[-1].ended.callback("stream closed")
+    assert not h.publisher.status("docker").connected
+    retries = []
+    for _ in range(6):
+        delay = h.provider._retry.getTime() - h.clock.seconds()
+        retries.append(delay)
+        h.clock.advance(delay)
+    assert retries == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]  # capped at max_backoff
+    assert h.targets() == ["t1", "t2"] and h.publisher.generation == generation
+    warnings = [e for e in h.logged if e["log_level"].name == "warn"]
+    assert len(warnings) == 1 and "keeping the last snapshot" in warnings[0]["log_format"]
+    assert h.publisher.status("docker").errors == 7
+
+    # Back: new tasks (a restarted daemon gives new containers), re-synced at once.
+    h.source.down = None
+    h.source.state = tasks("t3")
+    h.clock.advance(8.0)
+    assert h.targets() == ["t3"] and h.publisher.status("docker").connected
+    assert any("is back" in e["log_format"] for e in h.logged)
+    # Back-off starts over after a success.
+    h.source.down = OSError("gone")
+    h.source.watches[-1].ended.callback("closed")
+    assert h.provider._retry.getTime() - h.clock.seconds() == 0.5
+
+
+def test_failing_sync_reconnects_and_closes_the_stream(h):
+    h.provider.startService()
+    h.source.down = TimeoutError("read timed out")
+    h.provider.sync()
+    assert h.source.watches[0].closed and not h.provider.connected
+    h.source.down = None
+    h.clock.advance(0.5)
+    assert len(h.source.watches) == 2 and h.provider.connected
+
+
+def test_unreachable_at_start_says_so_clearly_once(h):
+    h.source.down = FileNotFoundError(2, "No such file or directory")
+    h.provider.startService()
+    h.clock.advance(0.5 + 1 + 2)
+    warnings = [e for e in h.logged if e["log_level"].name == "warn"]
+    assert len(warnings) == 1 and "unreachable" in warnings[0]["log_format"]
+    assert h.publisher.current == Snapshot()
+
+
+def test_build_failure_keeps_last_snapshot(h):
+    h.source.state = tasks("t1")
+    h.provider.startService()
+
+    def broken(state, config, me):
+        raise KeyError("Spec")
+
+    h.provider._build = broken
+    h.provider.sync()
+    assert h.targets() == ["t1"] and h.publisher.status("docker").last_error
+    assert "critical" in h.levels()
+
+
+def test_stop_cancels_everything(h):
+    h.provider.startService()
+    h.source.on_event({"Type": "service", "Action": "create"})
+    h.provider.stopService()
+    assert h.source.stopped and h.source.watches[0].closed
+    assert h.clock.getDelayedCalls() == []
+    h.source.on_event({"Type": "service", "Action": "remove"})
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_stop_while_disconnected_cancels_retry(h):
+    h.source.down = OSError("down")
+    h.provider.startService()
+    assert h.clock.getDelayedCalls()
+    h.provider.stopService()
+    assert h.clock.getDelayedCalls() == []
