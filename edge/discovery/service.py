@@ -1,7 +1,26 @@
-"""Builds the discovery service tree (placeholder until the Docker provider lands)."""
+"""
+The discovery service tree: the config-file provider and the Docker provider.
 
-from twisted.application.service import MultiService
+edge is usable with static routes alone: the Docker provider keeps retrying
+in the background and says once, clearly, that the engine is unreachable.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IService, MultiService
+
+from edge.discovery.docker_provider import DockerProvider
+
+__all__ = ["make_discovery_service"]
 
 
-def make_discovery_service(config, publisher, reactor):
-    return MultiService()
+def make_discovery_service(config, publisher, reactor, docker_source=None) -> IService:
+    """A MultiService running every provider, each reporting to ``publisher``."""
+    from edge.discovery.static import StaticProvider
+
+    root = MultiService()
+    root.setName("discovery")
+    StaticProvider(config, publisher).setServiceParent(root)
+    provider = DockerProvider(config.docker, publisher, reactor, source=docker_source)
+    provider.setServiceParent(root)
+    return root
