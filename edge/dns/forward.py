@@ -1,0 +1,238 @@
+"""
+Names edge does not own: forwarded upstream through twisted.names, cached here.
+
+:class:`Forwarder` asks the upstream servers with
+:class:`twisted.names.client.Resolver` (UDP, each server in turn on
+timeout, TCP when the answer comes back truncated) and keeps the whole
+response — rcode and authority section too, which twisted's own
+``CacheResolver`` drops — in a bounded :class:`Cache` that honours TTLs and
+caches negative answers by the SOA's minimum (RFC 2308).
+
+Cached answers are kept encoded like the table's (:mod:`edge.dns.wire`) so
+a cache hit costs the server a dict lookup; the TTLs in them are counted
+down by re-encoding at most once a second per entry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.names import client, dns
+
+from edge.dns.table import Entry
+from edge.dns.wire import QNAME_POINTER, encode_name, name_text, rdata, rr
+
+__all__ = ["Cache", "CachedAnswer", "Forwarder", "parse_upstream", "resolv_conf_servers"]
+
+MAX_TTL = 86400
+SERVFAIL = Entry(dns.ESERVER, 0, 0, (b"",), aa=False)
+
+
+def parse_upstream(text: str) -> tuple[str, int]:
+    """``ADDR``, ``ADDR:PORT``, ``[V6]:PORT`` or a bare IPv6 address → ``(host, port)``."""
+    text = text.strip()
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad upstream {text!r}")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p)
+    host = str(ipaddress.ip_address(host))
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in upstream {text!r}")
+    return host, port
+
+
+def resolv_conf_servers(text: str) -> list[tuple[str, int]]:
+    servers = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                servers.append(parse_upstream(fields[1].split("%", 1)[0]))
+            except ValueError:
+                continue
+    return servers
+
+
+class CachedAnswer:
+    """One upstream response, kept with the time it arrived."""
+
+    __slots__ = ("qname", "rcode", "sections", "stored", "expires", "entry", "encoded_at")
+
+    def __init__(self, qname: bytes, message: dns.Message, stored: float, ttl: int):
+        self.qname = qname
+        self.rcode = message.rCode
+        self.sections = tuple(
+            [r for r in section if r.type != dns.OPT]
+            for section in (message.answers, message.authority, message.additional)
+        )
+        self.stored = stored
+        self.expires = stored + ttl
+        self.encoded_at = stored
+        self.entry = self._encode(0, pointer=True)
+
+    def _encode(self, elapsed: int, pointer: bool) -> Entry:
+        parts = []
+        for section in self.sections:
+            for record in section:
+                owner = record.name.name.lower()
+                wire = encode_name(owner)
+                parts.append(
+                    rr(
+                        QNAME_POINTER if pointer and wire == self.qname else wire,
+                        record.type,
+                        record.ttl - elapsed,
+                        rdata(record.payload),
+                        record.cls,
+                    )
+                )
+        an, ns, ar = (len(s) for s in self.sections)
+        return Entry(self.rcode, an, ns, (b"".join(parts),), aa=False, ar=ar)
+
+    def current(self, now: float) -> Entry:
+        """The entry with TTLs counted down to ``now`` (re-encoded once a second at most)."""
+        if now - self.encoded_at >= 1.0:
+            self.encoded_at = now
+            self.entry = self._encode(int(now - self.stored), pointer=True)
+        return self.entry
+
+    def full(self, now: float) -> Entry:
+        """Encoded with every owner written out, to follow another name's CNAME."""
+        return self._encode(int(now - self.stored), pointer=False)
+
+
+def cache_ttl(message: dns.Message) -> int:
+    """How long a response may be cached: RFC 2181 minimum TTL, RFC 2308 for negatives."""
+    if message.rCode not in (dns.OK, dns.ENAME) or message.trunc:
+        return 0
+    ttls = [r.ttl for r in message.answers]
+    if message.rCode == dns.ENAME or not message.answers:
+        soas = [r for r in message.authority if r.type == dns.SOA]
+        if not soas:
+            return 0
+        ttls += [min(r.ttl, r.payload.minimum) for r in soas]
+    return max(0, min(min(ttls), MAX_TTL)) if ttls else 0
+
+
+class Cache:
+    """A bounded LRU of :class:`CachedAnswer` keyed like the answer table."""
+
+    def __init__(self, size: int, clock):
+        self._size = max(0, size)
+        self._clock = clock
+        self._items: OrderedDict[bytes, CachedAnswer] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: bytes) -> Entry | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        now = self._clock.seconds()
+        if now >= item.expires:
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        if now - item.encoded_at >= 1.0:
+            return item.current(now)
+        return item.entry
+
+    def item(self, key: bytes) -> CachedAnswer | None:
+        item = self._items.get(key)
+        if item is not None and self._clock.seconds() >= item.expires:
+            del self._items[key]
+            return None
+        return item
+
+    def put(self, key: bytes, qname: bytes, message: dns.Message) -> CachedAnswer:
+        now = self._clock.seconds()
+        ttl = cache_ttl(message)
+        item = CachedAnswer(qname, message, now, ttl)
+        if ttl > 0 and self._size:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return item
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class Forwarder:
+    """
+    Ask the upstream servers, one query in flight per question.
+
+    ``max_pending`` bounds the questions waiting for upstream at once: each
+    one holds a UDP socket, and a flood of random names must not exhaust
+    file descriptors.  Past the bound the answer is SERVFAIL at once.
+    """
+
+    _log = Logger()
+
+    def __init__(self, servers, timeout: float, reactor, cache: Cache, max_pending: int = 1000):
+        self.servers = list(servers)
+        self._timeout = timeout
+        self._reactor = reactor
+        self.cache = cache
+        self._max_pending = max_pending
+        self._pending: dict[bytes, list[defer.Deferred]] = {}
+        self._resolver = (
+            client.Resolver(servers=self.servers, timeout=(timeout,), reactor=reactor)
+            if self.servers
+            else None
+        )
+        self.failures = 0
+
+    def lookup(self, key: bytes, qname: bytes, qtype: int, qclass: int) -> defer.Deferred:
+        """Fire with a :class:`CachedAnswer`, or ``None`` when every upstream failed."""
+        item = self.cache.item(key)
+        if item is not None:
+            return defer.succeed(item)
+        waiting = self._pending.get(key)
+        if waiting is not None:
+            d = defer.Deferred()
+            waiting.append(d)
+            return d
+        if self._resolver is None or len(self._pending) >= self._max_pending:
+            return defer.succeed(None)
+        self._pending[key] = []
+        query = dns.Query(name_text(qname), qtype, qclass)
+        d = self._resolver.queryUDP([query], (self._timeout,))
+        d.addCallback(self._maybe_tcp, query)
+        d.addCallbacks(
+            lambda message: self.cache.put(key, qname, message),
+            self._failed,
+            errbackArgs=(query,),
+        )
+        d.addBoth(self._release, key)
+        return d
+
+    def _maybe_tcp(self, message: dns.Message, query: dns.Query):
+        if message.trunc:
+            return self._resolver.queryTCP([query], self._timeout)
+        return message
+
+    def _failed(self, failure, query: dns.Query):
+        self.failures += 1
+        self._log.warn(
+            "No upstream answered {name} {type}: {error}",
+            name=query.name.name.decode("ascii", "replace"),
+            type=dns.QUERY_TYPES.get(query.type, query.type),
+            error=failure.getErrorMessage() or failure.type.__name__,
+        )
+        return None
+
+    def _release(self, result, key: bytes):
+        for d in self._pending.pop(key, ()):
+            d.callback(result)
+        return result

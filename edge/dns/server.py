@@ -1,0 +1,485 @@
+"""
+The DNS server: one :class:`Responder` behind UDP and TCP listeners.
+
+The responder turns query bytes into response bytes.  Its fast path parses
+only the header and question (:func:`edge.dns.wire.parse_query`), finds a
+pre-encoded answer in the snapshot's :class:`~edge.dns.table.AnswerTable` or
+the forwarding cache, and glues header, question and answer together.
+Anything unusual goes through twisted.names' message parser, and names edge
+does not own go upstream through :class:`~edge.dns.forward.Forwarder`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.names import dns
+from twisted.protocols.basic import Int16StringReceiver
+from twisted.protocols.policies import TimeoutMixin
+
+from edge import metrics
+from edge.config import DNSConfig
+from edge.dns.forward import SERVFAIL, Cache, Forwarder, parse_upstream, resolv_conf_servers
+from edge.dns.hosts import HostEntry, parse_hosts
+from edge.dns.table import AnswerTable, Entry, build_table
+from edge.dns.wire import (
+    MAX_UDP,
+    BadPacket,
+    BadVersion,
+    NotImplementedOpcode,
+    Query,
+    opt_record,
+    parse_query,
+    parse_slow,
+)
+from edge.snapshot import EMPTY, Snapshot
+
+__all__ = ["Responder", "DNSDatagramServer", "DNSStreamFactory", "DNSService", "make_dns_service"]
+
+_OPT = opt_record(False)
+_OPT_DO = opt_record(True)
+_TRUNCATED_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_TRUNCATED_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_REFUSED = Entry(dns.EREFUSED, 0, 0, (b"",), aa=False)
+_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+_QTYPES = {
+    t: dns.QUERY_TYPES.get(t) or dns.EXT_QUERIES.get(t)
+    for t in (1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 43, 46, 48, 64, 65, 255)
+}
+
+
+def _empty_table() -> AnswerTable:
+    return AnswerTable({}, {}, None, 5, 0)
+
+
+class Responder:
+    """
+    Query bytes in, response bytes (or a Deferred of them, or ``None``) out.
+
+    Holds the current table (swapped whole per snapshot), the forwarding
+    cache and the recursion policy; counts what it answers.
+    """
+
+    _log = Logger()
+    BAD_LOG_INTERVAL = 10.0
+
+    def __init__(self, config: DNSConfig, reactor, forwarder: Forwarder):
+        self._reactor = reactor
+        self.table: AnswerTable = _empty_table()
+        self.forwarder = forwarder
+        self.cache: Cache = forwarder.cache
+        self._networks = [ipaddress.ip_network(c, strict=False) for c in config.allow_recursion]
+        self._allowed: dict[str, bool] = {}
+        self._counts: dict[tuple[int, int, str], int] = {}
+        self._cache_hits = 0
+        self.bad_packets = 0
+        self._bad_unlogged = 0
+        self._bad_logged_at: float | None = None
+
+    # -- the query path ----------------------------------------------------
+
+    def handle(self, data: bytes, host: str, tcp: bool = False):
+        q = parse_query(data)
+        if q is None:
+            try:
+                q = parse_slow(data)
+            except NotImplementedOpcode:
+                return self._header_only(data, dns.ENOTIMP)
+            except BadVersion:
+                return self._badvers(data)
+            except BadPacket as e:
+                self._bad(host, str(e))
+                return self._header_only(data, dns.EFORMAT) if e.formerr else None
+        entry = self.table.exact.get(q.key)
+        if entry is None:
+            entry = self.table.lookup(q.name, q.qtype, q.qclass)
+            if entry is None:
+                return self._forward(q, host, tcp)
+        if entry.external is not None:
+            return self._external(q, entry, host, tcp)
+        self._count(q.qtype, entry.rcode, "auth")
+        return self._build(q, entry, entry.tail(), self._recursion(host), tcp)
+
+    def _build(self, q: Query, entry: Entry, tail: bytes, ra: bool, tcp: bool) -> bytes:
+        flags = bytes(
+            (
+                (0x84 if entry.aa else 0x80) | (q.flags[0] & 0x01),
+                (0x80 if ra else 0) | (q.flags[1] & 0x10) | entry.rcode,
+            )
+        )
+        edns = q.edns
+        if edns is None:
+            out = q.ident + flags + entry.counts + q.question + tail
+            if tcp or len(out) <= 512:
+                return out
+            return q.ident + bytes((flags[0] | 0x02, flags[1])) + _TRUNCATED_COUNTS + q.question
+        opt = _OPT_DO if edns[1] else _OPT
+        out = q.ident + flags + entry.counts_opt + q.question + tail + opt
+        if tcp or len(out) <= max(512, min(edns[0], MAX_UDP)):
+            return out
+        return q.ident + bytes((flags[0] | 0x02, flags[1])) + _TRUNCATED_COUNTS_OPT + q.question + opt
+
+    def _forward(self, q: Query, host: str, tcp: bool):
+        if not self._recursion(host):
+            self._count(q.qtype, dns.EREFUSED, "refused")
+            return self._build(q, _REFUSED, b"", False, tcp)
+        entry = self.cache.get(q.key)
+        if entry is not None:
+            self._cache_hits += 1
+            self._count(q.qtype, entry.rcode, "cache")
+            return self._build(q, entry, entry.tails[0], True, tcp)
+        d = self.forwarder.lookup(q.key, q.name, q.qtype, q.qclass)
+        d.addCallback(self._forwarded, q, tcp)
+        return d
+
+    def _forwarded(self, item, q: Query, tcp: bool) -> bytes:
+        entry = SERVFAIL if item is None else item.current(self._reactor.seconds())
+        self._count(q.qtype, entry.rcode, "upstream")
+        return self._build(q, entry, entry.tails[0], True, tcp)
+
+    def _external(self, q: Query, entry: Entry, host: str, tcp: bool):
+        """A CNAME out of edge's names: resolve its target upstream and answer whole."""
+        if not self._recursion(host):
+            self._count(q.qtype, entry.rcode, "auth")
+            return self._build(q, entry, entry.tail(), False, tcp)
+        ext = entry.external
+        key = ext.target + q.key[len(q.name) :]
+        d = self.forwarder.lookup(key, ext.target, q.qtype, q.qclass)
+
+        def combine(item) -> bytes:
+            if item is None:
+                combined = Entry(dns.ESERVER, ext.count, 0, (ext.chain,))
+            else:
+                rest = item.full(self._reactor.seconds())
+                an, ns, ar = struct.unpack("!HHH", rest.counts[2:8])
+                combined = Entry(item.rcode, ext.count + an, ns, (ext.chain + rest.tails[0],), ar=ar)
+            self._count(q.qtype, combined.rcode, "auth")
+            return self._build(q, combined, combined.tails[0], True, tcp)
+
+        return d.addCallback(combine)
+
+    # -- errors --------------------------------------------------------------
+
+    def _header_only(self, data: bytes, rcode: int) -> bytes | None:
+        """FORMERR/NOTIMP: the query's ID and opcode back, no sections."""
+        if len(data) < 12 or data[2] & 0x80:
+            return None
+        self._count(0, rcode, "error")
+        return data[0:2] + bytes((0x80 | (data[2] & 0x79), rcode)) + b"\x00" * 8
+
+    def _badvers(self, data: bytes) -> bytes | None:
+        """RFC 6891: an unknown EDNS version gets BADVERS (extended rcode 1) and our OPT."""
+        self._count(0, 16, "error")
+        return (
+            data[0:2] + bytes((0x80 | (data[2] & 0x79), 0)) + b"\x00\x00\x00\x00\x00\x00\x00\x01"
+            + opt_record(False, ext_rcode=1)
+        )
+
+    def _bad(self, host: str, reason: str) -> None:
+        """Count a malformed packet; log the first and then one summary line per interval."""
+        self.bad_packets += 1
+        metrics.dns_bad_packets.inc()
+        self._bad_unlogged += 1
+        now = self._reactor.seconds()
+        if self._bad_logged_at is None or now - self._bad_logged_at >= self.BAD_LOG_INTERVAL:
+            self._log.warn(
+                "Malformed DNS packet from {client}: {reason} ({count} since the last report,"
+                " {total} in all)",
+                client=host,
+                reason=reason,
+                count=self._bad_unlogged,
+                total=self.bad_packets,
+            )
+            self._bad_unlogged = 0
+            self._bad_logged_at = now
+
+    # -- policy and counting ------------------------------------------------
+
+    def _recursion(self, host: str) -> bool:
+        allowed = self._allowed.get(host)
+        if allowed is None:
+            try:
+                ip = ipaddress.ip_address(host.split("%", 1)[0])
+            except ValueError:
+                allowed = False
+            else:
+                if ip.version == 6 and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                allowed = any(ip in net for net in self._networks if net.version == ip.version)
+            if len(self._allowed) >= 65536:
+                self._allowed.clear()
+            self._allowed[host] = allowed
+        return allowed
+
+    def _count(self, qtype: int, rcode: int, source: str) -> None:
+        key = (qtype, rcode, source)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def flush_metrics(self) -> None:
+        """Move the batched counts into the Prometheus counters (once a second)."""
+        counts, self._counts = self._counts, {}
+        for (qtype, rcode, source), n in counts.items():
+            metrics.dns_queries.labels(
+                _QTYPES.get(qtype) or "other", _RCODES.get(rcode, str(rcode)), source
+            ).inc(n)
+        if self._cache_hits:
+            metrics.dns_cache_hits.inc(self._cache_hits)
+            self._cache_hits = 0
+
+
+class DNSDatagramServer(DatagramProtocol):
+    _log = Logger()
+    noisy = False
+
+    def __init__(self, responder: Responder):
+        self.responder = responder
+
+    def datagramReceived(self, data: bytes, addr) -> None:
+        try:
+            out = self.responder.handle(data, addr[0])
+        except Exception:
+            self._log.failure("DNS query from {client} failed", client=addr[0])
+            return
+        if out is None:
+            return
+        if type(out) is bytes:
+            self.transport.write(out, addr)
+        else:
+            out.addCallback(self._send, addr).addErrback(
+                lambda f: self._log.failure("DNS answer to {client} failed", f, client=addr[0])
+            )
+
+    def _send(self, out: bytes | None, addr) -> None:
+        if out is not None and self.transport is not None:
+            self.transport.write(out, addr)
+
+
+class DNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
+    """DNS over TCP (RFC 7766): length-prefixed messages, answered as they complete."""
+
+    _log = Logger()
+    _counted = False
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        if factory.open >= factory.max_connections:
+            self._log.warn(
+                "Refusing DNS TCP connection from {client}: {open} already open",
+                client=self.transport.getPeer().host,
+                open=factory.open,
+            )
+            self.transport.abortConnection()
+            return
+        factory.open += 1
+        self._counted = True
+        self._host = self.transport.getPeer().host
+        self.setTimeout(factory.idle_timeout)
+
+    def stringReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        try:
+            out = self.factory.responder.handle(data, self._host, tcp=True)
+        except Exception:
+            self._log.failure("DNS query from {client} failed", client=self._host)
+            self.transport.loseConnection()
+            return
+        if out is None:
+            # Not even a header: nothing sensible follows on this stream.
+            self.transport.loseConnection()
+        elif type(out) is bytes:
+            self.sendString(out)
+        else:
+            out.addCallback(self._send)
+
+    def _send(self, out: bytes | None) -> None:
+        if out is not None and self.transport.connected:
+            self.sendString(out)
+
+    def timeoutConnection(self) -> None:
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        self.setTimeout(None)
+        if self._counted:
+            self.factory.open -= 1
+            self._counted = False
+
+
+class DNSStreamFactory(Factory):
+    protocol = DNSStreamProtocol
+    noisy = False
+
+    def __init__(self, responder: Responder, max_connections: int = 256, idle_timeout: float = 10.0):
+        self.responder = responder
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.open = 0
+
+
+class DNSService(MultiService):
+    """
+    Listeners on every ``dns.interfaces`` address (UDP and TCP), the table
+    rebuilt per snapshot, the hosts file watched, metrics flushed.
+    """
+
+    _log = Logger()
+    HOSTS_POLL = 2.0
+
+    def __init__(self, config: DNSConfig, publisher, reactor, resolv_conf: str = "/etc/resolv.conf"):
+        super().__init__()
+        self.config = config
+        self._publisher = publisher
+        self._reactor = reactor
+        servers = self._upstreams(config, resolv_conf)
+        cache = Cache(config.cache_size, reactor)
+        self.forwarder = Forwarder(servers, config.upstream_timeout, reactor, cache)
+        self.responder = Responder(config, reactor, self.forwarder)
+        self._snapshot: Snapshot = EMPTY
+        self._hosts: list[HostEntry] = []
+        self._hosts_stamp = None
+        self._problems: set[str] = set()
+        self._serial = 0
+        self._ports: list = []
+        self._unsubscribe = None
+        self._loops: list[LoopingCall] = []
+
+    # -- configuration -------------------------------------------------------
+
+    def _upstreams(self, config: DNSConfig, resolv_conf: str) -> list[tuple[str, int]]:
+        if config.upstream:
+            servers = [parse_upstream(u) for u in config.upstream]
+            origin = "dns.upstream"
+        else:
+            try:
+                with open(resolv_conf) as f:
+                    servers = resolv_conf_servers(f.read())
+            except OSError as e:
+                self._log.warn("Cannot read {path}: {error}", path=resolv_conf, error=e.strerror)
+                servers = []
+            origin = resolv_conf
+        kept = [s for s in servers if not self._is_self(s, config)]
+        for s in servers:
+            if s not in kept:
+                self._log.warn("Not forwarding to {server}: that is edge itself", server=f"{s[0]}:{s[1]}")
+        if kept:
+            self._log.info(
+                "DNS forwards to {servers} (from {origin})",
+                servers=", ".join(f"{h}:{p}" for h, p in kept),
+                origin=origin,
+            )
+        else:
+            self._log.warn("DNS has no upstream server: names edge does not own get SERVFAIL")
+        return kept
+
+    @staticmethod
+    def _is_self(server: tuple[str, int], config: DNSConfig) -> bool:
+        host, port = server
+        if port != config.port:
+            return False
+        ip = ipaddress.ip_address(host)
+        for interface in config.interfaces:
+            listen = ipaddress.ip_address(interface)
+            if listen == ip or (listen.is_unspecified and ip.is_loopback):
+                return True
+        return False
+
+    # -- the table -----------------------------------------------------------
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._serial = max(self._serial + 1, int(self._reactor.seconds()))
+        table, problems = build_table(self._snapshot, self.config, self._hosts, self._serial)
+        self.responder.table = table
+        fresh = set(problems)
+        for problem in sorted(fresh - self._problems):
+            self._log.warn("DNS: {problem}", problem=problem)
+        self._problems = fresh
+        self._log.debug("DNS table rebuilt: {names} names, serial {serial}", names=table.names, serial=self._serial)
+
+    def _check_hosts(self) -> None:
+        path = self.config.hosts_file
+        if not path:
+            return
+        try:
+            st = os.stat(path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp == self._hosts_stamp:
+                return
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as e:
+            if self._hosts_stamp != "error":
+                self._log.error(
+                    "Cannot read hosts file {path}: {error}; keeping its last good contents",
+                    path=path,
+                    error=e.strerror,
+                )
+                self._hosts_stamp = "error"
+            return
+        self._hosts_stamp = stamp
+        entries, problems = parse_hosts(text, path)
+        for problem in problems:
+            self._log.warn("DNS hosts file: {problem}", problem=problem)
+        self._hosts = entries
+        self._log.info("Read {count} entries from hosts file {path}", count=len(entries), path=path)
+        if self._unsubscribe is not None:
+            self._rebuild()
+
+    # -- service -------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        self._check_hosts()
+        self._unsubscribe = self._publisher.subscribe(self._on_snapshot)
+        tcp = DNSStreamFactory(self.responder)
+        for interface in self.config.interfaces:
+            try:
+                udp = DNSDatagramServer(self.responder)
+                self._ports.append(self._reactor.listenUDP(self.config.port, udp, interface=interface))
+                self._ports.append(self._reactor.listenTCP(self.config.port, tcp, interface=interface))
+            except Exception:
+                for port in self._ports:
+                    port.stopListening()
+                self._ports = []
+                raise
+            self._log.info(
+                "DNS listening on {interface} port {port} (UDP and TCP)",
+                interface=interface,
+                port=self.config.port,
+            )
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        for call, interval in ((self.responder.flush_metrics, 1.0), (self._check_hosts, self.HOSTS_POLL)):
+            loop = LoopingCall(call)
+            loop.clock = self._reactor
+            loop.start(interval, now=False)
+            self._loops.append(loop)
+
+    def stopService(self):
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self.responder.flush_metrics()
+        ports, self._ports = self._ports, []
+        stops = [defer.maybeDeferred(p.stopListening) for p in ports]
+        return defer.gatherResults(stops).addCallback(lambda _: super(DNSService, self).stopService())
+
+
+def make_dns_service(config, publisher, reactor) -> DNSService:
+    """edge's DNS server for ``config.dns``, fed by ``publisher``'s snapshots."""
+    return DNSService(config.dns, publisher, reactor)
