@@ -160,6 +160,7 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     from edge.discovery.publisher import SnapshotPublisher
     from edge.discovery.service import make_discovery_service
     from edge.admin import make_admin_service
+    from edge.dns import make_dns_service
 
     root = EdgeService(config, make_observer(config.log.format, config.log.level))
     publisher = SnapshotPublisher(reactor, debounce=config.docker.debounce)
@@ -167,6 +168,8 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     make_discovery_service(config, publisher, reactor).setServiceParent(root)
     # Front ends: each adds one line here.
     make_admin_service(config, publisher, reactor).setServiceParent(root)
+    if config.dns.enabled:
+        make_dns_service(config, publisher, reactor).setServiceParent(root)
     return root
 
 
