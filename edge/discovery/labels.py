@@ -31,7 +31,7 @@ from typing import Mapping
 
 from twisted.logger import Logger
 
-from edge.discovery.rule_parser import RuleError, looks_like_v1, parse_v1, parse_v2
+from edge.discovery.rule_parser import RuleError, parse_v1, parse_v2
 from edge.rules import Rule
 from edge.snapshot import (
     BasicAuth,
@@ -703,10 +703,7 @@ def _router_v2(
     try:
         rule = parse_v2(rule_text)
     except RuleError as e:
-        hint = ""
-        if looks_like_v1(rule_text):
-            hint = " (this is Traefik v1 syntax; v2 labels take Host(`example.com`))"
-        reader.error(rule_label, f"router {name}: bad rule in {rule_label}: {e}{hint}; router dropped")
+        reader.error(rule_label, f"router {name}: bad rule in {rule_label}: {e}; router dropped")
         return None
     if not keep:
         return None

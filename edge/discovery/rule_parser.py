@@ -184,7 +184,7 @@ def _paths(values: tuple[str, ...], matcher: str, *, prefix: bool) -> Rule:
     for value in values:
         if not value.startswith("/"):
             raise RuleError(f"{matcher}: path {value!r} must start with '/'")
-        if _has_placeholder(value):
+        if "{" in value or "}" in value:
             regex = _template_to_regex(value, "[^/]+")
             if prefix:
                 regex += ".*"
@@ -678,7 +678,14 @@ def parse_v2(text: str) -> Rule:
     """Parse a Traefik v2/v3 router rule."""
     if not isinstance(text, str):
         raise RuleError("rule must be a string")
-    return _V2Parser(text).parse()
+    try:
+        return _V2Parser(text).parse()
+    except RuleError as e:
+        if looks_like_v1(text):
+            raise RuleError(
+                f"{e} (this looks like Traefik v1 syntax; v2 writes Host(`example.com`))"
+            ) from None
+        raise
 
 
 _V1_SHAPE = re.compile(
