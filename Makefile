@@ -27,12 +27,13 @@ test-deps: $(BIN)/python
 # for the images the tests make.
 system-deps:
 	@missing=""; \
-	for tool in dockerd dig dnsmasq curl busybox nsenter ip openssl; do \
+	for tool in dockerd dig dnsmasq curl busybox nsenter ip openssl chromium debootstrap; do \
 		command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages for:$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			docker.io busybox-static dnsutils dnsmasq-base curl iproute2 util-linux openssl; \
+			docker.io busybox-static dnsutils dnsmasq-base curl iproute2 util-linux openssl \
+			chromium debootstrap; \
 	fi
 
 testbed-up:

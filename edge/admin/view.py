@@ -140,6 +140,8 @@ def _router_view(router: Router, config: Config, services: Mapping[str, dict]) -
         "middlewares": [middleware_view(m) for m in router.middlewares],
         "tls": {
             "enabled": tls_enabled,
+            # Asked for on the router itself (labels/route), not only by a TLS entry point.
+            "router": router.tls is not None,
             "entrypoints": tls_eps,
             "cert_resolver": router.tls.cert_resolver if router.tls else "",
             "domains": list(router.tls.domains) if router.tls else [],

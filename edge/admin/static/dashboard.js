@@ -44,9 +44,14 @@ function targetsSummary(service) {
   if (!service) return pill("error", "missing");
   const total = service.targets.length;
   if (!total) return pill("error", "0 targets");
-  const kind = service.targets_down === total ? "error" : service.targets_down ? "warning" : "ok";
-  const up = service.targets.length - service.targets_down;
-  return pill(kind, up + "/" + total + " up");
+  const up = service.targets_up, down = service.targets_down, unchecked = total - up - down;
+  if (down === total) return pill("error", "0/" + total + " up");
+  if (unchecked === total) return pill("unknown", total + " unchecked");
+  return pill(down ? "warning" : "ok", up + "/" + total + " up" + (unchecked ? ", " + unchecked + " unchecked" : ""));
+}
+
+function plural(count, word) {
+  return count + " " + word + (count === 1 ? "" : "s");
 }
 
 function renderSummary(data) {
@@ -56,8 +61,8 @@ function renderSummary(data) {
     el("span", {}, el("b", { text: s.services }), " services"),
     el("span", {}, el("b", { text: s.targets_up + "/" + s.targets }), " targets up"),
     el("span", {}, el("b", { text: s.dns_names }), " DNS names"),
-    s.errors ? pill("error", s.errors + " errors") : null,
-    s.warnings ? pill("warning", s.warnings + " warnings") : null,
+    ...(s.errors ? [pill("error", plural(s.errors, "error"))] : []),
+    ...(s.warnings ? [pill("warning", plural(s.warnings, "warning"))] : []),
   );
   document.getElementById("version").textContent = data.version ? "v" + data.version : "";
   document.getElementById("updated").textContent = "snapshot #" + data.generation;
@@ -95,15 +100,16 @@ function renderRouters(data) {
   fill("routers", data.routers.map((r) => {
     const hosts = r.hosts.map((h) => h.startsWith("*") ? el("code", { text: h }) :
       el("a", { href: (r.tls.enabled ? "https://" : "http://") + h + "/", text: h }));
-    const tls = r.tls.enabled
-      ? pill("tls", "TLS" + (r.tls.cert_resolver ? " · " + r.tls.cert_resolver : ""))
-      : pill("plain", "plain HTTP");
+    const tls = !r.tls.enabled ? [pill("plain", "plain HTTP")]
+      : r.tls.router ? [pill("tls", "TLS" + (r.tls.cert_resolver ? " · " + r.tls.cert_resolver : "")),
+                        ...r.tls.domains.map((d) => el("div", { class: "muted", text: d }))]
+      : [pill("tls", "TLS on " + r.tls.entrypoints.join(", "))];
     return el("tr", { "data-filter": [r.name, r.rule, r.service, ...r.hosts].join(" ").toLowerCase() },
       el("td", {}, pill(r.status, r.status)),
       el("td", {}, el("b", { text: r.name }), el("div", { class: "muted", text: "priority " + r.priority })),
       el("td", {}, el("div", { class: "rule", text: r.rule }), hosts.length ? el("div", {}, ...hosts.flatMap((h, i) => i ? [" ", h] : [h])) : null),
       el("td", {}, ...r.entrypoints.map((e) => pill("plain", e))),
-      el("td", {}, tls),
+      el("td", {}, ...tls),
       el("td", {}, ...r.middlewares.map((m) => el("div", { title: m.detail }, m.type, m.detail ? el("span", { class: "muted", text: " " + m.detail }) : null))),
       el("td", {}, el("code", { text: r.service })),
       el("td", {}, targetsSummary(services[r.service])));
