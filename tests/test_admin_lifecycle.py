@@ -6,7 +6,9 @@ logged in one line and the running configuration stays.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
@@ -43,7 +45,9 @@ class Broken(Service):
 
 class ReloadTests(SynchronousTestCase):
     def setUp(self):
-        self.path = self.mktemp()
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        self.path = os.path.join(directory, "edge.toml")
         self.write('[http]\nshutdown_grace = 3.0\n')
         self.reactor = MemoryReactorClock()
         self.root = EdgeService(_config.load(self.path))
