@@ -1,0 +1,759 @@
+"""Traefik v1, v2/v3 and edge.* labels -> routers, service specs and problems."""
+
+import pytest
+from hypothesis import HealthCheck as HC
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.discovery.labels import (
+    LabelConfig,
+    ServiceSpec,
+    default_host,
+    normalize_name,
+    read_labels,
+    read_middlewares,
+)
+from edge.rules import And, Host, HostRegexp, PathPrefix
+from edge.snapshot import (
+    BasicAuth,
+    HealthCheck,
+    Headers,
+    IPAllowList,
+    RedirectScheme,
+    RouterTLS,
+    StickyCookie,
+    StripPrefix,
+)
+
+
+def problems(config: LabelConfig, level: str | None = None):
+    return [p for p in config.problems if level is None or p.level == level]
+
+
+def only_router(config: LabelConfig):
+    assert len(config.routers) == 1, config
+    return config.routers[0]
+
+
+def only_service(config: LabelConfig):
+    assert len(config.services) == 1, config
+    return config.services[0]
+
+
+# -- names and defaults ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source, domain, host",
+    [
+        ("proxy_jenkins", "example.com", "proxy-jenkins.example.com"),
+        ("a/b_c", "lan.", "a-b-c.lan"),
+        ("Web", "Home.LAN", "web.home.lan"),
+        ("web", "", ""),
+    ],
+)
+def test_default_host(source, domain, host):
+    assert default_host(source, domain) == host
+
+
+def test_no_labels_no_domain_routes_nothing_and_says_nothing():
+    config = read_labels("db", {"com.docker.stack.namespace": "x"})
+    assert config == LabelConfig(True, (), (), ())
+
+
+def test_no_labels_with_domain_gets_traefik_default_router():
+    config = read_labels("proxy_jenkins", {}, domain="example.com")
+    router = only_router(config)
+    assert router.name == "proxy-jenkins@docker"
+    assert router.rule == Host(("proxy-jenkins.example.com",))
+    assert router.rule_text == "Host(`proxy-jenkins.example.com`)"
+    assert router.service == "proxy-jenkins@docker"
+    assert router.source == "proxy_jenkins"
+    assert router.provider == "docker"
+    assert only_service(config) == ServiceSpec(name="proxy-jenkins@docker")
+    assert config.problems == ()
+
+
+def test_enabled_without_rule_or_domain_is_a_problem():
+    config = read_labels("web", {"traefik.enable": "true", "traefik.docker.network": "proxy"})
+    assert config.enabled and config.routers == ()
+    (problem,) = config.problems
+    assert problem.source == "web"
+    assert "no routing rule" in problem.message and "domain" in problem.message
+
+
+# -- enable -------------------------------------------------------------------
+
+ENABLE_CASES = [
+    ({}, True, True),
+    ({}, False, False),
+    ({"traefik.enable": "true"}, False, True),
+    ({"traefik.enable": "false"}, True, False),
+    ({"TRAEFIK.ENABLE": "False"}, True, False),
+    ({"edge.enable": "true", "traefik.enable": "false"}, False, True),
+    ({"edge.enable": "false", "traefik.enable": "true"}, True, False),
+    ({"traefik.enable": "1"}, False, True),
+]
+
+
+@pytest.mark.parametrize("labels, exposed, enabled", ENABLE_CASES)
+def test_enable(labels, exposed, enabled):
+    labels = dict(labels, **{"traefik.http.routers.r.rule": "Host(`a.b`)"})
+    config = read_labels("web", labels, exposed_by_default=exposed)
+    assert config.enabled is enabled
+    assert bool(config.routers) is enabled
+    assert problems(config) == []
+
+
+def test_bad_enable_value_does_not_expose():
+    config = read_labels("web", {"traefik.enable": "ture", "traefik.http.routers.r.rule": "Host(`a`)"})
+    assert config.enabled is False and config.routers == ()
+    (problem,) = config.problems
+    assert problem.level == "error" and problem.label == "traefik.enable"
+
+
+# -- Traefik v1 -----------------------------------------------------------------
+
+
+def test_v1_full_service():
+    labels = {
+        "traefik.enable": "true",
+        "traefik.frontend.rule": "Host:jenkins.example.com,ci.example.com;PathPrefixStrip:/ci",
+        "traefik.port": "8080",
+        "traefik.protocol": "https",
+        "traefik.weight": "3",
+        "traefik.docker.network": "proxy",
+        "traefik.frontend.entryPoints": "http, https",
+        "traefik.frontend.priority": "10",
+        "traefik.frontend.passHostHeader": "false",
+        "traefik.frontend.redirect.entryPoint": "https",
+        "traefik.frontend.auth.basic.users": "admin:$apr1$abc$def,bob:{SHA}xyz",
+        "traefik.frontend.auth.basic.removeHeader": "true",
+        "traefik.frontend.whiteList.sourceRange": "10.0.0.0/8, 192.168.1.0/24",
+        "traefik.frontend.headers.customRequestHeaders": "X-Script-Name:/ci||X-Env:prod",
+        "traefik.frontend.headers.customResponseHeaders": "X-Frame-Options:DENY",
+        "traefik.frontend.headers.STSSeconds": "31536000",
+        "traefik.frontend.headers.STSIncludeSubdomains": "true",
+        "traefik.frontend.headers.STSPreload": "true",
+        "traefik.frontend.headers.forceSTSHeader": "true",
+        "traefik.frontend.headers.SSLRedirect": "true",
+        "traefik.backend": "jenkins",
+        "traefik.backend.loadbalancer.stickiness": "true",
+        "traefik.backend.loadbalancer.stickiness.cookieName": "jsticky",
+        "traefik.backend.loadbalancer.swarm": "true",
+        "traefik.backend.healthcheck.path": "/login",
+        "traefik.backend.healthcheck.interval": "1m30s",
+        "traefik.backend.healthcheck.timeout": "3",
+        "traefik.backend.healthcheck.port": "8081",
+    }
+    config = read_labels("proxy_jenkins", labels)
+    assert problems(config) == []
+    router = only_router(config)
+    assert router.name == "proxy-jenkins@docker"
+    assert router.rule == And(
+        (Host(("jenkins.example.com", "ci.example.com")), PathPrefix(("/ci",)))
+    )
+    assert router.rule_text == labels["traefik.frontend.rule"]
+    assert router.entry_points == ("http", "https")
+    assert router.priority == 10
+    assert router.middlewares == (
+        IPAllowList(("10.0.0.0/8", "192.168.1.0/24")),
+        RedirectScheme(scheme="https"),
+        BasicAuth(users=("admin:$apr1$abc$def", "bob:{SHA}xyz"), remove_header=True),
+        Headers(
+            custom_request=(("X-Script-Name", "/ci"), ("X-Env", "prod")),
+            custom_response=(("X-Frame-Options", "DENY"),),
+            sts_seconds=31536000,
+            sts_include_subdomains=True,
+            sts_preload=True,
+            force_sts_header=True,
+            ssl_redirect=True,
+        ),
+        StripPrefix(("/ci",)),
+    )
+    assert router.service == "proxy-jenkins@docker"
+    assert only_service(config) == ServiceSpec(
+        name="proxy-jenkins@docker",
+        port=8080,
+        scheme="https",
+        weight=3,
+        network="proxy",
+        lb_swarm=True,
+        pass_host_header=False,
+        sticky=StickyCookie(name="jsticky"),
+        health_check=HealthCheck(path="/login", interval=90.0, timeout=3.0, port=8081),
+    )
+
+
+def test_v1_default_rule_uses_domain_and_traefik_domain_label():
+    config = read_labels("stack_app", {"traefik.port": "80"}, domain="example.com")
+    assert only_router(config).rule_text == "Host:stack-app.example.com"
+    assert only_router(config).rule == Host(("stack-app.example.com",))
+    config = read_labels(
+        "stack_app", {"traefik.port": "80", "traefik.domain": "other.org"}, domain="example.com"
+    )
+    assert only_router(config).rule == Host(("stack-app.other.org",))
+
+
+def test_v1_no_rule_no_domain_is_a_problem():
+    config = read_labels("stack_app", {"traefik.port": "80"})
+    assert config.routers == ()
+    (problem,) = config.problems
+    assert problem.label == "traefik.frontend.rule" and "no rule" in problem.message
+
+
+def test_v1_segments():
+    labels = {
+        "traefik.web.frontend.rule": "Host:web.example.com",
+        "traefik.web.port": "80",
+        "traefik.api.frontend.rule": "Host:api.example.com;PathPrefix:/v1",
+        "traefik.api.port": "8080",
+        "traefik.api.protocol": "https",
+        "traefik.api.frontend.entryPoints": "https",
+        "traefik.api.frontend.auth.basic.users": "u:h",
+        "traefik.backend.loadbalancer.stickiness": "true",
+    }
+    config = read_labels("app", labels)
+    assert problems(config) == []
+    routers = {r.name: r for r in config.routers}
+    assert set(routers) == {"app-web@docker", "app-api@docker"}
+    assert routers["app-web@docker"].rule == Host(("web.example.com",))
+    assert routers["app-web@docker"].middlewares == ()
+    assert routers["app-api@docker"].entry_points == ("https",)
+    assert routers["app-api@docker"].middlewares == (BasicAuth(("u:h",)),)
+    services = {s.name: s for s in config.services}
+    assert services["app-web@docker"].port == 80
+    assert services["app-api@docker"] == ServiceSpec(
+        name="app-api@docker", port=8080, scheme="https", sticky=StickyCookie()
+    )
+    assert routers["app-api@docker"].service == "app-api@docker"
+
+
+def test_v1_redirect_to_other_entry_point_warns():
+    config = read_labels(
+        "a", {"traefik.frontend.rule": "Host:a.b", "traefik.frontend.redirect.entryPoint": "websecure"}
+    )
+    assert only_router(config).middlewares == (RedirectScheme(scheme="https"),)
+    (problem,) = config.problems
+    assert problem.level == "warning" and "websecure" in problem.message
+
+
+@pytest.mark.parametrize(
+    "label, value",
+    [
+        ("traefik.frontend.auth.basic.users", "nocolon"),
+        ("traefik.frontend.auth.basic.usersFile", "/run/secrets/htpasswd"),
+        ("traefik.frontend.auth.forward.address", "http://auth:4181"),
+        ("traefik.frontend.whiteList.sourceRange", "10.0.0.0/8,not-a-range"),
+    ],
+)
+def test_v1_unusable_protection_drops_the_frontend(label, value):
+    config = read_labels("a", {"traefik.frontend.rule": "Host:a.b", label: value})
+    assert config.routers == ()
+    errors = problems(config, "error")
+    assert errors and all(p.label == label for p in errors)
+    assert any("not served unprotected" in p.message for p in errors)
+
+
+def test_v1_broken_rule_drops_only_that_segment():
+    config = read_labels(
+        "app",
+        {
+            "traefik.good.frontend.rule": "Host:good.example.com",
+            "traefik.bad.frontend.rule": "Hots:bad.example.com",
+        },
+    )
+    assert [r.name for r in config.routers] == ["app-good@docker"]
+    (problem,) = config.problems
+    assert problem.level == "error"
+    assert problem.source == "app"
+    assert problem.label == "traefik.bad.frontend.rule"
+    assert "unknown matcher 'Hots'" in problem.message
+
+
+# -- Traefik v2/v3 -----------------------------------------------------------------
+
+
+def test_v2_full_service():
+    labels = {
+        "traefik.enable": "true",
+        "traefik.swarm.network": "proxy",
+        "traefik.swarm.lbswarm": "true",
+        "traefik.http.routers.web.rule": "Host(`web.example.com`) && PathPrefix(`/app`)",
+        "traefik.http.routers.web.entrypoints": "websecure",
+        "traefik.http.routers.web.priority": "42",
+        "traefik.http.routers.web.tls": "true",
+        "traefik.http.routers.web.tls.certresolver": "le",
+        "traefik.http.routers.web.tls.domains[0].main": "example.com",
+        "traefik.http.routers.web.tls.domains[0].sans": "*.example.com,www.example.com",
+        "traefik.http.routers.web.middlewares": "allow, auth@docker, strip, hdrs, redirect",
+        "traefik.http.routers.web.service": "websvc",
+        "traefik.http.services.websvc.loadbalancer.server.port": "8080",
+        "traefik.http.services.websvc.loadbalancer.server.scheme": "https",
+        "traefik.http.services.websvc.loadbalancer.passhostheader": "false",
+        "traefik.http.services.websvc.loadbalancer.sticky.cookie.name": "s",
+        "traefik.http.services.websvc.loadbalancer.sticky.cookie.secure": "true",
+        "traefik.http.services.websvc.loadbalancer.sticky.cookie.httponly": "false",
+        "traefik.http.services.websvc.loadbalancer.sticky.cookie.samesite": "Strict",
+        "traefik.http.services.websvc.loadbalancer.healthcheck.path": "/health",
+        "traefik.http.services.websvc.loadbalancer.healthcheck.interval": "10s",
+        "traefik.http.services.websvc.loadbalancer.healthcheck.timeout": "500ms",
+        "traefik.http.services.websvc.loadbalancer.healthcheck.scheme": "http",
+        "traefik.http.services.websvc.loadbalancer.healthcheck.hostname": "web.local",
+        "traefik.http.services.websvc.loadbalancer.healthcheck.headers.X-Probe": "1",
+        "traefik.http.middlewares.allow.ipallowlist.sourcerange": "10.0.0.0/8,fd00::/8",
+        "traefik.http.middlewares.auth.basicauth.users": "a:$2y$05$x,b:$apr1$y",
+        "traefik.http.middlewares.auth.basicauth.realm": "Private",
+        "traefik.http.middlewares.auth.basicauth.removeheader": "true",
+        "traefik.http.middlewares.strip.stripprefix.prefixes": "/app,/web",
+        "traefik.http.middlewares.hdrs.headers.customrequestheaders.X-Forwarded-Prefix": "/app",
+        "traefik.http.middlewares.hdrs.headers.customresponseheaders.X-Served-By": "edge",
+        "traefik.http.middlewares.hdrs.headers.stsseconds": "300",
+        "traefik.http.middlewares.hdrs.headers.stsincludesubdomains": "true",
+        "traefik.http.middlewares.redirect.redirectscheme.scheme": "https",
+        "traefik.http.middlewares.redirect.redirectscheme.port": "8443",
+        "traefik.http.middlewares.redirect.redirectscheme.permanent": "true",
+    }
+    config = read_labels("stack_web", labels)
+    assert problems(config) == []
+    router = only_router(config)
+    assert router.name == "web@docker"
+    assert router.entry_points == ("websecure",)
+    assert router.priority == 42
+    assert router.tls == RouterTLS(
+        cert_resolver="le", domains=("example.com", "*.example.com", "www.example.com")
+    )
+    assert router.service == "websvc@docker"
+    assert router.middlewares == (
+        IPAllowList(("10.0.0.0/8", "fd00::/8")),
+        BasicAuth(("a:$2y$05$x", "b:$apr1$y"), realm="Private", remove_header=True),
+        StripPrefix(("/app", "/web")),
+        Headers(
+            custom_request=(("X-Forwarded-Prefix", "/app"),),
+            custom_response=(("X-Served-By", "edge"),),
+            sts_seconds=300,
+            sts_include_subdomains=True,
+        ),
+        RedirectScheme(scheme="https", port="8443", permanent=True),
+    )
+    assert only_service(config) == ServiceSpec(
+        name="websvc@docker",
+        port=8080,
+        scheme="https",
+        network="proxy",
+        lb_swarm=True,
+        pass_host_header=False,
+        sticky=StickyCookie(name="s", secure=True, http_only=False, same_site="strict"),
+        health_check=HealthCheck(
+            path="/health",
+            interval=10.0,
+            timeout=0.5,
+            scheme="http",
+            hostname="web.local",
+            headers=(("X-Probe", "1"),),
+        ),
+    )
+
+
+def test_v2_labels_are_case_insensitive_but_names_keep_case():
+    config = read_labels(
+        "s",
+        {
+            "Traefik.HTTP.Routers.MyApp.Rule": "Host(`a.b`)",
+            "traefik.http.routers.MyApp.EntryPoints": "web",
+            "traefik.http.services.Svc.LoadBalancer.Server.Port": "81",
+        },
+    )
+    assert problems(config) == []
+    router = only_router(config)
+    assert (router.name, router.entry_points, router.service) == ("MyApp@docker", ("web",), "Svc@docker")
+    assert only_service(config).port == 81
+
+
+def test_v2_docker_network_and_lbswarm():
+    config = read_labels(
+        "s",
+        {
+            "traefik.docker.network": "net1",
+            "traefik.docker.lbswarm": "true",
+            "traefik.http.routers.r.rule": "Host(`a`)",
+        },
+    )
+    assert only_service(config) == ServiceSpec(name="s@docker", network="net1", lb_swarm=True)
+    assert only_router(config).service == "s@docker"
+
+
+def test_v2_default_router_for_a_lone_service():
+    labels = {"traefik.http.services.app.loadbalancer.server.port": "3000"}
+    config = read_labels("stack_app", labels, domain="example.com")
+    router = only_router(config)
+    assert router.name == "stack-app@docker"
+    assert router.rule == Host(("stack-app.example.com",))
+    assert router.service == "app@docker"
+    assert only_service(config).port == 3000
+    # and without a default domain: a problem, no router
+    config = read_labels("stack_app", labels)
+    assert config.routers == ()
+    (problem,) = config.problems
+    assert "no routing rule" in problem.message
+
+
+def test_v2_router_without_rule_takes_the_default_rule():
+    config = read_labels("app", {"traefik.http.routers.r.entrypoints": "web"}, domain="lan")
+    assert only_router(config).rule == Host(("app.lan",))
+    config = read_labels("app", {"traefik.http.routers.r.entrypoints": "web"})
+    assert config.routers == ()
+    (problem,) = config.problems
+    assert problem.label == "traefik.http.routers.r.rule"
+
+
+def test_v2_routers_link_to_the_single_service():
+    config = read_labels(
+        "app",
+        {
+            "traefik.http.routers.a.rule": "Host(`a`)",
+            "traefik.http.routers.b.rule": "Host(`b`)",
+            "traefik.http.services.only.loadbalancer.server.port": "80",
+        },
+    )
+    assert [(r.name, r.service) for r in config.routers] == [
+        ("a@docker", "only@docker"),
+        ("b@docker", "only@docker"),
+    ]
+
+
+def test_v2_router_without_service_among_several_is_dropped():
+    config = read_labels(
+        "app",
+        {
+            "traefik.http.routers.a.rule": "Host(`a`)",
+            "traefik.http.routers.b.rule": "Host(`b`)",
+            "traefik.http.routers.b.service": "two",
+            "traefik.http.services.one.loadbalancer.server.port": "80",
+            "traefik.http.services.two.loadbalancer.server.port": "81",
+        },
+    )
+    assert [r.name for r in config.routers] == ["b@docker"]
+    (problem,) = config.problems
+    assert problem.level == "error" and "router a names no service" in problem.message
+
+
+def test_v2_several_services_without_router_is_a_problem():
+    config = read_labels(
+        "app",
+        {
+            "traefik.http.services.one.loadbalancer.server.port": "80",
+            "traefik.http.services.two.loadbalancer.server.port": "81",
+        },
+        domain="lan",
+    )
+    assert config.routers == ()
+    assert len(config.services) == 2
+    (problem,) = config.problems
+    assert problem.level == "error" and "several services" in problem.message
+
+
+def test_v2_service_references_keep_other_providers():
+    config = read_labels(
+        "app",
+        {
+            "traefik.http.routers.a.rule": "Host(`a`)",
+            "traefik.http.routers.a.service": "nas@file",
+            "traefik.http.routers.b.rule": "Host(`b`)",
+            "traefik.http.routers.b.service": "other",
+        },
+    )
+    assert {r.name: r.service for r in config.routers} == {
+        "a@docker": "nas@file",
+        "b@docker": "other@docker",
+    }
+
+
+def test_broken_rule_drops_only_that_router():
+    labels = {
+        "traefik.http.routers.good.rule": "Host(`good.example.com`)",
+        "traefik.http.routers.bad.rule": "Host(`bad.example.com`",
+        "traefik.http.routers.bad.entrypoints": "web",
+        "traefik.http.services.s.loadbalancer.server.port": "80",
+    }
+    config = read_labels("proxy_app", labels)
+    assert [r.name for r in config.routers] == ["good@docker"]
+    assert only_service(config).port == 80
+    (problem,) = config.problems
+    assert problem.level == "error"
+    assert problem.source == "proxy_app"
+    assert problem.label == "traefik.http.routers.bad.rule"
+    assert "router bad" in problem.message and "position 22" in problem.message
+
+
+# -- middleware resolution ------------------------------------------------------------
+
+
+def _with_middlewares(refs: str, **defs):
+    labels = {
+        "traefik.http.routers.r.rule": "Host(`r.example.com`)",
+        "traefik.http.routers.r.middlewares": refs,
+        "traefik.http.routers.other.rule": "Host(`other.example.com`)",
+    }
+    labels.update({k.replace("__", "."): v for k, v in defs.items()})
+    return read_labels("app", labels)
+
+
+@pytest.mark.parametrize(
+    "refs, defs, why",
+    [
+        ("auth@file", {}, "not defined in this service's labels"),
+        ("nowhere", {}, "not defined in this service's labels"),
+        ("nowhere@docker", {}, "not defined in this service's labels"),
+        (
+            "fa",
+            {"traefik__http__middlewares__fa__forwardauth__address": "http://auth:4181"},
+            "does not implement the forwardauth middleware",
+        ),
+        (
+            "ba",
+            {"traefik__http__middlewares__ba__basicauth__usersfile": "/run/secrets/users"},
+            "lists no users",
+        ),
+        (
+            "ba",
+            {"traefik__http__middlewares__ba__basicauth__users": "justaname"},
+            "not user:hash",
+        ),
+        (
+            "al",
+            {"traefik__http__middlewares__al__ipwhitelist__sourcerange": "10.0.0.0/33"},
+            "source range is invalid",
+        ),
+        (
+            "ch",
+            {"traefik__http__middlewares__ch__chain__middlewares": "a,b"},
+            "chain",
+        ),
+        (
+            "mixed",
+            {
+                "traefik__http__middlewares__mixed__basicauth__users": "a:b",
+                "traefik__http__middlewares__mixed__stripprefix__prefixes": "/x",
+            },
+            "mixes several kinds",
+        ),
+    ],
+)
+def test_missing_or_unusable_guard_middleware_drops_the_router(refs, defs, why):
+    config = _with_middlewares(refs, **defs)
+    assert [r.name for r in config.routers] == ["other@docker"]
+    dropped = [p for p in config.problems if p.label == "traefik.http.routers.r.middlewares"]
+    assert len(dropped) == 1 and dropped[0].level == "error"
+    assert "router dropped" in dropped[0].message
+    assert why in " ".join(p.message for p in config.problems)
+
+
+def test_unsupported_safe_middleware_is_left_out_with_warnings():
+    config = _with_middlewares(
+        "gz, strip",
+        traefik__http__middlewares__gz__compress="true",
+        traefik__http__middlewares__strip__stripprefix__prefixes="/x",
+    )
+    router = {r.name: r for r in config.routers}["r@docker"]
+    assert router.middlewares == (StripPrefix(("/x",)),)
+    assert {p.level for p in config.problems} == {"warning"}
+    labels = {p.label for p in config.problems}
+    assert labels == {"traefik.http.middlewares.gz.compress", "traefik.http.routers.r.middlewares"}
+
+
+def test_shared_middlewares_resolve_across_services():
+    definer = {
+        "traefik.http.middlewares.auth.basicauth.users": "u:h",
+        "traefik.http.middlewares.https.redirectscheme.scheme": "https",
+        "traefik.http.middlewares.broken.basicauth.users": "",
+        "traefik.http.routers.x.rule": "Host(`x`)",
+    }
+    shared = read_middlewares("traefik_traefik", definer)
+    assert shared == {
+        "auth@docker": BasicAuth(("u:h",)),
+        "https@docker": RedirectScheme(),
+    }
+    config = read_labels(
+        "app",
+        {
+            "traefik.http.routers.r.rule": "Host(`r`)",
+            "traefik.http.routers.r.middlewares": "https@docker,auth@docker",
+        },
+        shared_middlewares=shared,
+    )
+    assert only_router(config).middlewares == (RedirectScheme(), BasicAuth(("u:h",)))
+    assert config.problems == ()
+
+
+# -- edge.* --------------------------------------------------------------------------
+
+
+def test_edge_labels_use_the_v2_grammar_and_win_over_traefik():
+    labels = {
+        "edge.enable": "true",
+        "edge.docker.network": "edge_net",
+        "edge.http.routers.app.rule": "HostRegexp(`{sub:[a-z]+}.apps.lan`)",
+        "edge.http.routers.app.middlewares": "only-lan",
+        "edge.http.middlewares.only-lan.ipallowlist.sourcerange": "192.168.0.0/16",
+        "edge.http.services.app.loadbalancer.server.port": "9000",
+        # what Traefik reads; edge ignores it when edge.* routing labels exist
+        "traefik.enable": "false",
+        "traefik.frontend.rule": "Host:old.example.com",
+        "traefik.http.routers.old.rule": "Host(`old.example.com`)",
+    }
+    config = read_labels("stack_app", labels, exposed_by_default=False)
+    assert config.problems == ()
+    router = only_router(config)
+    assert router.name == "app@docker"
+    assert isinstance(router.rule, HostRegexp) and router.hosts == frozenset({"*.apps.lan"})
+    assert router.middlewares == (IPAllowList(("192.168.0.0/16",)),)
+    assert only_service(config) == ServiceSpec(name="app@docker", port=9000, network="edge_net")
+
+
+def test_unknown_edge_label_warns():
+    config = read_labels("a", {"edge.http.routers.r.rule": "Host(`a`)", "edge.http.routers.r.colour": "red"})
+    (problem,) = config.problems
+    assert problem.label == "edge.http.routers.r.colour" and problem.level == "warning"
+
+
+# -- warnings and bad values -------------------------------------------------------------
+
+
+def test_unsupported_labels_warn_once_each():
+    labels = {
+        "traefik.http.routers.r.rule": "Host(`a`)",
+        "traefik.tcp.routers.t.rule": "HostSNI(`*`)",
+        "traefik.tcp.services.t.loadbalancer.server.port": "5432",
+        "traefik.http.routers.r.tls.options": "modern",
+        "traefik.http.services.s.loadbalancer.healthcheck.followredirects": "true",
+        "traefik.http.services.s.loadbalancer.healthcheck.path": "/",
+        "traefik.http.middlewares.m.headers.framedeny": "true",
+        "traefik.http.middlewares.m.headers.contenttypenosniff": "true",
+        "traefik.madeup": "1",
+    }
+    config = read_labels("app", labels)
+    warned = [p.label for p in config.problems]
+    assert sorted(warned) == sorted(set(warned))  # one each
+    assert set(warned) == set(labels) - {
+        "traefik.http.routers.r.rule",
+        "traefik.http.services.s.loadbalancer.healthcheck.path",
+    }
+    assert all(p.level == "warning" and p.label in p.message for p in config.problems)
+    assert [r.name for r in config.routers] == ["r@docker"]
+
+
+def test_v1_labels_beside_v2_ones_are_ignored_with_one_warning():
+    config = read_labels(
+        "app",
+        {
+            "traefik.http.routers.r.rule": "Host(`new`)",
+            "traefik.frontend.rule": "Host:old",
+            "traefik.port": "80",
+        },
+    )
+    assert [r.rule for r in config.routers] == [Host(("new",))]
+    (problem,) = config.problems
+    assert "v1 labels" in problem.message
+
+
+BAD_VALUES = [
+    ("traefik.http.services.s.loadbalancer.server.port", "abc", "port", None),
+    ("traefik.http.services.s.loadbalancer.server.port", "70000", "port", None),
+    ("traefik.http.services.s.loadbalancer.server.weight", "-1", "weight", 1),
+    ("traefik.http.services.s.loadbalancer.server.scheme", "ftp", "scheme", "http"),
+    ("traefik.http.services.s.loadbalancer.passhostheader", "maybe", "pass_host_header", True),
+]
+
+
+@pytest.mark.parametrize("label, value, attr, fallback", BAD_VALUES)
+def test_bad_service_values_fall_back(label, value, attr, fallback):
+    config = read_labels("app", {"traefik.http.routers.r.rule": "Host(`a`)", label: value})
+    assert getattr(only_service(config), attr) == fallback
+    (problem,) = config.problems
+    assert problem.level == "error" and problem.label == label and repr(value) in problem.message
+    assert len(config.routers) == 1
+
+
+@pytest.mark.parametrize(
+    "label, value, attr, fallback",
+    [
+        ("traefik.port", "abc", "port", None),
+        ("traefik.weight", "-1", "weight", 1),
+        ("traefik.protocol", "gopher", "scheme", "http"),
+    ],
+)
+def test_bad_v1_values_fall_back(label, value, attr, fallback):
+    config = read_labels("app", {"traefik.frontend.rule": "Host:a", label: value})
+    assert getattr(only_service(config), attr) == fallback
+    (problem,) = config.problems
+    assert problem.level == "error" and problem.label == label
+    assert len(config.routers) == 1
+
+
+def test_bad_priority_and_duration():
+    config = read_labels(
+        "app",
+        {
+            "traefik.http.routers.r.rule": "Host(`a`)",
+            "traefik.http.routers.r.priority": "high",
+            "traefik.http.services.s.loadbalancer.healthcheck.path": "/h",
+            "traefik.http.services.s.loadbalancer.healthcheck.interval": "soon",
+        },
+    )
+    assert only_router(config).priority == 0
+    assert only_service(config).health_check == HealthCheck(path="/h", interval=30.0)
+    assert {p.label for p in problems(config, "error")} == {
+        "traefik.http.routers.r.priority",
+        "traefik.http.services.s.loadbalancer.healthcheck.interval",
+    }
+
+
+# -- never raises -------------------------------------------------------------------------
+
+_KEY_PARTS = st.sampled_from(
+    ["traefik", "edge", "http", "routers", "services", "middlewares", "r", "s", "m", "rule",
+     "loadbalancer", "server", "port", "frontend", "backend", "basicauth", "users", "headers",
+     "customrequestheaders", "X-A", "enable", "docker", "swarm", "network", "lbswarm", "tls",
+     "domains[0]", "main", "healthcheck", "path", "interval", "sticky", "cookie", "name", "",
+     "ipallowlist", "sourcerange", "stripprefix", "prefixes", "redirectscheme", "scheme",
+     "entrypoints", "service", "priority", "web", "auth", "whiteList", "weight", "protocol",
+     "loadbalancer.stickiness", "redirect", "entryPoint", "tcp"]
+)
+_VALUES = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(
+        ["true", "false", "80", "-1", "Host(`a.b`)", "Host:a.b", "Host(`a", "a:b", "10.0.0.0/8",
+         "r", "s", "m", "m@docker", "x@file", "/x", "1m", "https", "Host:a;PathPrefixStrip:/x"]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HC.too_slow])
+@given(
+    st.dictionaries(st.lists(_KEY_PARTS, min_size=1, max_size=7).map(".".join), _VALUES, max_size=12),
+    st.sampled_from(["", "example.com"]),
+    st.booleans(),
+)
+def test_read_labels_never_raises(labels, domain, exposed):
+    config = read_labels("stack_svc", labels, domain=domain, exposed_by_default=exposed)
+    assert not any("internal error" in p.message for p in config.problems), config.problems
+    names = {s.name for s in config.services}
+    for router in config.routers:
+        assert router.source == "stack_svc" and router.name.endswith("@docker")
+        if router.service.endswith("@docker") and router.service.split("@")[0] in {
+            n.split("@")[0] for n in names
+        }:
+            assert router.service in names
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=20), st.text(max_size=20), max_size=8))
+def test_read_labels_never_raises_on_any_text(labels):
+    config = read_labels("svc", labels)
+    assert not any("internal error" in p.message for p in config.problems)
+
+
+def test_normalize_name():
+    assert normalize_name("proxy_jenkins") == "proxy-jenkins"
+    assert normalize_name("a/b") == "a-b"
