@@ -14,6 +14,7 @@ client cannot make edge mint certificates for arbitrary SNI names.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import signal
@@ -21,8 +22,10 @@ import threading
 from typing import Callable
 
 from twisted.application.service import Service
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from edge.config import ConfigError, TLSConfig
 from edge.snapshot import Snapshot
@@ -46,6 +49,10 @@ __all__ = ["TLSService", "make_tls_service", "routed_names", "DEFAULT_NAME"]
 DEFAULT_NAME = "edge-default.invalid"
 
 
+# Read once at start: the CA, and settings baked into the OpenSSL contexts.
+_RESTART_KEYS = ("internal_ca", "state_dir", "ca_certificate", "ca_key", "min_version", "http2")
+
+
 def routed_names(snapshot: Snapshot) -> frozenset[str]:
     """Every host name (``*.x`` included) routers match or list as TLS domains."""
     names = set()
@@ -60,8 +67,14 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+@implementer(IOpenSSLServerConnectionCreator)
 class TLSService(Service):
-    """Owns the certificate index, the issuer and the connection creator."""
+    """
+    Owns the certificate index, the issuer and the connection creator.
+
+    Usable directly as a Twisted server connection creator; :meth:`wrap`
+    adds the handshake deadline and failure logging on top.
+    """
 
     _log = Logger()
     name = "tls"
@@ -73,7 +86,7 @@ class TLSService(Service):
         reactor,
         issuer: ICertificateIssuer | None = None,
         poll_interval: float = 2.0,
-        handle_sighup: bool = True,
+        handle_sighup: bool = False,
         now: Callable[[], datetime.datetime] = _utcnow,
     ):
         self.config = config
@@ -107,6 +120,9 @@ class TLSService(Service):
             self.creator, factory, self._reactor, self.config.handshake_timeout
         )
 
+    def serverConnectionForTLS(self, tlsProtocol):
+        return self.creator.serverConnectionForTLS(tlsProtocol)
+
     def root_certificate_pem(self) -> bytes | None:
         """The built-in CA's root (PEM) for users to trust, or ``None`` when it is off."""
         return self.issuer.root_certificate_pem() if self.issuer is not None else None
@@ -123,8 +139,24 @@ class TLSService(Service):
             return self.issuer.certificate_for(f"*.{parent}")
         return None
 
-    def reload(self) -> None:
-        """Re-read the directory now (SIGHUP does this)."""
+    def reload(self, config=None) -> None:
+        """
+        Re-read the directory now; edge's SIGHUP handler calls this with the
+        re-read configuration.  The certificate directory and default
+        certificate change at once; CA and protocol settings need a restart.
+        """
+        if config is not None and config.tls != self.config:
+            fixed = [k for k in _RESTART_KEYS if getattr(config.tls, k) != getattr(self.config, k)]
+            if fixed:
+                self._log.warn(
+                    "TLS settings {keys} take effect on restart", keys=", ".join(sorted(fixed))
+                )
+            self.config = dataclasses.replace(
+                config.tls, **{k: getattr(self.config, k) for k in fixed}
+            )
+            self._state = None
+            if self.running:
+                self._start_poll()
         self._log.info("Reloading TLS certificates")
         self._rescan(force=True)
 
@@ -133,13 +165,17 @@ class TLSService(Service):
     def startService(self) -> None:
         super().startService()
         self._unsubscribe = self._publisher.subscribe(self._snapshot)
-        if self.config.certificates and self._poll_interval > 0:
-            self._poll = LoopingCall(self._rescan)
-            self._poll.clock = self._reactor
-            self._poll.start(self._poll_interval, now=False)
+        self._start_poll()
         if self._handle_sighup and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.getsignal(signal.SIGHUP)
             signal.signal(signal.SIGHUP, self._sighup)
+
+    def _start_poll(self) -> None:
+        wanted = bool(self.config.certificates or self.issuer) and self._poll_interval > 0
+        if wanted and self._poll is None:
+            self._poll = LoopingCall(self._rescan)
+            self._poll.clock = self._reactor
+            self._poll.start(self._poll_interval, now=False)
 
     def stopService(self):
         if self._poll is not None and self._poll.running:
