@@ -133,6 +133,7 @@ class AnswerTable:
         self._ns = encode_name(f"ns.{base}")
         self._hostmaster = encode_name(f"hostmaster.{base}")
         self._memo: dict[tuple[bytes, int], Entry] = {}
+        self._foreign: dict[bytes, bool] = {}
         if zone is not None and zone in nodes:
             nodes[zone].rrsets[dns.SOA] = [(ttl, self._soa_rdata())]
         self.exact: dict[bytes, Entry] = {}
@@ -153,6 +154,16 @@ class AnswerTable:
 
     def owns(self, name: bytes) -> bool:
         return self._classify(name) is not None
+
+    def foreign(self, name: bytes) -> bool:
+        """Whether edge does *not* own ``name`` (memoised: asked per cache hit)."""
+        known = self._foreign.get(name)
+        if known is None:
+            known = self._classify(name) is None
+            if len(self._foreign) >= 65536:
+                self._foreign.clear()
+            self._foreign[name] = known
+        return known
 
     def lookup(self, name: bytes, qtype: int, qclass: int = dns.IN) -> Entry | None:
         """The answer for a lower-case wire name, or ``None`` when edge does not own it."""
