@@ -256,3 +256,20 @@ def test_sighup_takes_a_good_config_and_rejects_a_bad_one(edge):
     # SIGTERM: a clean shutdown (twistd re-raises the signal that stopped it).
     assert edge.stop() in (0, -signal.SIGTERM)
     assert "Server Shut Down." in edge.log.read_text()
+
+
+def test_container_health_check_command(edge):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "edge.admin.healthcheck", *args],
+            capture_output=True, text=True, timeout=30,
+            env={**os.environ, "EDGE_HEALTHCHECK_URL": edge.base + "/healthz"},
+        )
+
+    ok = run()
+    assert ok.returncode == 0, ok.stdout
+    assert ok.stdout.startswith("healthy: ")
+    # Nothing listens there: unhealthy, with the reason on one line.
+    bad = run(f"http://127.0.0.1:{free_port()}/healthz")
+    assert bad.returncode == 1
+    assert bad.stdout.startswith("unhealthy: ") and "refused" in bad.stdout.lower()
