@@ -757,3 +757,150 @@ def test_read_labels_never_raises_on_any_text(labels):
 def test_normalize_name():
     assert normalize_name("proxy_jenkins") == "proxy-jenkins"
     assert normalize_name("a/b") == "a-b"
+
+
+# -- docs/labels.md matches the code ------------------------------------------------------
+
+import os  # noqa: E402
+import re as _re  # noqa: E402
+
+_DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "labels.md")
+
+
+def _doc_rows():
+    """(section, label, support) for each table row of docs/labels.md naming labels."""
+    section = ""
+    rows = []
+    with open(_DOC, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("## "):
+                section = line[3:].strip()
+            if not line.startswith("| `traefik.") and not line.startswith("| `edge."):
+                continue
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            for label in _re.findall(r"`([^`]+)`", cells[0]):
+                if label.startswith("."):
+                    continue  # ".replacement" style continuations
+                rows.append((section, label, cells[1]))
+    return rows
+
+
+def _value_for(label: str) -> str:
+    last = label.lower().rsplit(".", 1)[-1]
+    values = {
+        "rule": "Host(`doc.example.com`)",
+        "rulesyntax": "v3",
+        "entrypoints": "web",
+        "priority": "5",
+        "middlewares": "m",
+        "service": "s",
+        "certresolver": "le",
+        "main": "doc.example.com",
+        "sans": "www.doc.example.com",
+        "port": "8080",
+        "scheme": "https",
+        "protocol": "https",
+        "weight": "2",
+        "name": "cookie",
+        "cookiename": "cookie",
+        "samesite": "lax",
+        "path": "/health",
+        "interval": "10s",
+        "timeout": "2s",
+        "hostname": "probe.local",
+        "network": "net",
+        "users": "u:$apr1$x$y",
+        "basic": "u:$apr1$x$y",
+        "realm": "r",
+        "prefixes": "/x",
+        "sourcerange": "10.0.0.0/8",
+        "whitelistsourcerange": "10.0.0.0/8",
+        "stsseconds": "60",
+        "customrequestheaders": "X-A:1||X-B:2",
+        "customresponseheaders": "X-A:1",
+        "headers": "X-A:1",
+        "entrypoint": "https",
+        "domain": "example.com",
+        "backend": "b",
+    }
+    return values.get(last, "true")
+
+
+def _concrete(label: str) -> str:
+    return (
+        label.replace("<router>", "r")
+        .replace("<service>", "s")
+        .replace("<middleware>", "m")
+        .replace("<segment>", "seg")
+        .replace("<Header>", "X-Test")
+        .replace("<n>", "0")
+    )
+
+
+def test_doc_lists_labels_with_a_support_column():
+    rows = _doc_rows()
+    assert len(rows) > 80
+    assert {support for _s, _l, support in rows} == {"supported", "partly", "not supported"}
+
+
+def _doc_supported():
+    return [
+        (section, label)
+        for section, label, support in _doc_rows()
+        if support in ("supported", "partly") and "*" not in label
+    ]
+
+
+@pytest.mark.parametrize("section, label", _doc_supported())
+def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, label):
+    label = _concrete(label)
+    value = _value_for(label)
+    if section.startswith("Traefik v2"):
+        variants = [("traefik", label), ("edge", "edge." + label[len("traefik."):])]
+        for prefix, key in variants:
+            labels = {
+                f"{prefix}.http.routers.r.rule": "Host(`doc.example.com`)",
+                f"{prefix}.http.routers.r.service": "s",
+                f"{prefix}.http.services.s.loadbalancer.server.port": "80",
+                key: value,
+            }
+            if ".middlewares.m." in key:
+                labels[f"{prefix}.http.routers.r.middlewares"] = "m"
+                # options that need their middleware's main option beside them
+                if ".basicauth." in key and not key.endswith(".users"):
+                    labels[f"{prefix}.http.middlewares.m.basicauth.users"] = "u:h"
+                if ".stripprefix." in key and not key.endswith(".prefixes"):
+                    labels[f"{prefix}.http.middlewares.m.stripprefix.prefixes"] = "/x"
+            elif key.endswith(".middlewares"):
+                labels[f"{prefix}.http.middlewares.m.redirectscheme.scheme"] = "https"
+            if ".healthcheck." in key and not key.endswith(".path"):
+                labels[f"{prefix}.http.services.s.loadbalancer.healthcheck.path"] = "/h"
+            config = read_labels("doc_svc", labels)
+            assert config.problems == (), (key, config.problems)
+            assert config.routers, key
+    else:
+        segment = ".seg." in label
+        rule_key = "traefik.seg.frontend.rule" if segment else "traefik.frontend.rule"
+        if label.lower().endswith("frontend.rule"):
+            value = "Host:doc.example.com"
+        labels = {rule_key: "Host:doc.example.com", label: value}
+        if label.lower().startswith("traefik.backend.healthcheck.") and not label.endswith(".path"):
+            labels["traefik.backend.healthcheck.path"] = "/h"
+        if label.lower() == "traefik.frontend.redirect.permanent":
+            labels["traefik.frontend.redirect.entryPoint"] = "https"
+        config = read_labels("doc_svc", labels)
+        assert config.problems == (), (label, config.problems)
+        assert config.routers, label
+
+
+def test_every_unsupported_label_in_the_doc_warns():
+    for section, label, support in _doc_rows():
+        if support != "not supported" or "*" in label:
+            continue
+        label = _concrete(label)
+        if section.startswith("Traefik v2"):
+            labels = {"traefik.http.routers.r.rule": "Host(`a`)", label: _value_for(label)}
+        else:
+            labels = {"traefik.frontend.rule": "Host:a", label: _value_for(label)}
+        config = read_labels("doc_svc", labels)
+        assert [p.label for p in config.problems if p.label == label], (label, config.problems)

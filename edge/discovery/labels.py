@@ -602,10 +602,14 @@ def _read_v2(
     local = _v2_middlewares(reader, found)
 
     default_name = normalize_name(source) or "service"
-    services = [
-        _service_spec(reader, name, opts, network, lb_swarm) for name, opts in found.services.items()
-    ]
-    if not services:
+    services = []
+    for name, opts in found.services.items():
+        if any(opt.startswith("loadbalancer.") for opt in opts):
+            services.append(_service_spec(reader, name, opts, network, lb_swarm))
+        else:  # weighted/mirroring/failover: warned about, nothing to build
+            for label, _written, _value in opts.values():
+                reader.unsupported(label, "only loadbalancer services are supported")
+    if not services and not found.services:
         services = [ServiceSpec(name=f"{default_name}@{provider}", network=network, lb_swarm=lb_swarm)]
 
     router_opts = dict(found.routers)
@@ -723,7 +727,8 @@ def _router_v2(
     else:
         reader.error(
             rule_label or f"{prefix}.http.routers.{name}",
-            f"router {name} names no service and this service defines several;"
+            f"router {name} names no service and this service defines"
+            f" {'several' if services else 'no usable one'};"
             f" add {prefix}.http.routers.{name}.service; router dropped",
         )
         return None
