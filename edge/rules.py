@@ -11,6 +11,10 @@ Host names are kept lower case.  A :class:`HostRegexp` carries the regular
 expression it matches with (already translated from Traefik's ``{name:re}``
 form) and, where the pattern is a plain ``<something>.suffix``, the
 ``*.suffix`` wildcard the DNS server can answer for.
+
+Every ``regex`` here is meant for a *full* match (``compiled(r).fullmatch``):
+the parser wraps Traefik's unanchored Go-style patterns in ``.*(?:...).*``
+and makes path patterns case-sensitive with ``(?-i:...)``.
 """
 
 from __future__ import annotations
