@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.names import client, dns
 
 from edge.dns.table import Entry
-from edge.dns.wire import QNAME_POINTER, encode_name, name_text, rdata, rr
+from edge.dns.wire import QNAME_POINTER, encode_name, name_bytes, rdata, rr
 
 __all__ = ["Cache", "CachedAnswer", "Forwarder", "parse_upstream", "resolv_conf_servers"]
 
@@ -206,14 +206,11 @@ class Forwarder:
         if self._resolver is None or len(self._pending) >= self._max_pending:
             return defer.succeed(None)
         self._pending[key] = []
-        query = dns.Query(name_text(qname), qtype, qclass)
-        d = self._resolver.queryUDP([query], (self._timeout,))
+        query = dns.Query(name_bytes(qname), qtype, qclass)
+        d = defer.maybeDeferred(self._resolver.queryUDP, [query], (self._timeout,))
         d.addCallback(self._maybe_tcp, query)
-        d.addCallbacks(
-            lambda message: self.cache.put(key, qname, message),
-            self._failed,
-            errbackArgs=(query,),
-        )
+        d.addCallback(lambda message: self.cache.put(key, qname, message))
+        d.addErrback(self._failed, query)
         d.addBoth(self._release, key)
         return d
 

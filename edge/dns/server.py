@@ -120,13 +120,15 @@ class Responder:
                         if ra is None:
                             ra = self._recursion(host)
                     else:
-                        entry = None
-                        if self._allowed.get(host) and self.table.foreign(key[:-4]):
-                            entry = self.cache.get(key)
+                        # Cache keys were made from valid names, so a hit proves
+                        # this one valid before the table is asked about it.
+                        entry = self.cache.get(key) if self._allowed.get(host) else None
+                        if entry is not None and self.table.foreign(key[:-4]):
                             source = "cache"
                             ra = True
-                            if entry is not None:
-                                tail = entry.tails[0]
+                            tail = entry.tails[0]
+                        else:
+                            entry = None
                     if entry is not None:
                         flags = bytes(
                             (
@@ -410,11 +412,23 @@ class DNSStreamFactory(Factory):
     protocol = DNSStreamProtocol
     noisy = False
 
-    def __init__(self, responder: Responder, max_connections: int = 256, idle_timeout: float = 10.0):
+    def __init__(
+        self,
+        responder: Responder,
+        reactor,
+        max_connections: int = 256,
+        idle_timeout: float = 10.0,
+    ):
         self.responder = responder
+        self.reactor = reactor
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.open = 0
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.callLater = self.reactor.callLater  # TimeoutMixin's clock
+        return protocol
 
 
 class DNSService(MultiService):
@@ -534,7 +548,7 @@ class DNSService(MultiService):
     def privilegedStartService(self) -> None:
         self._check_hosts()
         self._unsubscribe = self._publisher.subscribe(self._on_snapshot)
-        tcp = DNSStreamFactory(self.responder)
+        tcp = DNSStreamFactory(self.responder, self._reactor)
         for interface in self.config.interfaces:
             try:
                 udp = DNSDatagramServer(self.responder)

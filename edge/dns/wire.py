@@ -27,6 +27,7 @@ __all__ = [
     "parse_slow",
     "encode_name",
     "name_text",
+    "name_bytes",
     "rdata",
     "rr",
     "opt_record",
@@ -203,6 +204,16 @@ def name_text(wire: bytes) -> str:
         labels.append(wire[i + 1 : i + 1 + wire[i]].decode("ascii", "replace"))
         i += wire[i] + 1
     return ".".join(labels) or "."
+
+
+def name_bytes(wire: bytes) -> bytes:
+    """Dotted bytes of a wire-form name, as twisted.names' ``Name`` takes them."""
+    labels = []
+    i = 0
+    while wire[i]:
+        labels.append(wire[i + 1 : i + 1 + wire[i]])
+        i += wire[i] + 1
+    return b".".join(labels) or b"."
 
 
 def rdata(record) -> bytes:
