@@ -1,0 +1,280 @@
+"""
+Middlewares from labels, compiled once per snapshot into small callables.
+
+A request middleware is called with the proxy's request (attributes
+``method``, ``target``, ``headers`` — a list of (name, value) byte pairs —
+``host``, ``scheme``, ``client_ip``) and returns None to go on, a
+:class:`Reply` to answer at once, or a Deferred firing with either (basic
+auth checks bcrypt hashes in a thread).  Response edits are precomputed
+header lists the proxy applies to the backend's response head.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+
+from edge.http import htpasswd
+from edge.snapshot import BasicAuth, Headers, IPAllowList, RedirectScheme, StripPrefix
+
+__all__ = ["Reply", "Chain", "compile_middlewares", "get_header", "set_header", "remove_header"]
+
+
+@dataclass
+class Reply:
+    """A response edge makes itself (redirects, 401, 403, errors)."""
+
+    status: int
+    reason: bytes
+    headers: list = field(default_factory=list)
+    body: bytes = b""
+
+
+def get_header(headers, name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+def remove_header(headers, name: bytes) -> None:
+    headers[:] = [(k, v) for k, v in headers if k.lower() != name]
+
+
+def set_header(headers, name: bytes, value: bytes) -> None:
+    lower = name.lower()
+    headers[:] = [(k, v) for k, v in headers if k.lower() != lower]
+    headers.append((name, value))
+
+
+def _host_without_port(host: bytes) -> bytes:
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end != -1 else host
+    return host.split(b":", 1)[0]
+
+
+def _redirect(request, scheme: str, port: str, permanent: bool) -> Reply:
+    host = _host_without_port(request.host or b"")
+    default = {"http": "80", "https": "443"}.get(scheme)
+    authority = host if not port or port == default else host + b":" + port.encode("ascii")
+    location = scheme.encode("ascii") + b"://" + authority + request.target
+    safe = request.method in (b"GET", b"HEAD")
+    if permanent:
+        status, reason = (301, b"Moved Permanently") if safe else (308, b"Permanent Redirect")
+    else:
+        status, reason = (302, b"Found") if safe else (307, b"Temporary Redirect")
+    return Reply(status, reason, [(b"Location", location)], b"")
+
+
+def _redirect_scheme(mw: RedirectScheme, https_port: str):
+    scheme = mw.scheme.lower()
+    port = mw.port or (https_port if scheme == "https" else "")
+
+    def redirect_scheme(request):
+        if request.scheme == scheme:
+            return None
+        return _redirect(request, scheme, port, mw.permanent)
+
+    return redirect_scheme
+
+
+def _strip_prefix(mw: StripPrefix):
+    prefixes = tuple(sorted((p.rstrip("/").encode("latin-1") for p in mw.prefixes), key=len, reverse=True))
+
+    def strip_prefix(request):
+        target = request.target
+        for prefix in prefixes:
+            if not prefix:
+                continue
+            if target.startswith(prefix):
+                rest = target[len(prefix):]
+                if rest and rest[:1] not in (b"/", b"?"):
+                    continue  # /api must not strip /apiv2
+                if not rest.startswith(b"/"):
+                    rest = b"/" + rest
+                request.target = rest
+                request.headers.append((b"X-Forwarded-Prefix", prefix))
+                return None
+        return None
+
+    return strip_prefix
+
+
+class _BasicAuth:
+    _log = Logger()
+
+    def __init__(self, mw: BasicAuth, reactor):
+        self._users = htpasswd.parse_users(mw.users)
+        realm = mw.realm.replace('"', "")
+        self._challenge = Reply(
+            401,
+            b"Unauthorized",
+            [(b"WWW-Authenticate", f'Basic realm="{realm}"'.encode("latin-1")),
+             (b"Content-Type", b"text/plain; charset=utf-8")],
+            b"401 Unauthorized\n",
+        )
+        self._remove = mw.remove_header
+        self._reactor = reactor
+        self._cache: dict[bytes, bool] = {}
+
+    def _answer(self, request, ok: bool):
+        if ok:
+            if self._remove:
+                remove_header(request.headers, b"authorization")
+            return None
+        return self._challenge
+
+    def _remember(self, value: bytes, ok: bool) -> bool:
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[value] = ok
+        return ok
+
+    def __call__(self, request):
+        value = get_header(request.headers, b"authorization")
+        if value is None:
+            return self._challenge
+        known = self._cache.get(value)
+        if known is not None:
+            return self._answer(request, known)
+        scheme, _, encoded = value.strip().partition(b" ")
+        if scheme.lower() != b"basic":
+            return self._challenge
+        try:
+            user, sep, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
+        except ValueError:
+            return self._challenge
+        hashed = self._users.get(user.decode("utf-8", "replace")) if sep else None
+        if hashed is None:
+            return self._answer(request, self._remember(value, False))
+        if htpasswd.is_slow(hashed) and self._reactor is not None:
+            from twisted.internet.threads import deferToThreadPool
+
+            d = deferToThreadPool(
+                self._reactor, self._reactor.getThreadPool(),
+                htpasswd.check_password, password, hashed,
+            )
+            d.addCallback(lambda ok: self._answer(request, self._remember(value, ok)))
+            return d
+        ok = htpasswd.check_password(password, hashed)
+        return self._answer(request, self._remember(value, ok))
+
+
+def _ip_allow(mw: IPAllowList):
+    networks = tuple(ipaddress.ip_network(r, strict=False) for r in mw.source_ranges)
+    forbidden = Reply(403, b"Forbidden", [(b"Content-Type", b"text/plain; charset=utf-8")], b"403 Forbidden\n")
+
+    def ip_allow(request):
+        try:
+            ip = ipaddress.ip_address(request.client_ip)
+        except ValueError:
+            return forbidden
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for network in networks:
+            if ip.version == network.version and ip in network:
+                return None
+        return forbidden
+
+    return ip_allow
+
+
+def _custom_request_headers(pairs):
+    edits = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs)
+
+    def custom_request_headers(request):
+        for name, value in edits:
+            if value:
+                set_header(request.headers, name, value)
+            else:
+                remove_header(request.headers, name.lower())
+        return None
+
+    return custom_request_headers
+
+
+def _ssl_redirect(https_port: str):
+    def ssl_redirect(request):
+        if request.scheme == "https":
+            return None
+        return _redirect(request, "https", https_port, True)
+
+    return ssl_redirect
+
+
+@dataclass
+class Chain:
+    """The compiled middlewares of one router."""
+
+    request: tuple = ()
+    # Response headers: names (lower case) to drop, then (name, value) to add.
+    response_drop: frozenset = frozenset()
+    response_add: tuple = ()
+    # Strict-Transport-Security value, and whether to send it on plain HTTP too.
+    sts: bytes | None = None
+    sts_always: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.request and not self.response_drop and not self.response_add and self.sts is None
+
+    def response_headers(self, headers: list, scheme: str) -> list:
+        """``headers`` with this chain's response edits applied."""
+        drop = self.response_drop
+        add = list(self.response_add)
+        if self.sts is not None and (scheme == "https" or self.sts_always):
+            drop = drop | {b"strict-transport-security"}
+            add.append((b"Strict-Transport-Security", self.sts))
+        if drop:
+            headers = [(k, v) for k, v in headers if k.lower() not in drop]
+        return headers + add if add else headers
+
+
+def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> Chain:
+    """Compile a router's middlewares, in order, into a :class:`Chain`."""
+    request = []
+    drop: set[bytes] = set()
+    add: list = []
+    sts = None
+    sts_always = False
+    for mw in middlewares:
+        if isinstance(mw, RedirectScheme):
+            request.append(_redirect_scheme(mw, https_port))
+        elif isinstance(mw, StripPrefix):
+            request.append(_strip_prefix(mw))
+        elif isinstance(mw, BasicAuth):
+            request.append(_BasicAuth(mw, reactor))
+        elif isinstance(mw, IPAllowList):
+            request.append(_ip_allow(mw))
+        elif isinstance(mw, Headers):
+            if mw.ssl_redirect:
+                request.append(_ssl_redirect(https_port))
+            if mw.custom_request:
+                request.append(_custom_request_headers(mw.custom_request))
+            for name, value in mw.custom_response:
+                lower = name.lower().encode("latin-1")
+                drop.add(lower)
+                add = [(k, v) for k, v in add if k.lower() != lower]
+                if value:
+                    add.append((name.encode("latin-1"), value.encode("latin-1")))
+            if mw.sts_seconds > 0 or mw.force_sts_header:
+                value = f"max-age={mw.sts_seconds}"
+                if mw.sts_include_subdomains:
+                    value += "; includeSubDomains"
+                if mw.sts_preload:
+                    value += "; preload"
+                sts = value.encode("ascii")
+                sts_always = mw.force_sts_header
+        else:
+            raise ValueError(f"unknown middleware {type(mw).__name__}")
+    return Chain(
+        request=tuple(request),
+        response_drop=frozenset(drop),
+        response_add=tuple(add),
+        sts=sts,
+        sts_always=sts_always,
+    )

@@ -1,0 +1,356 @@
+"""
+The HTTP front end as a Twisted service: entry points, snapshot swaps, housekeeping.
+
+One :class:`HTTPService` owns the listening ports of every entry point, the
+backend pool and health state they share, and a one-second housekeeping
+tick that enforces timeouts, ages out idle backend connections and flushes
+metrics and the access log (so none of that costs a timer per request).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from edge import metrics
+from edge.config import Config, EntryPoint, HTTPConfig
+from edge.http.accesslog import open_access_log
+from edge.http.balancer import HealthChecks, HealthRegistry, build_balancers, target_key
+from edge.http.pool import BackendPool
+from edge.http.proxy import BackendProtocol, Proxy, ProxyFactory
+from edge.http.routing import RoutingTable
+from edge.snapshot import Snapshot
+
+__all__ = ["Limits", "HTTPService", "make_http_service", "wrap_tls", "endpoint_port"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    client_idle_timeout: float = 180.0
+    request_header_timeout: float = 30.0
+    backend_response_timeout: float = 60.0
+    max_request_line: int = 8192
+    max_header_count: int = 100
+    max_header_bytes: int = 65536
+    max_body_bytes: int = 0
+
+    @property
+    def max_head_bytes(self) -> int:
+        # Bytes read while a head is incomplete; bounds what the parser buffers.
+        return self.max_header_bytes + self.max_request_line + 65536
+
+    @classmethod
+    def from_config(cls, http: HTTPConfig) -> "Limits":
+        return cls(
+            client_idle_timeout=http.client_idle_timeout,
+            request_header_timeout=http.request_header_timeout,
+            backend_response_timeout=http.backend_response_timeout,
+            max_header_count=http.max_header_count,
+            max_header_bytes=http.max_header_bytes,
+            max_body_bytes=http.max_body_bytes,
+        )
+
+
+class Stats:
+    """Per-request counts gathered in dicts, pushed to Prometheus once a tick."""
+
+    def __init__(self):
+        self._requests: dict[tuple, int] = defaultdict(int)
+        self._durations: list[tuple[str, float]] = []
+        self._connect_failures: dict[str, int] = defaultdict(int)
+        self._connections: dict[str, int] = defaultdict(int)
+
+    def request(self, router: str, entrypoint: str, status: int, duration: float) -> None:
+        self._requests[(router, entrypoint, status // 100)] += 1
+        if len(self._durations) < 100000:
+            self._durations.append((router, duration))
+
+    def connect_failed(self, service: str) -> None:
+        self._connect_failures[service] += 1
+
+    def connections(self, entrypoint: str, delta: int) -> None:
+        self._connections[entrypoint] += delta
+
+    def flush(self) -> None:
+        requests, self._requests = self._requests, defaultdict(int)
+        for (router, entrypoint, code_class), count in requests.items():
+            metrics.http_requests.labels(router, entrypoint, f"{code_class}xx").inc(count)
+        durations, self._durations = self._durations, []
+        for router, duration in durations:
+            metrics.http_request_duration.labels(router).observe(duration)
+        failures, self._connect_failures = self._connect_failures, defaultdict(int)
+        for service, count in failures.items():
+            metrics.http_upstream_connect_failures.labels(service).inc(count)
+        for entrypoint, value in self._connections.items():
+            metrics.http_open_connections.labels(entrypoint).set(value)
+
+
+def endpoint_port(address: str) -> int | None:
+    """The port of a ``tcp:PORT[:...]``/``ssl:PORT`` endpoint string, if it has one."""
+    match = re.match(r"^(?:tcp6?|ssl|tls)?:?(?:port=)?(\d+)", address)
+    if match:
+        return int(match.group(1))
+    match = re.search(r"(?:^|:)port=(\d+)", address)
+    return int(match.group(1)) if match else None
+
+
+def wrap_tls(factory, tls_context):
+    """Terminate TLS in front of ``factory`` (an ``IOpenSSLServerConnectionCreator``)."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    # edge.tls.service.TLSService adds a handshake deadline and failure logs.
+    wrap = getattr(tls_context, "wrap", None)
+    if wrap is not None:
+        return wrap(factory)
+    return TLSMemoryBIOFactory(tls_context, False, factory)
+
+
+class _ProxyProtocolChooser:
+    """Speak the PROXY protocol with trusted sources only; others talk plain HTTP."""
+
+    def __init__(self, factory, trusted: Proxy):
+        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+        self._factory = factory
+        self._haproxy = HAProxyWrappingFactory(factory)
+        self._trusted = trusted
+
+    def doStart(self):
+        self._factory.doStart()
+
+    def doStop(self):
+        self._factory.doStop()
+
+    def logPrefix(self):
+        return "edge-http (PROXY)"
+
+    def buildProtocol(self, addr):
+        if self._trusted.is_trusted(getattr(addr, "host", "")):
+            return self._haproxy.buildProtocol(addr)
+        return self._factory.buildProtocol(addr)
+
+
+class HTTPService(Service):
+    """Every HTTP entry point of the config, fed by the snapshot publisher."""
+
+    _log = Logger()
+    name = "http"
+
+    def __init__(self, config: Config, publisher, reactor, *, tls_context=None,
+                 h2_handler=None, tick: float = 1.0):
+        self.config = config
+        self._publisher = publisher
+        self._reactor = reactor
+        self._tls_context = tls_context
+        self._tick_interval = tick
+        http = config.http
+        self.health = HealthRegistry(reactor)
+        self.pool = BackendPool(
+            reactor, self._backend_protocol, size=http.backend_pool_size,
+            connect_timeout=http.backend_connect_timeout,
+        )
+        self.stats = Stats()
+        self.access_log = None
+        self.proxy = Proxy(reactor, Limits.from_config(http), self.pool, self.health,
+                           http.trusted_proxies, None, self.stats)
+        self.checks = HealthChecks(reactor, self.health, self._probe)
+        self.factories: dict[str, ProxyFactory] = {}
+        self.ports: dict[str, object] = {}
+        https = [ep for ep in config.entrypoints if ep.tls]
+        port = endpoint_port(https[0].address) if https else None
+        self._https_port = "" if port in (None, 443) else str(port)
+        for ep in config.entrypoints:
+            factory = ProxyFactory(self.proxy, ep.name, "https" if ep.tls else "http",
+                                   endpoint_port(ep.address) or "")
+            factory.h2_handler = h2_handler
+            factory.redirect = self._redirect_for(ep)
+            self.factories[ep.name] = factory
+        self._unsubscribe = None
+        self._loop = None
+        self.listening: defer.Deferred = defer.succeed(None)
+
+    def _backend_protocol(self, key):
+        return BackendProtocol(key, self.pool)
+
+    def _redirect_for(self, ep: EntryPoint):
+        target = None
+        if ep.redirect_to:
+            target = self.config.entrypoint(ep.redirect_to)
+        elif self.config.tls.redirect_http and not ep.tls:
+            target = next((e for e in self.config.entrypoints if e.tls), None)
+        if target is None:
+            return None
+        port = endpoint_port(target.address)
+        scheme = "https" if target.tls else "http"
+        default = 443 if target.tls else 80
+        return (scheme, "" if port in (None, default) else str(port))
+
+    def table_for(self, entrypoint: str) -> RoutingTable | None:
+        """The current routing table of an entry point (the HTTP/2 path reads it per request)."""
+        factory = self.factories.get(entrypoint)
+        return factory.table if factory is not None else None
+
+    # -- snapshots -------------------------------------------------------
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Build new tables for every entry point and swap them in."""
+        balancers = build_balancers(snapshot, self.health, self._reactor)
+        for name, factory in self.factories.items():
+            factory.table = RoutingTable.build(
+                snapshot, name, balancers=balancers, reactor=self._reactor,
+                https_port=self._https_port,
+            )
+        keys = {target_key(t) for s in snapshot.services for t in s.targets}
+        self.pool.retain(keys)
+        self.health.forget_except(keys)
+        self.checks.update(snapshot)
+        self._log.debug(
+            "HTTP routing tables rebuilt: {routes} routes on {entrypoints} entry points",
+            routes=sum(len(f.table.routes) for f in self.factories.values()),
+            entrypoints=len(self.factories),
+        )
+
+    # -- lifecycle -------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        import gc
+
+        # Everything imported so far lives as long as the process: keep the
+        # cyclic collector from re-scanning it on the request path.
+        gc.freeze()
+        http = self.config.http
+        try:
+            self.access_log = open_access_log(http.access_log, http.access_log_format)
+        except OSError as e:
+            self._log.error("Access log {path} cannot be opened: {error}", path=http.access_log, error=e)
+        self.proxy.access_log = self.access_log
+        self._unsubscribe = self._publisher.subscribe(self.apply)
+        waits = []
+        for ep in self.config.entrypoints:
+            factory = self.factories[ep.name]
+            listening = factory
+            if ep.tls:
+                if self._tls_context is None:
+                    self._log.error(
+                        "Entry point {name} ({address}) wants TLS but no TLS context is"
+                        " available; not listening on it", name=ep.name, address=ep.address,
+                    )
+                    continue
+                listening = wrap_tls(listening, self._tls_context)
+            if ep.proxy_protocol:
+                listening = _ProxyProtocolChooser(
+                    listening, Proxy(self._reactor, None, None, None, ep.proxy_protocol)
+                )
+            endpoint = serverFromString(self._reactor, ep.address)
+            d = endpoint.listen(listening)
+            d.addCallbacks(self._listening, self._listen_failed,
+                           callbackArgs=(ep,), errbackArgs=(ep,))
+            waits.append(d)
+        self.listening = defer.gatherResults(waits)
+        self._loop = LoopingCall(self._housekeeping)
+        self._loop.clock = self._reactor
+        self._loop.start(self._tick_interval, now=False)
+
+    def _listening(self, port, ep: EntryPoint):
+        self.ports[ep.name] = port
+        self._log.info("HTTP entry point {name} listening on {address}", name=ep.name, address=ep.address)
+        return port
+
+    def _listen_failed(self, failure, ep: EntryPoint):
+        self._log.error(
+            "HTTP entry point {name} cannot listen on {address}: {error}",
+            name=ep.name, address=ep.address, error=failure.getErrorMessage(),
+        )
+        return None
+
+    def _housekeeping(self):
+        now = self._reactor.seconds()
+        for factory in self.factories.values():
+            for conn in list(factory.connections):
+                conn.check_timeouts(now)
+        self.pool.sweep()
+        self.stats.flush()
+        if self.access_log is not None:
+            self.access_log.flush()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        yield defer.DeferredList(
+            [defer.maybeDeferred(p.stopListening) for p in self.ports.values()]
+        )
+        self.ports.clear()
+        drains = []
+        for factory in self.factories.values():
+            factory.stopping = True
+            for conn in list(factory.connections):
+                conn.shutdown()
+            drains.append(factory.drain())
+        drained = defer.DeferredList(drains)
+        grace = self.config.http.shutdown_grace
+        timer = self._reactor.callLater(grace, lambda: drained.called or drained.cancel())
+        try:
+            yield drained
+        except defer.CancelledError:
+            pass
+        if timer.active():
+            timer.cancel()
+        left = sum(len(f.connections) for f in self.factories.values())
+        if left:
+            self._log.warn("Closing {count} HTTP connections still busy after {grace}s",
+                           count=left, grace=grace)
+        for factory in self.factories.values():
+            for conn in list(factory.connections):
+                conn._close(abort=True)
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self.checks.stop()
+        self.pool.close()
+        self.stats.flush()
+        if self.access_log is not None:
+            self.access_log.close()
+
+    # -- active health checks --------------------------------------------
+
+    def _probe(self, target, check):
+        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+        from twisted.web.http_headers import Headers
+
+        scheme = check.scheme or target.scheme
+        port = check.port or target.port
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        url = f"{scheme}://{host}:{port}{check.path or '/'}".encode("ascii")
+        headers = Headers({b"User-Agent": [b"edge-healthcheck"]})
+        if check.hostname:
+            headers.setRawHeaders(b"Host", [check.hostname.encode("ascii")])
+        for name, value in check.headers:
+            headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        agent = Agent(self._reactor, connectTimeout=check.timeout,
+                      pool=HTTPConnectionPool(self._reactor, persistent=False))
+        d = agent.request(b"GET", url, headers)
+
+        def answered(response):
+            body = readBody(response)
+            body.addErrback(lambda _: None)
+            return 200 <= response.code < 400
+
+        d.addCallback(answered)
+        d.addTimeout(check.timeout, self._reactor)
+        return d
+
+
+def make_http_service(config: Config, publisher, reactor, *, tls_context=None,
+                      h2_handler=None) -> HTTPService:
+    """The HTTP front end; TLS entry points need ``tls_context`` from the TLS layer."""
+    return HTTPService(config, publisher, reactor, tls_context=tls_context, h2_handler=h2_handler)
