@@ -127,7 +127,12 @@ class Balancer:
             return False
         return True
 
-    def pick(self, exclude=(), cookie: str | None = None) -> int | None:
+    def pick(self, exclude=(), cookie: str | None = None) -> Target | None:
+        """The next target to try (see :meth:`pick_index`), or None."""
+        i = self.pick_index(exclude, cookie)
+        return None if i is None else self.targets[i]
+
+    def pick_index(self, exclude=(), cookie: str | None = None) -> int | None:
         """
         The index of the next target to try, skipping ``exclude`` (indexes already tried).
 

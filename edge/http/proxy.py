@@ -575,7 +575,7 @@ class ServerProtocol(Protocol):
         sticky = balancer.sticky
         if sticky is not None and not req.tried:
             cookie = _cookie_value(req.headers, sticky.name.encode("latin-1"))
-        index = balancer.pick(req.tried, cookie)
+        index = balancer.pick_index(req.tried, cookie)
         if index is None:
             if req.tried:
                 self._error(req, 502, "no target accepted the connection")
