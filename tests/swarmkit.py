@@ -140,3 +140,120 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
             return result
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+
+
+class DiscoveryWatch:
+    """
+    ``python -m edge.discovery --watch`` as a subprocess, its JSON lines
+    collected by a thread as they come.
+
+    Documents are ``{"kind": "snapshot", "generation", "snapshot"}`` and
+    ``{"kind": "status", "connected", "error", "generation"}``.
+    """
+
+    def __init__(self, docker_url: str, workdir: str, config: str | None = None, log_level: str = "info"):
+        import os
+        import subprocess
+        import sys
+        import threading
+
+        args = [sys.executable, "-m", "edge.discovery", "--watch", "--docker-url", docker_url,
+                "--log-level", log_level]
+        if config is not None:
+            path = os.path.join(workdir, "discovery.toml")
+            with open(path, "w") as f:
+                f.write(config)
+            args += ["--config", path]
+        self.log_path = os.path.join(workdir, "discovery.log")
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+        self.docs: list[dict] = []
+        self.received_at: list[float] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        import json
+
+        for line in self.proc.stdout:
+            doc = json.loads(line)
+            with self._cond:
+                self.docs.append(doc)
+                self.received_at.append(time.monotonic())
+                self._cond.notify_all()
+
+    def latest_snapshot(self) -> dict | None:
+        with self._cond:
+            for doc in reversed(self.docs):
+                if doc["kind"] == "snapshot":
+                    return doc["snapshot"]
+        return None
+
+    def wait_snapshot(self, predicate, timeout: float, what: str) -> dict:
+        """Wait until the newest snapshot satisfies ``predicate``; return it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                snapshots = [d for d in self.docs if d["kind"] == "snapshot"]
+                if snapshots and predicate(snapshots[-1]["snapshot"]):
+                    return snapshots[-1]["snapshot"]
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"timed out after {timeout}s waiting for {what}; last snapshot:"
+                        f" {snapshots[-1]['snapshot'] if snapshots else None}; log: {self.log_tail()}"
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    def wait_status(self, connected: bool, after: int, timeout: float) -> int:
+        """Index of the first status document at or after ``after`` with this ``connected``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(after, len(self.docs)):
+                    doc = self.docs[i]
+                    if doc["kind"] == "status" and doc["connected"] is connected:
+                        return i
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise AssertionError(
+                        f"timed out after {timeout}s waiting for connected={connected};"
+                        f" log: {self.log_tail()}"
+                    )
+                self._cond.wait(min(left, 0.5))
+
+    def log_tail(self, lines: int = 15) -> str:
+        self._log.flush()
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-lines:])
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._thread.join(5)
+        self._log.close()
+
+
+def find_service(snapshot: dict, name: str) -> dict | None:
+    """A service of a JSON snapshot by name (``web@docker``)."""
+    return next((s for s in snapshot["services"] if s["name"] == name), None)
+
+
+def target_ids(snapshot: dict, name: str) -> set[str] | None:
+    service = find_service(snapshot, name)
+    return None if service is None else {t["id"] for t in service["targets"]}

@@ -65,8 +65,9 @@ def api_client(url: str, timeout: float, environ=None):
     A ``docker.APIClient`` for ``url``.
 
     ``tcp://`` URLs use TLS the way the docker CLI does when
-    ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH`` are set.  The constructor does
-    no I/O (the API version is pinned, not negotiated).
+    ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH`` are set.  The constructor
+    negotiates the API version (``GET /version``), so call this off the
+    reactor thread.
     """
     import docker
     from docker.utils import kwargs_from_env
