@@ -904,3 +904,19 @@ def test_every_unsupported_label_in_the_doc_warns():
             labels = {"traefik.frontend.rule": "Host:a", label: _value_for(label)}
         config = read_labels("doc_svc", labels)
         assert [p.label for p in config.problems if p.label == label], (label, config.problems)
+
+
+def test_unhashable_label_values_are_read_without_the_cache():
+    config = read_labels("odd", {"traefik.http.routers.r.rule": ["Host(`a`)"], "traefik.port": None})
+    # the list is read as its text, which is no rule; nothing raises
+    assert config.routers == ()
+    assert any(p.label == "traefik.http.routers.r.rule" and p.level == "error" for p in config.problems)
+
+
+def test_memoized_results_follow_their_inputs():
+    labels = {"traefik.http.routers.r.rule": "Host(`a`)", "traefik.http.routers.r.middlewares": "m@docker"}
+    assert read_labels("x", labels).routers == ()
+    shared = {"m@docker": RedirectScheme()}
+    assert only_router(read_labels("x", labels, shared_middlewares=shared)).middlewares == (RedirectScheme(),)
+    assert read_labels("x", labels).routers == ()
+    assert read_labels("x", labels, exposed_by_default=True) == read_labels("x", dict(labels))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Mapping
 
 from twisted.logger import Logger
@@ -1075,14 +1076,45 @@ def read_labels(
     ``shared_middlewares`` (qualified names such as ``auth@docker``) lets a
     caller resolve middlewares defined on other services; see
     :func:`read_middlewares`.
+
+    Results are immutable and memoized: every resync reads the same labels
+    again, and most of them have not changed.
     """
+    try:
+        key = (
+            source,
+            frozenset(labels.items()),
+            provider,
+            domain,
+            exposed_by_default,
+            frozenset((shared_middlewares or {}).items()),
+        )
+        hash(key)
+    except Exception:  # unhashable odd input: read it without the cache
+        return _read_labels(source, labels, provider, domain, exposed_by_default, shared_middlewares or {})
+    return _read_labels_cached(key)
+
+
+@lru_cache(maxsize=2048)
+def _read_labels_cached(key) -> LabelConfig:
+    source, items, provider, domain, exposed_by_default, shared = key
+    return _read_labels(source, dict(items), provider, domain, exposed_by_default, dict(shared))
+
+
+def _read_labels(
+    source: str,
+    labels: Mapping[str, str],
+    provider: str,
+    domain: str,
+    exposed_by_default: bool,
+    shared: Mapping[str, Middleware],
+) -> LabelConfig:
     reader = _Reader(source, provider)
     try:
         entries = _split_labels(labels)
         enabled = _enabled(reader, entries, exposed_by_default)
         if not enabled:
             return LabelConfig(False, (), (), tuple(reader.problems))
-        shared = shared_middlewares or {}
         edge_routing = [e for e in entries if e[2][0] == "edge" and e[2][1:] != ["enable"]]
         if edge_routing:
             routers, services = _read_v2(reader, source, entries, "edge", domain, shared)
