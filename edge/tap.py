@@ -170,6 +170,25 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     make_admin_service(config, publisher, reactor).setServiceParent(root)
     if config.dns.enabled:
         make_dns_service(config, publisher, reactor).setServiceParent(root)
+    # TLS: certificates for the TLS entry points (root.tls feeds the HTTP service).
+    root.tls = root.h2 = None
+    if any(ep.tls for ep in config.entrypoints):
+        from edge.tls.service import make_tls_service
+
+        root.tls = make_tls_service(config, publisher, reactor)
+        root.tls.setServiceParent(root)
+        if config.tls.http2:
+            from edge.http.h2 import H2Bridge
+
+            http = config.http
+            root.h2 = H2Bridge(
+                reactor,
+                pool_size=http.backend_pool_size,
+                connect_timeout=http.backend_connect_timeout,
+                response_timeout=http.backend_response_timeout,
+                idle_timeout=http.client_idle_timeout,
+            )
+            root.h2.setServiceParent(root)
     return root
 
 
@@ -180,7 +199,10 @@ def makeService(options) -> EdgeService:
         config = apply_flags(_config.load(options.get("config")), options)
     except _config.ConfigError as e:
         raise SystemExit(f"edge: configuration error: {e}")
-    root = build_service(config, reactor)
+    try:
+        root = build_service(config, reactor)
+    except _config.ConfigError as e:  # e.g. the TLS CA files named but missing
+        raise SystemExit(f"edge: configuration error: {e}")
     from edge.lifecycle import ReloadService  # SIGHUP: re-read the file, flags laid over it again
 
     ReloadService(lambda: apply_flags(_config.load(options.get("config")), options), reactor).setServiceParent(root)

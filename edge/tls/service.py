@@ -335,4 +335,9 @@ def make_tls_service(config, publisher, reactor, **kwargs) -> TLSService:
             " once it appears",
             path=tls.certificates,
         )
+    if not (tls.certificates or tls.internal_ca or tls.default_certificate):
+        TLSService._log.warn(
+            "TLS entry points are configured but there are no certificates"
+            " (set tls.certificates or tls.internal_ca): every handshake will fail"
+        )
     return TLSService(tls, publisher, reactor, issuer=issuer, **kwargs)

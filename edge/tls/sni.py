@@ -169,6 +169,10 @@ class _TLSServerProtocol(BufferingTLSTransport):
     """Twisted's TLS transport with a handshake deadline and failure logging."""
 
     _timeout = None
+    # ProtocolWrapper forwards unknown attributes to the TCP transport; code
+    # that looks for a raw ``socket`` to write to must not find one here
+    # (bytes written there would bypass TLS).
+    socket = None
 
     def makeConnection(self, transport):
         super().makeConnection(transport)
