@@ -135,3 +135,20 @@ def test_provider_feeds_a_real_publisher():
     assert [r.name for r in seen[-1].routers] == ["a@file"]
     assert dict(seen[-1].host_names()).keys() == {"a.lan"}
     assert publisher.status("file").connected
+
+
+def test_bad_basic_auth_drops_the_route_and_bad_prefix_is_ignored():
+    snapshot = static_snapshot(
+        _config(
+            {
+                "locked": {"rule": "Host(`l`)", "backends": ["http://h:1"], "basic_auth": ["nohash"]},
+                "strip": {"rule": "Host(`s`)", "backends": ["http://h:2"], "strip_prefixes": ["x", "/y"]},
+            }
+        )
+    )
+    assert [r.name for r in snapshot.routers] == ["strip@file"]
+    assert snapshot.routers[0].middlewares == (StripPrefix(("/y",)),)
+    assert {(p.label, p.level) for p in snapshot.problems} == {
+        ("routes.locked.basic_auth", "error"),
+        ("routes.strip.strip_prefixes", "error"),
+    }

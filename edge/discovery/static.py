@@ -65,6 +65,28 @@ def _route(route: StaticRoute, source: str) -> tuple[Router | None, BackendServi
             Problem(source, f"route {route.name}: no usable backend; route left out", "error", f"{label}.backends")
         )
         return None, None, problems
+    bad_users = [u for u in route.basic_auth if ":" not in u or u.startswith(":")]
+    if bad_users:
+        problems.append(
+            Problem(
+                source,
+                f"route {route.name}: basic_auth expects user:hash entries, got {bad_users[0]!r};"
+                " route left out so it is not served unprotected",
+                "error",
+                f"{label}.basic_auth",
+            )
+        )
+        return None, None, problems
+    strip = tuple(p for p in route.strip_prefixes if p.startswith("/"))
+    if len(strip) != len(route.strip_prefixes):
+        problems.append(
+            Problem(
+                source,
+                f"route {route.name}: strip_prefixes must start with '/'; others ignored",
+                "error",
+                f"{label}.strip_prefixes",
+            )
+        )
     middlewares: list[Middleware] = []
     if route.allow_ips:
         middlewares.append(IPAllowList(tuple(route.allow_ips)))
@@ -73,8 +95,8 @@ def _route(route: StaticRoute, source: str) -> tuple[Router | None, BackendServi
     if route.basic_auth:
         middlewares.append(BasicAuth(users=tuple(route.basic_auth)))
     middlewares.extend(implied)
-    if route.strip_prefixes:
-        middlewares.append(StripPrefix(tuple(route.strip_prefixes)))
+    if strip:
+        middlewares.append(StripPrefix(strip))
     name = f"{route.name}@{PROVIDER}"
     router = Router(
         name=name,
