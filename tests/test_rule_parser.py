@@ -45,7 +45,8 @@ V1_CASES = [
     ("PathStrip:/exact", Path(("/exact",)), (StripPrefix(("/exact",)),)),
     ("Headers:X-A,1,X-B,2", And((Header("x-a", "1"), Header("x-b", "2"))), ()),
     ("Headers:Content-Type,application/json", Header("content-type", "application/json"), ()),
-    ("HeadersRegexp:X-A,^v[0-9]$", HeaderRegexp("x-a", ".*(?:^v[0-9]$).*"), ()),
+    ("HeadersRegexp:X-A,^v[0-9]$", HeaderRegexp("x-a", "^v[0-9]$"), ()),
+    ("HeadersRegexp:X-A,^a|b$", HeaderRegexp("x-a", ".*(?:^a|b$).*"), ()),
     ("Query:a=1,b", And((Query("a", "1"), Query("b", None))), ()),
     ("Query:a=", Query("a", ""), ()),
     ("Path:/x/{id:[0-9]{1,3}}", PathRegexp("(?-i:/x/(?:[0-9]{1,3}))"), ()),
@@ -166,6 +167,8 @@ HOST_REGEXP_CASES = [
     # v3 regexps are searched like Go's, not anchored
     (r"HostRegexp(`example\.org`)", (), ["www.example.org", "example.org.x"], ["example.net"]),
     ("HostRegexp(`.+`)", (), ["anything.at.all"], []),
+    # alternation keeps Go's search meaning: (^a)|(b$)
+    ("HostRegexp(`^a|b$`)", (), ["ax", "xb", "a"], ["xa", "bx"]),
     ("HostRegexp(`{host:.+}`)", (), ["anything"], []),
     # a wildcard is never made for a whole top-level domain
     (r"HostRegexp(`^[a-z]+\.com$`)", (), ["x.com"], []),

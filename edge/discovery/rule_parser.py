@@ -104,7 +104,18 @@ def _template_to_regex(template: str, default: str) -> str:
 
 
 def _unanchored(regex: str) -> str:
-    """A Go-style search pattern as one for a full match."""
+    """
+    A Go-style search pattern as one for a full match.  ``^...$`` without
+    alternation already is one, and is kept as written: the ``.*`` wrapper
+    costs Python's backtracking engine a pass per start position.
+    """
+    if (
+        regex.startswith("^")
+        and regex.endswith("$")
+        and not regex.endswith("\\$")
+        and "|" not in regex
+    ):
+        return regex
     return f".*(?:{regex}).*"
 
 
