@@ -130,6 +130,7 @@ class Harness:
             self.clock,
             source=self.source,
             backoff=Backoff(initial=0.5, maximum=8.0, jitter=0.0),
+            burst=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0),
             build=fake_build,
         )
         self.provider._log = Logger(observer=self.logged.append)

@@ -31,7 +31,9 @@ from edge.discovery.build import build_snapshot, converging
 __all__ = ["DockerProvider", "BURST"]
 
 # Seconds after an event at which to sync again while tasks converge.
-BURST = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
+# The first ticks are close: a task usually reports running a few hundred
+# milliseconds after its container's start event.
+BURST = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
 # Ticks up to this offset always run: the swarm may not have started moving yet.
 _ALWAYS = 2.0
 
