@@ -1,5 +1,8 @@
 """Traefik v1, v2/v3 and edge.* labels -> routers, service specs and problems."""
 
+import os
+import re as _re
+
 import pytest
 from hypothesis import HealthCheck as HC
 from hypothesis import given, settings
@@ -760,9 +763,6 @@ def test_normalize_name():
 
 
 # -- docs/labels.md matches the code ------------------------------------------------------
-
-import os  # noqa: E402
-import re as _re  # noqa: E402
 
 _DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "labels.md")
 
