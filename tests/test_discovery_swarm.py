@@ -143,6 +143,51 @@ def test_labelled_plain_container(swarm, tmp_path, unique):
         w.stop()
 
 
+def test_task_addressing_and_unreachable_problem(swarm, tmp_path, unique):
+    reachable, hidden = f"disc-t-{unique}", f"disc-h-{unique}"
+    labels = {"traefik.port": "80", "traefik.docker.network": "frontend"}
+    swarm.create_web_service(
+        reachable, labels={**labels, "traefik.frontend.rule": f"Host:{reachable}.test"}
+    )
+    swarm.create_web_service(
+        hidden,
+        labels={**labels, "traefik.frontend.rule": f"Host:{hidden}.test"},
+        publish_host_port=False,
+    )
+    (task,) = swarm.wait_running(reachable, 1)
+    (address,) = [
+        a["Addresses"][0].split("/")[0]
+        for a in task["NetworksAttachments"]
+        if a["Network"]["Spec"]["Name"] == "frontend"
+    ]
+    swarm.wait_running(hidden, 1)
+
+    # Forced task addressing: the task's overlay address on the labelled network.
+    (tmp_path / "task").mkdir()
+    w = DiscoveryWatch(swarm.url, str(tmp_path / "task"), config='[docker]\nbackend_addressing = "task"\n')
+    try:
+        wait_targets(w, f"{reachable}@docker", {(task["ID"], address, 80)}, "the task address")
+    finally:
+        w.stop()
+
+    # auto, edge on the node and not on `frontend`: published ports only, and a
+    # service without one is reported, not silently empty.
+    (tmp_path / "auto").mkdir()
+    w = DiscoveryWatch(swarm.url, str(tmp_path / "auto"))
+    try:
+        snap = w.wait_snapshot(
+            lambda s: any(p["source"] == hidden for p in s["problems"]), WAIT, "the problem"
+        )
+        (problem,) = [p for p in snap["problems"] if p["source"] == hidden]
+        assert problem["level"] == "warning" and "unreachable" in problem["message"]
+        assert find_service(snap, f"{hidden}@docker")["targets"] == []
+        assert {t[1] for t in snapshot_targets(snap, f"{reachable}@docker")} == {"127.0.0.1"}
+    finally:
+        w.stop()
+        swarm.remove_service(reachable)
+        swarm.remove_service(hidden)
+
+
 # -- the daemon going away ------------------------------------------------------
 
 

@@ -284,3 +284,124 @@ def test_stop_while_disconnected_cancels_retry(h):
     assert h.clock.getDelayedCalls()
     h.provider.stopService()
     assert h.clock.getDelayedCalls() == []
+
+
+# -- the source's pure parts ------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from edge.discovery.docker_client import (  # noqa: E402
+    api_client,
+    detect_container_id,
+    engine_host,
+    read_state,
+)
+
+CID = "4f1e0c2d" * 8
+
+
+@pytest.mark.parametrize(
+    "mountinfo, cgroup, found",
+    [
+        # cgroup v2: only mountinfo shows the ID (docker's bind-mounted /etc/hostname).
+        (
+            f"712 690 0:52 /docker/containers/{CID}/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n",
+            "0::/\n",
+            CID,
+        ),
+        ("1 0 0:1 / / rw - ext4 /dev/sda1 rw\n", f"12:devices:/docker/{CID}\n", CID),
+        ("1 0 0:1 / / rw - ext4 /dev/sda1 rw\n", f"0::/system.slice/docker-{CID}.scope\n", CID),
+        ("1 0 0:1 / / rw - ext4 /dev/sda1 rw\n", "0::/user.slice/session-1.scope\n", ""),
+    ],
+)
+def test_detect_container_id(tmp_path, mountinfo, cgroup, found):
+    (tmp_path / "mountinfo").write_text(mountinfo)
+    (tmp_path / "cgroup").write_text(cgroup)
+    assert detect_container_id(str(tmp_path / "mountinfo"), str(tmp_path / "cgroup")) == found
+
+
+def test_api_client_uses_tls_from_the_environment_like_the_cli(tmp_path):
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    env = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(tmp_path)}
+    client = api_client("tcp://127.0.0.1:2376", 5, environ=env, version="1.41")
+    assert client.base_url == "https://127.0.0.1:2376"
+    assert client.cert == (str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+    assert client.verify == str(tmp_path / "ca.pem")
+    plain = api_client("tcp://127.0.0.1:2375", 5, environ={}, version="1.41")
+    assert plain.base_url == "http://127.0.0.1:2375"
+
+
+@pytest.mark.parametrize(
+    "url, host",
+    [
+        ("unix:///var/run/docker.sock", "127.0.0.1"),
+        ("tcp://192.0.2.7:2375", "192.0.2.7"),
+        ("tcp://localhost:2375", "127.0.0.1"),
+    ],
+)
+def test_engine_host(url, host):
+    assert engine_host(url) == host
+
+
+class FakeClient:
+    def __init__(self, swarm_state="active", manager=True):
+        self.calls = []
+        self._info = {"Swarm": {"LocalNodeState": swarm_state, "ControlAvailable": manager, "NodeID": "n1"}}
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return self._info if name == "info" else []
+
+        return call
+
+
+@pytest.mark.parametrize(
+    "swarm, containers, manager, reads, problem",
+    [
+        ("auto", "auto", True, {"services", "tasks", "nodes"}, False),
+        ("auto", "auto", False, {"containers"}, False),  # a worker or no swarm: containers
+        ("auto", "true", True, {"services", "tasks", "nodes", "containers"}, False),
+        ("true", "false", False, set(), True),  # asked for swarm on a non-manager
+        ("false", "auto", True, {"containers"}, False),
+    ],
+)
+def test_read_state_chooses_sources(swarm, containers, manager, reads, problem):
+    client = FakeClient(manager=manager)
+    state, me = read_state(client, DockerConfig(url="unix:///x", swarm=swarm, containers=containers))
+    assert set(client.calls) - {"info", "networks"} == reads
+    assert state.swarm == ("services" in reads) and state.containers_read == ("containers" in reads)
+    assert bool(state.problems) is problem
+    assert me == SelfFacts()
+
+
+# -- python -m edge.discovery without any engine ------------------------------------------
+
+
+def run_discovery(tmp_path, *args):
+    config = tmp_path / "edge.toml"
+    config.write_text(
+        '[docker]\nmax_backoff = 1\n'
+        '[routes.nas]\nrule = "Host(`nas.test`)"\nbackends = ["http://127.0.0.1:5000"]\n'
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "edge.discovery", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+
+
+def test_once_without_docker_says_so_and_still_shows_static_routes(tmp_path):
+    done = run_discovery(tmp_path, "--docker-url", f"unix://{tmp_path}/missing.sock")
+    assert done.returncode == 1
+    assert done.stderr.count("unreachable") == 2  # the provider's log line and the summary
+    assert "Traceback" not in done.stderr
+    snapshot = json.loads(done.stdout)
+    assert [r["name"] for r in snapshot["routers"]] == ["nas@file"]
+    assert snapshot["services"][0]["targets"][0]["url"] == "http://127.0.0.1:5000"

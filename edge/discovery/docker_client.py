@@ -60,7 +60,7 @@ EVENT_FILTERS = {
 _CONTAINER_ID = re.compile(r"(?:/containers/|/docker/|docker-)([0-9a-f]{64})(?:[/.]|$)")
 
 
-def api_client(url: str, timeout: float, environ=None):
+def api_client(url: str, timeout: float, environ=None, version: str | None = None):
     """
     A ``docker.APIClient`` for ``url``.
 
@@ -77,7 +77,7 @@ def api_client(url: str, timeout: float, environ=None):
         tls = kwargs_from_env(environment=dict(environ if environ is not None else os.environ)).get("tls")
         if tls is not None:
             kwargs["tls"] = tls
-    return docker.APIClient(base_url=url, timeout=timeout, **kwargs)
+    return docker.APIClient(base_url=url, timeout=timeout, version=version, **kwargs)
 
 
 def engine_host(url: str) -> str:

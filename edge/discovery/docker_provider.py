@@ -84,6 +84,7 @@ class DockerProvider(Service):
         self._down_since: float | None = None
         self._failed_attempts = 0
         self._ever_connected = False
+        self._event_at: float | None = None  # oldest event not yet reflected
 
     # -- service
 
@@ -203,6 +204,10 @@ class DockerProvider(Service):
             return
         self._publisher.report("docker", snapshot)
         metrics.discovery_syncs.labels("docker").inc()
+        if self._event_at is not None:
+            lag = self._reactor.seconds() - self._event_at
+            metrics.discovery_lag.labels("docker").set(max(0.0, lag))
+            self._event_at = None
         if self._down_since is not None:
             if self._ever_connected:
                 self._log.info(
@@ -241,6 +246,9 @@ class DockerProvider(Service):
             action=event.get("Action", ""),
             id=(event.get("Actor") or {}).get("ID", "")[:12],
         )
+        if self._event_at is None:
+            stamp = event.get("timeNano")
+            self._event_at = stamp / 1e9 if isinstance(stamp, int) else self._reactor.seconds()
         self.sync()
         self._start_burst()
 
