@@ -6,7 +6,7 @@ NETNS ?= edge-test
 CONFIG ?= config/edge.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test venv test-deps system-deps testbed-up testbed-down unit bench clean
+.PHONY: run test test-image venv test-deps system-deps testbed-up testbed-down unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ testbed-down:
 test: system-deps test-deps testbed-up
 	DOCKER_HOST=unix:///tmp/edge-test/docker.sock EDGE_TEST_NETNS=$(NETNS) \
 		ip netns exec $(NETNS) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Builds edge's image on the test engine (base made locally, wheels from the
+# host) and deploys config/edge-stack.yml; a few minutes, so not in `test`.
+test-image: system-deps test-deps testbed-up
+	image=$$(DOCKER_HOST=unix:///tmp/edge-test/docker.sock bash tests/testbed/image.sh) && \
+	DOCKER_HOST=unix:///tmp/edge-test/docker.sock EDGE_TEST_NETNS=$(NETNS) EDGE_IMAGE=$$image \
+		ip netns exec $(NETNS) $(BIN)/python -m pytest tests/test_image.py $(PYTEST_ARGS)
 
 unit: test-deps
 	$(BIN)/python -m pytest -m 'not swarm' $(PYTEST_ARGS)

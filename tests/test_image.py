@@ -1,0 +1,227 @@
+"""
+The image and the stack, deployed the way a user deploys them.
+
+``make test-image`` builds the image on the test engine (tests/testbed/image.sh)
+and sets ``EDGE_IMAGE``; this test deploys ``config/edge-stack.yml`` with
+``docker stack deploy`` next to a labelled service on ``frontend`` and checks,
+from a client container on that network and from the node through the
+published ports, that DNS answers the routed name and HTTP reaches the
+service through edge's container.
+
+The stack file is used as written except for what the testbed forces: the
+image tag, the Docker socket's path on this node, and the published port
+numbers (high free ones, so other tests on the shared engine keep 80/443/53).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import docker
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from tests.swarmkit import NETWORK, wait_for
+
+pytestmark = pytest.mark.swarm
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("EDGE_IMAGE", "")
+
+
+def free_port() -> int:
+    """A port free for TCP and UDP on every address of this namespace."""
+    for _ in range(100):
+        port = random.randint(20000, 32000)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, socket.socket(
+                socket.AF_INET, socket.SOCK_DGRAM
+            ) as u:
+                t.bind(("0.0.0.0", port))
+                u.bind(("0.0.0.0", port))
+            return port
+        except OSError:
+            continue
+    raise AssertionError("no free port")
+
+
+def socket_path(url: str) -> str:
+    assert url.startswith("unix://"), url
+    return url[len("unix://"):]
+
+
+def render_stack(directory: Path, image: str, ports: dict[int, int], docker_socket: str) -> Path:
+    """config/edge-stack.yml with the testbed's image, socket path and ports."""
+    text = (REPO / "config" / "edge-stack.yml").read_text()
+
+    def replace(old: str, new: str, count: int) -> None:
+        nonlocal text
+        assert text.count(old) == count, f"{old!r} appears {text.count(old)} times in the stack file"
+        text = text.replace(old, new)
+
+    replace("image: edge:0.1.0", f"image: {image}", 1)
+    replace("source: /var/run/docker.sock", f"source: {docker_socket}", 1)
+    replace("published: 80,", f"published: {ports[80]},", 1)
+    replace("published: 443,", f"published: {ports[443]},", 1)
+    replace("published: 53,", f"published: {ports[53]},", 2)
+    (directory / "edge-stack.yml").write_text(text)
+    shutil.copy(REPO / "config" / "edge-stack.toml", directory / "edge-stack.toml")
+    return directory / "edge-stack.yml"
+
+
+def cli(*args: str, timeout: float = 120) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def http_get(port: int, host: str, path: str = "/") -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def dns_a(port: int, name: str, tcp: bool = False) -> list[str]:
+    query = dns.message.make_query(name, dns.rdatatype.A)
+    send = dns.query.tcp if tcp else dns.query.udp
+    answer = send(query, "127.0.0.1", port=port, timeout=3)
+    return sorted(r.address for rrset in answer.answer for r in rrset if r.rdtype == dns.rdatatype.A)
+
+
+@pytest.fixture
+def stack(swarm, unique):
+    if not IMAGE:
+        pytest.skip("no image to test: run `make test-image` (builds it, then runs this test)")
+    name = f"edgeimg{unique}"
+    ports = {80: free_port(), 443: free_port(), 53: free_port()}
+    directory = Path(tempfile.mkdtemp())
+    stack_file = render_stack(directory, IMAGE, ports, socket_path(swarm.url))
+    cli("stack", "deploy", "--prune", "-c", str(stack_file), name)
+    yield name, ports
+    # Shown by pytest when the test failed.
+    for container in swarm.client.containers.list(
+        all=True, filters={"label": f"com.docker.stack.namespace={name}"}
+    ):
+        print(f"--- logs of {container.name}:\n" + container.logs(tail=200).decode(errors="replace"))
+    cli("stack", "rm", name)
+    client = swarm.client
+
+    def gone():
+        return not client.containers.list(all=True, filters={"label": f"com.docker.stack.namespace={name}"})
+
+    wait_for(gone, 60, f"stack {name}'s containers to go")
+    for volume in client.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}):
+        try:
+            volume.remove(force=True)
+        except docker.errors.APIError:
+            pass
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def edge_container(client, stack_name: str):
+    running = client.containers.list(filters={"label": f"com.docker.stack.namespace={stack_name}"})
+    return running[0] if running else None
+
+
+def test_image_is_small_and_labelled(swarm):
+    if not IMAGE:
+        pytest.skip("no image to test: run `make test-image`")
+    image = swarm.client.images.get(IMAGE)
+    labels = image.attrs["Config"]["Labels"] or {}
+    assert labels.get("org.opencontainers.image.title") == "edge"
+    assert labels.get("org.opencontainers.image.version")
+    assert image.attrs["Config"]["Healthcheck"]["Test"][-1] == "edge.admin.healthcheck"
+    assert image.attrs["Config"]["Entrypoint"][:2] == ["twistd", "--nodaemon"]
+    # No compiler and no pip in the final image; the program starts.
+    out = swarm.client.containers.run(
+        IMAGE,
+        entrypoint=["/bin/sh", "-c"],
+        command=["for t in gcc cc pip; do command -v $t && echo FOUND $t; done; twistd edge --version"],
+        remove=True,
+        network_mode="none",
+    ).decode()
+    assert "FOUND" not in out, out
+    assert "edge 0.1.0" in out
+
+
+def test_stack_routes_dns_and_http_through_edge(swarm, stack, unique):
+    stack_name, ports = stack
+    client = swarm.client
+    host = f"img-{unique}.test"
+    swarm.create_web_service(
+        f"imgweb-{unique}",
+        labels={
+            "traefik.enable": "true",
+            "traefik.frontend.rule": f"Host:{host}",
+            "traefik.port": "80",
+        },
+        publish_host_port=False,
+    )
+    tasks = swarm.wait_running(f"imgweb-{unique}", 1)
+    backend_hostname = tasks[0]["Status"]["ContainerStatus"]["ContainerID"][:12]
+
+    # The image's HEALTHCHECK (python -m edge.admin.healthcheck) passes.
+    def healthy():
+        container = edge_container(client, stack_name)
+        if container is None:
+            return None
+        state = container.attrs["State"]
+        return container if state.get("Health", {}).get("Status") == "healthy" else None
+
+    container = wait_for(healthy, 120, "edge's container to be healthy")
+
+    # From the node, through the host-mode published ports.
+    managers = sorted(n.attrs["Status"]["Addr"] for n in client.nodes.list(filters={"role": "manager"}))
+    assert wait_for(lambda: dns_a(ports[53], host) or None, 60, "the DNS answer over UDP") == managers
+    assert dns_a(ports[53], host, tcp=True) == managers
+    status, body = wait_for(
+        lambda: (lambda r: r if r[0] == 200 else None)(http_get(ports[80], host)),
+        60,
+        f"HTTP {host} through edge on :{ports[80]}",
+    )
+    assert body.strip() == backend_hostname
+    status, _ = http_get(ports[80], f"nothing-{unique}.test")
+    assert status == 404
+
+    # From a client container on the overlay, to edge's task address there.
+    container.reload()
+    edge_ip = container.attrs["NetworkSettings"]["Networks"][NETWORK]["IPAddress"]
+    probe = swarm.run_container(
+        f"imgprobe-{unique}",
+        command=[
+            "/bin/sh",
+            "-c",
+            f"busybox nslookup {host} {edge_ip}; echo ---; "
+            f"printf 'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | busybox nc {edge_ip} 80",
+        ],
+        network=NETWORK,
+    )
+    result = probe.wait(timeout=60)
+    output = probe.logs().decode(errors="replace")
+    assert result["StatusCode"] == 0, output
+    dns_part, _, http_part = output.partition("---")
+    for address in managers:
+        assert f"Address: {address}" in dns_part.split(host, 1)[1], output
+    assert http_part.strip().startswith("HTTP/1.") and " 200 " in http_part, output
+    assert http_part.rstrip().endswith(backend_hostname), output
+
+    # The dashboard inside the container shows the route (admin stays on the
+    # container's loopback, as in the stack's config).
+    exit_code, api = container.exec_run(
+        ["python3", "-c", "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:8081/api/routers').read().decode())"]
+    )
+    assert exit_code == 0, api
+    assert host in api.decode()
