@@ -16,6 +16,7 @@ down by re-encoding at most once a second per entry.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import OrderedDict
 
 from twisted.internet import defer
@@ -28,6 +29,7 @@ from edge.dns.wire import QNAME_POINTER, encode_name, name_bytes, rdata, rr
 __all__ = ["Cache", "CachedAnswer", "Forwarder", "parse_upstream", "resolv_conf_servers"]
 
 MAX_TTL = 86400
+_TTL = struct.Struct("!I")
 SERVFAIL = Entry(dns.ESERVER, 0, 0, (b"",), aa=False)
 
 
@@ -63,9 +65,14 @@ def resolv_conf_servers(text: str) -> list[tuple[str, int]]:
 
 
 class CachedAnswer:
-    """One upstream response, kept with the time it arrived."""
+    """
+    One upstream response, kept with the time it arrived.
 
-    __slots__ = ("qname", "rcode", "sections", "stored", "expires", "entry", "encoded_at")
+    The sections are encoded once; counting the TTLs down patches the TTL
+    fields of a copy, at most once a second.
+    """
+
+    __slots__ = ("qname", "rcode", "sections", "stored", "expires", "entry", "elapsed", "_base", "_ttls")
 
     def __init__(self, qname: bytes, message: dns.Message, stored: float, ttl: int):
         self.qname = qname
@@ -76,37 +83,43 @@ class CachedAnswer:
         )
         self.stored = stored
         self.expires = stored + ttl
-        self.encoded_at = stored
-        self.entry = self._encode(0, pointer=True)
+        self.elapsed = 0
+        self._base, self._ttls = self._encode(pointer=True)
+        an, ns, ar = (len(s) for s in self.sections)
+        self.entry = Entry(self.rcode, an, ns, (self._base,), aa=False, ar=ar)
 
-    def _encode(self, elapsed: int, pointer: bool) -> Entry:
-        parts = []
+    def _encode(self, pointer: bool) -> tuple[bytes, list[tuple[int, int]]]:
+        out = bytearray()
+        ttls = []
         for section in self.sections:
             for record in section:
-                owner = record.name.name.lower()
-                wire = encode_name(owner)
-                parts.append(
-                    rr(
-                        QNAME_POINTER if pointer and wire == self.qname else wire,
-                        record.type,
-                        record.ttl - elapsed,
-                        rdata(record.payload),
-                        record.cls,
-                    )
-                )
-        an, ns, ar = (len(s) for s in self.sections)
-        return Entry(self.rcode, an, ns, (b"".join(parts),), aa=False, ar=ar)
+                wire = encode_name(record.name.name.lower())
+                owner = QNAME_POINTER if pointer and wire == self.qname else wire
+                ttls.append((len(out) + len(owner) + 4, max(0, record.ttl)))
+                out += rr(owner, record.type, record.ttl, rdata(record.payload), record.cls)
+        return bytes(out), ttls
+
+    @staticmethod
+    def _aged(base: bytes, ttls: list[tuple[int, int]], elapsed: int) -> bytes:
+        buf = bytearray(base)
+        for offset, ttl in ttls:
+            _TTL.pack_into(buf, offset, ttl - elapsed if ttl > elapsed else 0)
+        return bytes(buf)
 
     def current(self, now: float) -> Entry:
-        """The entry with TTLs counted down to ``now`` (re-encoded once a second at most)."""
-        if now - self.encoded_at >= 1.0:
-            self.encoded_at = now
-            self.entry = self._encode(int(now - self.stored), pointer=True)
+        """The entry with TTLs counted down to ``now``."""
+        elapsed = int(now - self.stored)
+        if elapsed != self.elapsed:
+            self.elapsed = elapsed
+            self.entry.tails = (self._aged(self._base, self._ttls, elapsed),)
         return self.entry
 
     def full(self, now: float) -> Entry:
         """Encoded with every owner written out, to follow another name's CNAME."""
-        return self._encode(int(now - self.stored), pointer=False)
+        base, ttls = self._encode(pointer=False)
+        an, ns, ar = (len(s) for s in self.sections)
+        tail = self._aged(base, ttls, int(now - self.stored))
+        return Entry(self.rcode, an, ns, (tail,), aa=False, ar=ar)
 
 
 def cache_ttl(message: dns.Message) -> int:
@@ -142,7 +155,7 @@ class Cache:
             del self._items[key]
             return None
         self._items.move_to_end(key)
-        if now - item.encoded_at >= 1.0:
+        if int(now - item.stored) != item.elapsed:
             return item.current(now)
         return item.entry
 
