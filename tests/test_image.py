@@ -22,6 +22,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import docker
@@ -101,11 +104,11 @@ def dns_a(port: int, name: str, tcp: bool = False) -> list[str]:
     return sorted(r.address for rrset in answer.answer for r in rrset if r.rdtype == dns.rdatatype.A)
 
 
-@pytest.fixture
-def stack(swarm, unique):
+@pytest.fixture(scope="module")
+def stack(swarm):
     if not IMAGE:
         pytest.skip("no image to test: run `make test-image` (builds it, then runs this test)")
-    name = f"edgeimg{unique}"
+    name = f"edgeimg{uuid.uuid4().hex[:8]}"
     ports = {80: free_port(), 443: free_port(), 53: free_port()}
     directory = Path(tempfile.mkdtemp())
     stack_file = render_stack(directory, IMAGE, ports, socket_path(swarm.url))
@@ -134,6 +137,17 @@ def stack(swarm, unique):
 def edge_container(client, stack_name: str):
     running = client.containers.list(filters={"label": f"com.docker.stack.namespace={stack_name}"})
     return running[0] if running else None
+
+
+def wait_healthy(client, stack_name: str, other_than: str = ""):
+    def healthy():
+        container = edge_container(client, stack_name)
+        if container is None or container.id == other_than:
+            return None
+        state = container.attrs["State"]
+        return container if state.get("Health", {}).get("Status") == "healthy" else None
+
+    return wait_for(healthy, 120, "edge's container to be healthy")
 
 
 def test_image_is_small_and_labelled(swarm):
@@ -174,14 +188,7 @@ def test_stack_routes_dns_and_http_through_edge(swarm, stack, unique):
     backend_hostname = tasks[0]["Status"]["ContainerStatus"]["ContainerID"][:12]
 
     # The image's HEALTHCHECK (python -m edge.admin.healthcheck) passes.
-    def healthy():
-        container = edge_container(client, stack_name)
-        if container is None:
-            return None
-        state = container.attrs["State"]
-        return container if state.get("Health", {}).get("Status") == "healthy" else None
-
-    container = wait_for(healthy, 120, "edge's container to be healthy")
+    container = wait_healthy(client, stack_name)
 
     # From the node, through the host-mode published ports.
     managers = sorted(n.attrs["Status"]["Addr"] for n in client.nodes.list(filters={"role": "manager"}))
@@ -225,3 +232,50 @@ def test_stack_routes_dns_and_http_through_edge(swarm, stack, unique):
     )
     assert exit_code == 0, api
     assert host in api.decode()
+
+
+SLOW_CGI = (
+    "mkdir -p /tmp/www/cgi-bin && hostname > /tmp/www/index.html && "
+    "printf '#!/bin/sh\\nsleep 3\\necho Content-Type: text/plain\\necho\\necho slow-done\\n' "
+    "> /tmp/www/cgi-bin/slow && chmod +x /tmp/www/cgi-bin/slow && "
+    "exec /bin/httpd -f -p 80 -h /tmp/www"
+)
+
+
+def test_rolling_update_of_edge_finishes_requests_in_flight(swarm, stack, unique):
+    """``docker service update --force`` of edge while a slow request is in flight."""
+    stack_name, ports = stack
+    client = swarm.client
+    host = f"slow-{unique}.test"
+    swarm.create_web_service(
+        f"imgslow-{unique}",
+        labels={"traefik.enable": "true", "traefik.frontend.rule": f"Host:{host}", "traefik.port": "80"},
+        publish_host_port=False,
+        command=["/bin/sh", "-c", SLOW_CGI],
+    )
+    swarm.wait_running(f"imgslow-{unique}", 1)
+    old = wait_healthy(client, stack_name)
+    wait_for(
+        lambda: http_get(ports[80], host)[0] == 200, 60, f"{host} routed through edge"
+    )
+
+    results: list = []
+
+    def slow_request():
+        try:
+            results.append(http_get(ports[80], host, "/cgi-bin/slow"))
+        except Exception as e:  # reported below
+            results.append(e)
+
+    worker = threading.Thread(target=slow_request)
+    worker.start()
+    time.sleep(1.0)  # the request is at the backend, which answers after 3 s
+    cli("service", "update", "--detach", "--force", f"{stack_name}_edge")
+    worker.join(timeout=60)
+    assert results and not isinstance(results[0], Exception), results
+    assert results[0][0] == 200 and results[0][1].strip() == "slow-done", results
+
+    # The new task takes over and routes again.
+    new = wait_healthy(client, stack_name, other_than=old.id)
+    assert new.id != old.id
+    assert wait_for(lambda: http_get(ports[80], host)[0] == 200, 60, "routing by the new edge task")

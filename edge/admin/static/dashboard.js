@@ -72,7 +72,7 @@ function renderProblems(problems) {
   const list = document.getElementById("problems");
   document.getElementById("problems-count").textContent = problems.length ? "(" + problems.length + ")" : "";
   if (!problems.length) {
-    list.replaceChildren(el("li", { class: "none", text: "No problems: every router has healthy targets." }));
+    list.replaceChildren(el("li", { class: "none", text: "No problems." }));
     return;
   }
   list.replaceChildren(...problems.map((p) =>
@@ -126,7 +126,7 @@ function renderServices(data) {
         el("div", { class: "target" }, pill(t.health, t.health), el("code", { text: t.url }),
           t.weight !== 1 ? el("span", { class: "muted", text: " weight " + t.weight }) : null))
         : [el("span", { class: "muted", text: "no targets" })])),
-      el("td", { class: "muted" }, s.health_check ? s.health_check.path + " every " + s.health_check.interval + " s" : "passive only"),
+      el("td", { class: "muted" }, s.health_check ? s.health_check.path + " every " + s.health_check.interval + " s" : "none"),
       el("td", {}, ...s.routers.map((r) => el("div", { text: r }))))));
 }
 
