@@ -199,6 +199,9 @@ class SiteTests(SynchronousTestCase):
         response, body = self.get("/api/snapshot")
         data = json.loads(body)
         self.assertEqual([r["name"] for r in data["routers"]], sorted(r.name for r in sample_snapshot().routers))
+        self.assertNotIn(SECRET_HASH, body.decode())
+        web = next(r for r in data["routers"] if r["name"] == "web@docker")
+        self.assertEqual(web["middlewares"][0]["users"], ["alice:<hidden>"])
 
     def test_health_from_the_http_layer_shows_in_the_api(self):
         metrics.target_health.labels("web@docker", "t1").set(1)

@@ -163,7 +163,13 @@ class AdminService(MultiService):
     def snapshot_json(self) -> object:
         from edge.discovery.jsonview import snapshot_to_data
 
-        return snapshot_to_data(self.publisher.current)
+        data = snapshot_to_data(self.publisher.current)
+        # Password hashes stay inside edge, as on the dashboard.
+        for router in data["routers"]:
+            for middleware in router.get("middlewares", ()):
+                if "users" in middleware:
+                    middleware["users"] = [u.partition(":")[0] + ":<hidden>" for u in middleware["users"]]
+        return data
 
     def update_metrics(self) -> None:
         """Refresh the gauges that are read off the publisher at scrape time."""
