@@ -56,6 +56,18 @@ def router_rules(snapshot: dict, service: str) -> list[str]:
     return sorted(r["rule"] for r in snapshot["routers"] if r["service"] == service)
 
 
+def update(service, action):
+    """Apply ``action`` to a fresh view of ``service``, again if the swarm moved under us."""
+    for _ in range(10):
+        service.reload()
+        try:
+            return action(service)
+        except docker.errors.APIError as e:
+            if "out of sequence" not in str(e):
+                raise
+    raise AssertionError(f"could not update {service.name}: always out of sequence")
+
+
 @pytest.fixture
 def watcher(swarm, tmp_path):
     w = DiscoveryWatch(swarm.url, str(tmp_path))
@@ -82,11 +94,10 @@ def test_service_lifecycle(swarm, watcher, unique):
     assert [n["address"] for n in snap["nodes"]] == ["127.0.0.1"]
 
     # Scale 1 -> 3 -> 1: every running task, then only the survivor.
-    service.scale(3)
+    update(service, lambda s: s.scale(3))
     expected = expected_targets(swarm, name, 3)
     wait_targets(watcher, key, expected, "three tasks")
-    service.reload()
-    service.scale(1)
+    update(service, lambda s: s.scale(1))
     expected = wait_for(
         lambda: (lambda ts: ts if len(ts) == 1 else None)(expected_targets(swarm, name, 1)),
         WAIT,
@@ -97,8 +108,7 @@ def test_service_lifecycle(swarm, watcher, unique):
 
     # Forced update: a new task replaces the old one.
     old_ids = {t[0] for t in expected}
-    service.reload()
-    service.force_update()
+    update(service, lambda s: s.force_update())
     new = wait_for(
         lambda: (lambda ts: ts if ts and not ({t[0] for t in ts} & old_ids) else None)(
             expected_targets(swarm, name, 1)
@@ -109,8 +119,12 @@ def test_service_lifecycle(swarm, watcher, unique):
     wait_targets(watcher, key, new, "the replacement task in the snapshot")
 
     # Labels changed: the router follows.
-    service.reload()
-    service.update(labels={"traefik.port": "80", "traefik.frontend.rule": f"Host:{name}-v2.test"})
+    update(
+        service,
+        lambda s: s.update(
+            labels={"traefik.port": "80", "traefik.frontend.rule": f"Host:{name}-v2.test"}
+        ),
+    )
     watcher.wait_snapshot(
         lambda s: router_rules(s, key) == [f"Host:{name}-v2.test"], WAIT, "the new rule"
     )
