@@ -202,6 +202,42 @@ def test_task_addressing_and_unreachable_problem(swarm, tmp_path, unique):
         swarm.remove_service(hidden)
 
 
+def test_auto_addressing_follows_edges_own_container(swarm, unique):
+    """read_state on the real engine, as if edge ran in a container: on `frontend` -> task IPs."""
+    from edge.config import DockerConfig
+    from edge.discovery.build import build_snapshot
+    from edge.discovery.docker_client import api_client, read_state
+
+    name = f"disc-a-{unique}"
+    key = f"{name}@docker"
+    swarm.create_web_service(name, labels={"traefik.port": "80", "traefik.frontend.rule": f"Host:{name}.test"})
+    (task,) = swarm.wait_running(name, 1)
+    (overlay,) = [
+        (a["Network"]["ID"], a["Addresses"][0].split("/")[0])
+        for a in task["NetworksAttachments"]
+        if a["Network"]["Spec"]["Name"] == "frontend"
+    ]
+    on_frontend = swarm.run_container(f"disc-self-{unique}", network="frontend")
+    elsewhere = swarm.run_container(f"disc-other-{unique}", network="bridge")
+    config = DockerConfig(url=swarm.url)
+    client = api_client(swarm.url, 30)
+
+    state, me = read_state(client, config, container_id=on_frontend.id, in_container=True)
+    assert overlay[0] in me.network_ids and me.container_id == on_frontend.id
+    assert snapshot_targets_of(build_snapshot(state, config, me), key) == {(task["ID"], overlay[1], 80)}
+
+    state, me = read_state(client, config, container_id=elsewhere.id, in_container=True)
+    assert overlay[0] not in me.network_ids
+    (port,) = host_ports(task)
+    assert snapshot_targets_of(build_snapshot(state, config, me), key) == {(task["ID"], "127.0.0.1", port)}
+    swarm.remove_service(name)
+
+
+def snapshot_targets_of(snapshot, name):
+    service = snapshot.service(name)
+    return None if service is None else {(t.id, t.host, t.port) for t in service.targets}
+
+
 # -- the daemon going away ------------------------------------------------------
 
 
