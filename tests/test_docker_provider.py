@@ -246,6 +246,24 @@ def test_failing_sync_reconnects_and_closes_the_stream(h):
     assert len(h.source.watches) == 2 and h.provider.connected
 
 
+def test_slow_failure_from_an_old_connection_does_not_break_the_new_one(h):
+    h.source.state = tasks("t1")
+    h.provider.startService()
+    h.source.hold = True
+    h.provider._resync.cancel()
+    h.provider.sync()  # slow: still running when the stream drops
+    h.source.watches[0].ended.callback("stream closed")
+    h.clock.advance(0.5)  # reconnected; its sync waits behind the slow one
+    assert h.provider.connected and len(h.source.watches) == 2
+    h.source.pending.pop(0).errback(TimeoutError("read timed out"))
+    assert h.provider.connected and not h.source.watches[1].closed
+    # The queued sync ran on the new connection.
+    assert len(h.source.pending) == 1
+    h.source.state = tasks("t2")
+    h.source.release()
+    assert h.targets() == ["t2"]
+
+
 def test_unreachable_at_start_says_so_clearly_once(h):
     h.source.down = FileNotFoundError(2, "No such file or directory")
     h.provider.startService()

@@ -85,6 +85,9 @@ class DockerProvider(Service):
         self._failed_attempts = 0
         self._ever_connected = False
         self._event_at: float | None = None  # oldest event not yet reflected
+        # Bumped on every (re)connect: results of syncs started on an older
+        # connection are ignored, so a slow failure cannot tear down a new one.
+        self._connection = 0
 
     # -- service
 
@@ -121,6 +124,7 @@ class DockerProvider(Service):
             watch.close()
             return
         self._watch = watch
+        self._connection += 1
         watch.ended.addCallback(self._watch_ended, watch)
         self.connected = True
         self.sync()
@@ -180,7 +184,7 @@ class DockerProvider(Service):
         self._syncing = True
         self._again = False
         d: Deferred = self._source.sync()
-        d.addCallbacks(self._synced, self._sync_failed)
+        d.addCallbacks(self._synced, self._sync_failed, (self._connection,), None, (self._connection,))
         d.addBoth(self._sync_done)
 
     def _sync_done(self, _) -> None:
@@ -188,11 +192,14 @@ class DockerProvider(Service):
         if self._again and self.connected and not self._stopping:
             self.sync()
 
-    def _sync_failed(self, failure: Failure) -> None:
-        self._failed(failure)
+    def _sync_failed(self, failure: Failure, connection: int) -> None:
+        if connection == self._connection:
+            self._failed(failure)
 
-    def _synced(self, result) -> None:
-        if self._stopping or not self.connected:
+    def _synced(self, result, connection: int) -> None:
+        if self._stopping or not self.connected or connection != self._connection:
+            # Read on an older connection: the sync queued behind it reads again.
+            self._again = self._again or (connection != self._connection)
             return
         state, me = result
         try:
