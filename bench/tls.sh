@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# TLS bench: edge against nginx, HAProxy and Caddy, all terminating TLS 1.3
+# with the same ECDSA P-256 certificate (session resumption off) in front of
+# one nginx origin serving a 100-byte page, every process on 127.0.0.1.
+#
+#   handshake  wrk with "Connection: close": every request is a new TCP
+#              connection with a full TLS handshake (wrk never resumes).
+#   keepalive  wrk over persistent TLS connections.
+#   plain      edge's own plain-HTTP entry point, for the cost TLS adds
+#              (plain-new: a new TCP connection per request, no TLS).
+#
+# CPU per request is the proxy's own CPU time (utime+stime of all its
+# processes, from /proc) over the requests wrk completed: far steadier on a
+# shared 2-core machine than requests per second, which are shown too.
+# Each proxy gets one worker/thread (nginx worker_processes 1, HAProxy
+# nbthread 1, Caddy GOMAXPROCS=1, edge is one Python process).
+#
+# Usage: bash bench/tls.sh   (DURATION=5 CONNS=16 ROUNDS=1 ONLY='edge nginx haproxy caddy')
+# Output: a table on stdout and $OUT (default bench/tls/results.txt).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+HERE="$ROOT/bench/tls"
+PY="${PY:-$ROOT/.venv/bin/python}"
+TWISTD="${TWISTD:-$ROOT/.venv/bin/twistd}"
+DURATION="${DURATION:-5}"
+CONNS="${CONNS:-16}"
+ROUNDS="${ROUNDS:-1}"
+ONLY="${ONLY:-edge nginx haproxy caddy}"
+OUT="${OUT:-$HERE/results.txt}"
+BASE="${BASE_PORT:-18600}"
+ORIGIN=$BASE; EDGE=$((BASE + 1)); EDGE_HTTP=$((BASE + 2)); NGINX=$((BASE + 3))
+HAPROXY=$((BASE + 4)); CADDY=$((BASE + 5))
+
+DIR="$(mktemp -d /tmp/edge-bench-tls.XXXXXX)"
+mkdir -p "$DIR/www" "$DIR/certs" "$DIR/state"
+chmod 755 "$DIR" "$DIR/www"  # nginx workers run as www-data
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    sleep 0.3
+    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+render() {  # template port -> $DIR/name
+    sed -e "s#@DIR@#$DIR#g" -e "s#@PORT@#$2#g" -e "s#@ORIGIN@#$ORIGIN#g" \
+        -e "s#@HTTP_PORT@#$EDGE_HTTP#g" "$HERE/$1" >"$DIR/$1"
+}
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    return 1
+}
+
+cpu_ticks() {  # total utime+stime of the given pids and their children
+    local total=0 pid
+    for pid in "$@" $(for p in "$@"; do pgrep -P "$p" || true; done); do
+        if [[ -r /proc/$pid/stat ]]; then
+            total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+        fi
+    done
+    echo "$total"
+}
+
+printf '%0100d' 0 >"$DIR/www/index.html"  # 100 bytes
+"$PY" "$HERE/make_cert.py" "$DIR"
+
+render origin.conf "$ORIGIN"
+nginx -c "$DIR/origin.conf" -e "$DIR/origin-error.log" &
+PIDS+=($!)
+wait_port "$ORIGIN"
+
+TICK=$(getconf CLK_TCK)
+printf '%-8s %-10s %10s %10s %12s\n' proxy mode "req/s" requests "cpu_us/req" | tee "$OUT"
+
+measure() {  # name mode url pid... ; header args in WRK_ARGS
+    local name=$1 mode=$2 url=$3; shift 3
+    local before after out reqs rate code
+    for _ in $(seq 1 50); do  # routes may be published a moment after the port opens
+        code=$(curl -s -o "$DIR/check.out" -w '%{http_code}' --cacert "$DIR/root.crt" \
+            -H "Host: bench.lan" "$url" || true)
+        [[ "$code" == 200 ]] && break
+        sleep 0.1
+    done
+    if [[ "$code" != 200 ]]; then
+        echo "$name $mode: $url answers $code, not 200:" >&2
+        head -c 300 "$DIR/check.out" >&2 || true
+        return 1
+    fi
+    # A short warm-up so the JIT-less first requests and connection setup do not count.
+    wrk -t1 -c4 -d1s "${WRK_ARGS[@]}" "$url" >/dev/null 2>&1 || true
+    before=$(cpu_ticks "$@")
+    out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" "${WRK_ARGS[@]}" "$url" 2>&1)
+    after=$(cpu_ticks "$@")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rate=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    local errors
+    errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+    if [[ -n "$errors" ]]; then echo "  ($name $mode: $errors)" >&2; fi
+    local us
+    us=$(awk -v t=$((after - before)) -v r="$reqs" -v hz="$TICK" 'BEGIN {printf "%.0f", (r > 0 ? t / hz * 1e6 / r : 0)}')
+    printf '%-8s %-10s %10s %10s %12s\n' "$name" "$mode" "$rate" "$reqs" "$us" | tee -a "$OUT"
+}
+
+run_modes() {  # name port pid...
+    local name=$1 port=$2; shift 2
+    for _ in $(seq 1 "$ROUNDS"); do
+        WRK_ARGS=(-H "Host: bench.lan" -H "Connection: close")
+        measure "$name" handshake "https://127.0.0.1:$port/" "$@"
+        WRK_ARGS=(-H "Host: bench.lan")
+        measure "$name" keepalive "https://127.0.0.1:$port/" "$@"
+    done
+}
+
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+wanted() { [[ " $ONLY " == *" $1 "* ]]; }
+
+if wanted edge; then
+render edge.toml "$EDGE"
+"$TWISTD" -n --pidfile= edge --config "$DIR/edge.toml" --log-level warn >"$DIR/edge.log" 2>&1 &
+EPID=$!
+PIDS+=($EPID)
+wait_port "$EDGE"
+run_modes edge "$EDGE" "$EPID"
+for _ in $(seq 1 "$ROUNDS"); do
+    WRK_ARGS=(-H "Host: bench.lan" -H "Connection: close")
+    measure edge plain-new "http://127.0.0.1:$EDGE_HTTP/" "$EPID"
+    WRK_ARGS=(-H "Host: bench.lan")
+    measure edge plain "http://127.0.0.1:$EDGE_HTTP/" "$EPID"
+done
+stop "$EPID"
+fi
+
+if wanted nginx; then
+render nginx-tls.conf "$NGINX"
+nginx -c "$DIR/nginx-tls.conf" -e "$DIR/nginx-tls-error.log" &
+NPID=$!
+PIDS+=($NPID)
+wait_port "$NGINX"
+run_modes nginx "$NGINX" "$NPID"
+stop "$NPID"
+fi
+
+if wanted haproxy; then
+render haproxy-tls.cfg "$HAPROXY"
+haproxy -f "$DIR/haproxy-tls.cfg" -db >"$DIR/haproxy.log" 2>&1 &
+HPID=$!
+PIDS+=($HPID)
+wait_port "$HAPROXY"
+run_modes haproxy "$HAPROXY" "$HPID"
+stop "$HPID"
+fi
+
+if wanted caddy; then
+render Caddyfile "$CADDY"
+GOMAXPROCS=1 XDG_DATA_HOME="$DIR" XDG_CONFIG_HOME="$DIR" \
+    caddy run --config "$DIR/Caddyfile" --adapter caddyfile >"$DIR/caddy.log" 2>&1 &
+CPID=$!
+PIDS+=($CPID)
+wait_port "$CADDY"
+run_modes caddy "$CADDY" "$CPID"
+stop "$CPID"
+fi
+
+echo "(shared 2-core machine; DURATION=${DURATION}s CONNS=$CONNS; $(date -u +%FT%TZ))" | tee -a "$OUT"
