@@ -69,3 +69,14 @@ dns_queries = Counter(
 )
 dns_cache_hits = Counter("edge_dns_cache_hits", "Forwarded queries served from cache", registry=REGISTRY)
 dns_bad_packets = Counter("edge_dns_bad_packets", "Malformed DNS packets dropped or answered FORMERR", registry=REGISTRY)
+
+# TLS
+tls_handshake_failures = Counter(
+    "edge_tls_handshake_failures",
+    "TLS handshakes that failed, by kind: timeout, closed (client went away), error",
+    ["kind"],
+    registry=REGISTRY,
+)
+tls_certificates_issued = Counter(
+    "edge_tls_certificates_issued", "Leaf certificates issued by the internal CA", registry=REGISTRY
+)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from edge import metrics
 from edge.tls.ca import CertificateAuthority, check_leaf
 from edge.tls.store import CertifiedKey, StoreError, load_bundle
 
@@ -91,6 +92,7 @@ class InternalCAIssuer:
                 return cached
         leaf = self._ca.issue((name,), self._lifetime, now=now)
         self.issued += 1
+        metrics.tls_certificates_issued.inc()
         self._cache[name] = leaf
         self._log.info(
             "Issued a certificate for {name} from the internal CA, valid until {not_after}",

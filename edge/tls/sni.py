@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import directlyProvides, implementer, providedBy
 
+from edge import metrics
 from edge.tls.store import CertifiedKey, normalize_name
 
 __all__ = [
@@ -117,6 +118,7 @@ class SNIConnectionCreator:
             weakref.WeakKeyDictionary()
         )
         self.unknown_names = 0
+        self._reported: set[str] = set()
         self.set_default(default)
 
     @property
@@ -161,6 +163,15 @@ class SNIConnectionCreator:
             certified = None
         if certified is None:
             self.unknown_names += 1
+            if self._default is None and name not in self._reported:
+                # Once per name: the operator's "why does this host fail?".
+                if len(self._reported) < 1000:
+                    self._reported.add(name)
+                self._log.info(
+                    "No certificate for SNI name {name} and no default certificate;"
+                    " the handshake fails",
+                    name=name,
+                )
             return
         if certified is not self._default:
             connection.set_context(self.context_for(certified))
@@ -209,6 +220,7 @@ class _TLSServerProtocol(TLSMemoryBIOProtocol):
     """
 
     _timeout = None
+    _failure_counted = False
     # ProtocolWrapper forwards unknown attributes to the TCP transport; code
     # that looks for a raw ``socket`` to write to must not find one here
     # (bytes written there would bypass TLS).
@@ -248,17 +260,19 @@ class _TLSServerProtocol(TLSMemoryBIOProtocol):
     def _handshake_timed_out(self):
         self._timeout = None
         if not self._handshakeDone:
-            self.factory.handshake_failed(self, "timed out")
+            self.factory.handshake_failed(self, "timed out", "timeout")
             self.abortConnection()
 
     def connectionLost(self, reason):
         if self._timeout is not None:
             self._timeout.cancel()
             self._timeout = None
-        if not self._handshakeDone and self._reason is not None:
-            self.factory.handshake_failed(self, _describe(self._reason))
-        elif not self._handshakeDone and self._tlsConnection is not None:
-            self.factory.handshake_failed(self, "client closed during the handshake")
+        if self._handshakeDone or self._tlsConnection is None or self._failure_counted:
+            pass
+        elif self._reason is not None:
+            self.factory.handshake_failed(self, _describe(self._reason), "error")
+        else:
+            self.factory.handshake_failed(self, "client closed during the handshake", "closed")
         super().connectionLost(reason)
 
 
@@ -289,16 +303,16 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         wrapped,
         reactor,
         handshake_timeout: float = 10.0,
-        on_failure: Callable[[str], None] | None = None,
     ):
         super().__init__(creator, False, wrapped, clock=reactor)
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout
         self.handshake_failures = 0
-        self._on_failure = on_failure
 
-    def handshake_failed(self, protocol: _TLSServerProtocol, reason: str) -> None:
+    def handshake_failed(self, protocol: _TLSServerProtocol, reason: str, kind: str) -> None:
+        protocol._failure_counted = True
         self.handshake_failures += 1
+        metrics.tls_handshake_failures.labels(kind).inc()
         name = None
         connection = protocol._tlsConnection
         if connection is not None:
@@ -311,5 +325,3 @@ class TLSServerFactory(TLSMemoryBIOFactory):
             name=name or "none",
             reason=reason,
         )
-        if self._on_failure is not None:
-            self._on_failure(reason)
