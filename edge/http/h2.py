@@ -27,6 +27,13 @@ from twisted.application.service import Service
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.protocol import Protocol
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.ssl import CertificateOptions
 from twisted.logger import Logger
 from twisted.web import server
@@ -41,7 +48,7 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
@@ -67,15 +74,41 @@ _BODILESS = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"})
 _TEXT = [(b"Content-Type", b"text/plain; charset=utf-8")]
 
 
-@implementer(IPolicyForHTTPS)
-class _BackendTLS:
-    """``https://`` targets on the overlay usually carry self-signed certificates."""
+@implementer(IAgentEndpointFactory)
+class _BackendEndpoints:
+    """
+    Endpoints for backend URIs, cached per (scheme, host, port).
 
-    def __init__(self):
-        self._options = CertificateOptions(verify=False)
+    Agent asks for an endpoint on every request (the pool then reuses a
+    connection); Twisted's default builds a ``HostnameEndpoint`` each time,
+    which IDNA-encodes the host and resolves it in a thread.  Targets are
+    IP addresses almost always, so connect to them directly.
+    """
 
-    def creatorForNetloc(self, hostname, port):
-        return self._options
+    def __init__(self, reactor, connect_timeout: float):
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._tls = CertificateOptions(verify=False)
+        self._cache: dict = {}
+
+    def endpointForURI(self, uri):
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            if isIPv6Address(host):
+                endpoint = TCP6ClientEndpoint(self._reactor, host, uri.port, self._timeout)
+            elif isIPAddress(host):
+                endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port, self._timeout)
+            else:
+                endpoint = HostnameEndpoint(self._reactor, host, uri.port, self._timeout)
+            if uri.scheme == b"https":
+                # Overlay backends usually have self-signed certificates.
+                endpoint = wrapClientTLS(self._tls, endpoint)
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = endpoint
+        return endpoint
 
 
 class _Request(server.Request):
@@ -203,8 +236,8 @@ class H2Bridge(Service):
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = pool_size
         self.pool.retryAutomatically = True
-        self._agent = Agent(
-            reactor, contextFactory=_BackendTLS(), connectTimeout=connect_timeout, pool=self.pool
+        self._agent = Agent.usingEndpointFactory(
+            reactor, _BackendEndpoints(reactor, connect_timeout), pool=self.pool
         )
         self._sites: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self._live: "weakref.WeakSet[H2Connection]" = weakref.WeakSet()
