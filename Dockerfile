@@ -20,14 +20,17 @@ FROM ${BASE} AS build
 ARG WHEELS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 COPY . /src
-# The last step also has twistd find the plugin and write its dropin.cache.
+# Then drop what only installing needs (pip, setuptools) and the libraries
+# own test suites (~30 MB); the last step checks that twistd still finds the
+# plugin, and writes its dropin.cache.
 RUN python3 -m venv /opt/edge \
  && if [ -n "$WHEELS" ]; then \
         /opt/edge/bin/pip install --no-index --find-links "/src/$WHEELS" edge; \
     else \
         /opt/edge/bin/pip install /src; \
     fi \
- && /opt/edge/bin/pip uninstall -q -y pip \
+ && /opt/edge/bin/pip uninstall -q -y setuptools pip \
+ && find /opt/edge/lib -depth -type d \( -name test -o -name tests \) -exec rm -rf {} + \
  && /opt/edge/bin/twistd edge --version
 
 FROM ${BASE}

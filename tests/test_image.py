@@ -15,6 +15,7 @@ numbers (high free ones, so other tests on the shared engine keep 80/443/53).
 
 from __future__ import annotations
 
+import calendar
 import http.client
 import os
 import random
@@ -87,8 +88,8 @@ def cli(*args: str, timeout: float = 120) -> str:
     return result.stdout
 
 
-def http_get(port: int, host: str, path: str = "/") -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+def http_get(port: int, host: str, path: str = "/", timeout: float = 5) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         connection.request("GET", path, headers={"Host": host})
         response = connection.getresponse()
@@ -212,7 +213,8 @@ def test_stack_routes_dns_and_http_through_edge(swarm, stack, unique):
             "/bin/sh",
             "-c",
             f"busybox nslookup {host} {edge_ip}; echo ---; "
-            f"printf 'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | busybox nc {edge_ip} 80",
+            # stdin stays open a while: busybox nc stops reading at its EOF.
+            f"(printf 'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n'; sleep 3) | busybox nc {edge_ip} 80",
         ],
         network=NETWORK,
     )
@@ -236,9 +238,10 @@ def test_stack_routes_dns_and_http_through_edge(swarm, stack, unique):
 
 SLOW_CGI = (
     "mkdir -p /tmp/www/cgi-bin && hostname > /tmp/www/index.html && "
-    "printf '#!/bin/sh\\nsleep 3\\necho Content-Type: text/plain\\necho\\necho slow-done\\n' "
-    "> /tmp/www/cgi-bin/slow && chmod +x /tmp/www/cgi-bin/slow && "
-    "exec /bin/httpd -f -p 80 -h /tmp/www"
+    "printf '%s\\n' '#!/bin/sh' 'sleep 6' "
+    "\"printf 'Content-Type: text/plain\\\\r\\\\nContent-Length: 10\\\\r\\\\n\\\\r\\\\nslow-done\\\\n'\" "
+    "> /tmp/www/cgi-bin/slow && "
+    "chmod +x /tmp/www/cgi-bin/slow && exec /bin/httpd -f -p 80 -h /tmp/www"
 )
 
 
@@ -261,19 +264,39 @@ def test_rolling_update_of_edge_finishes_requests_in_flight(swarm, stack, unique
 
     results: list = []
 
+    finished_at: list[float] = []
+
     def slow_request():
         try:
-            results.append(http_get(ports[80], host, "/cgi-bin/slow"))
+            results.append(http_get(ports[80], host, "/cgi-bin/slow", timeout=30))
         except Exception as e:  # reported below
             results.append(e)
+        finished_at.append(time.time())
 
     worker = threading.Thread(target=slow_request)
     worker.start()
-    time.sleep(1.0)  # the request is at the backend, which answers after 3 s
+    time.sleep(0.5)  # the request is at the backend, which answers after 6 s
     cli("service", "update", "--detach", "--force", f"{stack_name}_edge")
+
+    def old_exited():
+        old.reload()
+        return old.status == "exited"
+
+    wait_for(old_exited, 60, "the old edge container to exit")
     worker.join(timeout=60)
     assert results and not isinstance(results[0], Exception), results
     assert results[0][0] == 200 and results[0][1].strip() == "slow-done", results
+
+    # The old edge had been told to stop while the request was in flight.
+    old.reload()
+    lines = old.logs(timestamps=True).decode(errors="replace").splitlines()
+    sigterm = [line.split(" ", 1)[0] for line in lines if "Received SIGTERM" in line]
+    assert sigterm, "the old edge did not log SIGTERM:\n" + "\n".join(lines[-20:])
+    stamp = sigterm[0].rstrip("Z")
+    seconds, _, fraction = stamp.partition(".")
+    received = calendar.timegm(time.strptime(seconds, "%Y-%m-%dT%H:%M:%S")) + float("0." + (fraction or "0"))
+    assert received < finished_at[0], (received, finished_at)
+    print(f"edge got SIGTERM {finished_at[0] - received:.2f}s before the in-flight response completed")
 
     # The new task takes over and routes again.
     new = wait_healthy(client, stack_name, other_than=old.id)
