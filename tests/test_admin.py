@@ -278,3 +278,29 @@ class SiteTests(SynchronousTestCase):
         self.admin.reload(config)
         self.assertEqual(self.admin.config.admin.address, CONFIG.admin.address)
         self.assertEqual(self.admin.config.admin.users, ("a:{SHA}x",))
+
+
+class ServiceTreeTests(SynchronousTestCase):
+    def test_empty_address_turns_the_admin_site_off(self):
+        from edge.admin import make_admin_service
+
+        config = Config(admin=AdminConfig(address=""))
+        service = make_admin_service(config, SnapshotPublisher(Clock(), debounce=0), Clock())
+        self.assertNotIsInstance(service, AdminService)
+        self.assertEqual(list(service), [])
+
+    def test_admin_listens_on_its_address(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        reactor = MemoryReactorClock()
+        config = Config(admin=AdminConfig(address="tcp:18099:interface=127.0.0.1"))
+        service = AdminService(config, SnapshotPublisher(reactor, debounce=0), reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.assertEqual([(port, interface) for port, _, _, interface in reactor.tcpServers], [(18099, "127.0.0.1")])
+
+    def test_static_records_are_listed(self):
+        from edge.config import DNSRecord
+
+        config = Config(dns=DNSConfig(zone="", records=(DNSRecord("nas.home", "a", "192.0.2.5"),)))
+        self.assertEqual(routed_names(Snapshot(), config), (("nas.home", "A", ("192.0.2.5",), "config"),))
