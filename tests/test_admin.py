@@ -304,3 +304,69 @@ class ServiceTreeTests(SynchronousTestCase):
 
         config = Config(dns=DNSConfig(zone="", records=(DNSRecord("nas.home", "a", "192.0.2.5"),)))
         self.assertEqual(routed_names(Snapshot(), config), (("nas.home", "A", ("192.0.2.5",), "config"),))
+
+
+class LiveDNSTableTests(SynchronousTestCase):
+    """The DNS part of the overview is what the DNS server's table answers."""
+
+    def test_answers_come_from_the_dns_table(self):
+        from edge.admin.dnsview import answers, candidate_names
+        from edge.config import DNSRecord
+        from edge.dns.table import build_table
+        from edge.snapshot import PublishedPort, SwarmService
+
+        snapshot = Snapshot.build(
+            routers=sample_snapshot().routers,
+            services=sample_snapshot().services,
+            nodes=[
+                Node("n1", "manager-1", "manager", "192.0.2.10", leader=True),
+                Node("n2", "worker-1", "worker", "192.0.2.20"),
+            ],
+            swarm_services=[
+                SwarmService("gitea", node_ids=("n2",), replicas_running=1,
+                             published_ports=(PublishedPort(22, 2222, mode="host"),)),
+            ],
+        )
+        config = Config(
+            dns=DNSConfig(
+                zone="swarm.test",
+                records=(
+                    DNSRecord("nas.home.test", "A", "192.0.2.5"),
+                    DNSRecord("files.home.test", "CNAME", "nas.home.test"),
+                    DNSRecord("v6.home.test", "AAAA", "2001:db8::7"),
+                ),
+            )
+        )
+        table, _ = build_table(snapshot, config.dns)
+        rows = {(name, kind): (values, source) for name, kind, values, source in
+                answers(table, candidate_names(snapshot, config))}
+        self.assertEqual(rows[("web.example.test", "A")], (("192.0.2.10",), "web@docker"))
+        self.assertEqual(rows[("managers.swarm.test", "A")], (("192.0.2.10",), "cluster zone"))
+        self.assertEqual(rows[("workers.swarm.test", "A")], (("192.0.2.20",), "cluster zone"))
+        # A service with a host-mode port: the nodes running it.
+        self.assertEqual(rows[("gitea.swarm.test", "A")], (("192.0.2.20",), "service gitea"))
+        self.assertEqual(rows[("nas.home.test", "A")], (("192.0.2.5",), "config"))
+        self.assertEqual(rows[("files.home.test", "CNAME")][0], ("nas.home.test",))
+        self.assertEqual(rows[("v6.home.test", "AAAA")][0], ("2001:db8::7",))
+
+    def test_admin_service_reads_the_running_dns_service(self):
+        from edge.dns.table import build_table
+
+        class FakeDNS(Service):
+            pass
+
+        clock = Clock()
+        publisher = SnapshotPublisher(clock, debounce=0)
+        publisher.report("docker", sample_snapshot())
+        root = MultiService()
+        admin = AdminService(CONFIG, publisher, clock)
+        admin.setServiceParent(root)
+        dns_service = FakeDNS()
+        dns_service.responder = type("R", (), {})()
+        dns_service.responder.table, _ = build_table(sample_snapshot(), CONFIG.dns.__class__(zone="other.test"))
+        dns_service.setServiceParent(root)
+        names = {n["name"]: n for n in admin.overview()["dns"]["names"]}
+        # The running table's zone, not the config's, decides the cluster names.
+        self.assertIn("web.example.test", names)
+        self.assertEqual(names["managers.swarm.test"]["type"], "-")
+        self.assertIn("no answer", names["managers.swarm.test"]["source"])

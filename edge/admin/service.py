@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from edge import metrics
+from edge.admin.dnsview import answers, candidate_names
 from edge.admin.passwords import PasswordChecker
 from edge.admin.view import Facts, overview
 from edge.admin.web import AdminRoot, AdminState
@@ -147,8 +148,7 @@ class AdminService(MultiService):
                     return health[(service, key)]
             return None
 
-        dns = self._find("admin_dns_names")
-        names = dns.admin_dns_names(snapshot) if dns else routed_names(snapshot, self.config)
+        names = self._dns_names(snapshot)
         facts = Facts(
             generation=self.publisher.generation,
             published_at=self.publisher.published_at,
@@ -159,6 +159,18 @@ class AdminService(MultiService):
             version=_edge_version(),
         )
         return overview(snapshot, self.config, facts)
+
+    def _dns_names(self, snapshot: Snapshot):
+        """What the running DNS server answers, else what it would (DNS off or absent)."""
+        for service in walk(self._root()):
+            table = getattr(getattr(service, "responder", None), "table", None)
+            if table is not None and callable(getattr(table, "lookup", None)):
+                try:
+                    return answers(table, candidate_names(snapshot, self.config))
+                except Exception:
+                    self._log.failure("Reading the DNS answer table failed")
+                break
+        return routed_names(snapshot, self.config)
 
     def snapshot_json(self) -> object:
         from edge.discovery.jsonview import snapshot_to_data

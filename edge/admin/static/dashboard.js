@@ -137,7 +137,7 @@ function renderDNS(dns) {
     el("tr", { "data-filter": (n.name + " " + n.source).toLowerCase() },
       el("td", {}, el("code", { text: n.name })),
       el("td", { text: n.type }),
-      el("td", {}, n.values.length ? el("code", { text: n.values.join(", ") }) : el("span", { class: "muted", text: "no address yet" })),
+      el("td", {}, n.values.length ? el("code", { text: n.values.join(", ") }) : el("span", { class: "muted", text: "no records (no address to answer with yet)" })),
       el("td", { class: "muted", text: n.source }))));
 }
 
