@@ -370,3 +370,24 @@ class LiveDNSTableTests(SynchronousTestCase):
         self.assertIn("web.example.test", names)
         self.assertEqual(names["managers.swarm.test"]["type"], "-")
         self.assertIn("no answer", names["managers.swarm.test"]["source"])
+
+
+class PassiveHealthTests(SynchronousTestCase):
+    def test_failed_connects_show_as_down_while_the_proxy_backs_off(self):
+        from edge.http.balancer import HealthRegistry, target_key
+
+        clock = Clock()
+        publisher = SnapshotPublisher(clock, debounce=0)
+        publisher.report("docker", sample_snapshot())
+        root = MultiService()
+        AdminService(CONFIG, publisher, clock).setServiceParent(root)
+        http = Service()
+        http.health = HealthRegistry(clock)
+        http.setServiceParent(root)
+        admin = list(root)[0]
+        http.health.connect_failed(target_key(target("t3", "10.0.1.7", 8080)))
+        api = next(s for s in admin.overview()["services"] if s["name"] == "api@docker")
+        self.assertEqual(api["targets"][0]["health"], "down")
+        clock.advance(60)  # the back-off is over: the proxy tries it again
+        api = next(s for s in admin.overview()["services"] if s["name"] == "api@docker")
+        self.assertEqual(api["targets"][0]["health"], "unknown")

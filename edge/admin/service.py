@@ -142,10 +142,14 @@ class AdminService(MultiService):
         snapshot = self.publisher.current
         health = _health_from_metrics()
 
+        passive = self._passive_health()
+
         def lookup(service: str, target: Target) -> bool | None:
             for key in (target.id, target.url, f"{target.host}:{target.port}"):
                 if (service, key) in health:
                     return health[(service, key)]
+            if passive is not None and not passive(target):
+                return False  # the proxy is backing off after failed connects
             return None
 
         names = self._dns_names(snapshot)
@@ -159,6 +163,18 @@ class AdminService(MultiService):
             version=_edge_version(),
         )
         return overview(snapshot, self.config, facts)
+
+    def _passive_health(self):
+        """The HTTP proxy's view of a target's connects, when the proxy runs."""
+        for service in walk(self._root()):
+            registry = getattr(service, "health", None)
+            if registry is not None and callable(getattr(registry, "usable", None)):
+                try:
+                    from edge.http.balancer import target_key
+                except ImportError:
+                    return None
+                return lambda target: registry.usable(target_key(target))
+        return None
 
     def _dns_names(self, snapshot: Snapshot):
         """What the running DNS server answers, else what it would (DNS off or absent)."""
