@@ -123,7 +123,7 @@ function renderServices(data) {
       el("td", {}, pill(s.status, s.status)),
       el("td", {}, el("b", { text: s.name }), s.sticky ? el("div", { class: "muted", text: "sticky: " + s.sticky }) : null),
       el("td", {}, ...(s.targets.length ? s.targets.map((t) =>
-        el("div", { class: "target" }, pill(t.health, t.health), el("code", { text: t.url }),
+        el("div", { class: "target" }, pill(t.health, t.health === "unknown" ? "unchecked" : t.health), el("code", { text: t.url }),
           t.weight !== 1 ? el("span", { class: "muted", text: " weight " + t.weight }) : null))
         : [el("span", { class: "muted", text: "no targets" })])),
       el("td", { class: "muted" }, s.health_check ? s.health_check.path + " every " + s.health_check.interval + " s" : "none"),
