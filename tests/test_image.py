@@ -235,6 +235,15 @@ def test_stack_routes_dns_and_http_through_edge(swarm, stack, unique):
     assert exit_code == 0, api
     assert host in api.decode()
 
+    # SIGHUP reaches twistd as the container's PID 1 and re-reads the config.
+    container.kill(signal="SIGHUP")
+    wait_for(
+        lambda: b"Configuration reloaded from /etc/edge/edge.toml" in container.logs(),
+        30,
+        "the reload log line",
+    )
+    assert http_get(ports[80], host)[0] == 200
+
 
 SLOW_CGI = (
     "mkdir -p /tmp/www/cgi-bin && hostname > /tmp/www/index.html && "
