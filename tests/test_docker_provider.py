@@ -119,7 +119,7 @@ def tasks(*ids, moving=False):
 
 
 class Harness:
-    def __init__(self, **config):
+    def __init__(self, min_interval=0.0, **config):
         self.clock = task.Clock()
         self.source = FakeSource()
         self.publisher = SnapshotPublisher(self.clock, debounce=0)
@@ -131,6 +131,7 @@ class Harness:
             source=self.source,
             backoff=Backoff(initial=0.5, maximum=8.0, jitter=0.0),
             burst=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0),
+            min_interval=min_interval,
             build=fake_build,
         )
         self.provider._log = Logger(observer=self.logged.append)
@@ -194,6 +195,22 @@ def test_events_during_a_sync_coalesce_into_one_more(h):
     assert h.source.syncs == 3  # exactly one more
     h.source.release()
     assert h.source.pending == []
+
+
+def test_a_stream_of_events_is_rate_limited():
+    h = Harness(min_interval=0.2)
+    h.provider.startService()
+    h.provider._resync.cancel()
+    for i in range(100):  # 100 events over 1 s, 10 ms apart
+        if i == 99:
+            h.source.state = tasks("late")
+        h.source.on_event({"Type": "container", "Action": "start"})
+        h.clock.advance(0.01)
+    h.clock.advance(0.2)
+    # The first sync at start, then at most one per 0.2 s...
+    assert 1 + 4 <= h.source.syncs <= 1 + 6
+    # ...and the last event is still answered by a sync.
+    assert h.targets() == ["late"]
 
 
 def test_periodic_resync(h):
