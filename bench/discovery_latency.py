@@ -57,6 +57,13 @@ def _first_doc(watch: DiscoveryWatch, start: int, predicate, timeout: float) -> 
     raise SystemExit(f"timed out; log:\n{watch.log_tail()}")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
@@ -71,6 +78,7 @@ def main() -> None:
     created, lag, removed = [], [], []
     try:
         watch.wait_snapshot(lambda s: True, args.timeout, "the first snapshot")
+        cpu_start, wall_start = _cpu_seconds(watch.proc.pid), time.monotonic()
         for round_ in range(args.rounds):
             name = f"bench-disc-{uuid.uuid4().hex[:8]}"
             key = f"{name}@docker"
@@ -98,9 +106,12 @@ def main() -> None:
                 f" remove->gone {removed[-1]:.3f}s",
                 flush=True,
             )
+        cpu = _cpu_seconds(watch.proc.pid) - cpu_start
+        wall = time.monotonic() - wall_start
     finally:
         watch.stop()
         kit.cleanup()
+    print(f"discovery process CPU: {cpu:.2f}s over {wall:.1f}s of rounds ({100 * cpu / wall:.1f}% of a core)")
     for label, values in (
         ("create -> routed", created),
         ("running -> routed", lag),
