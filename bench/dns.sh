@@ -42,7 +42,7 @@ dnsmasq_common=(--keep-in-foreground --no-resolv --no-hosts --listen-address=127
 # The upstream both forward to.
 "$DNSMASQ" "${dnsmasq_common[@]}" --port="$UP_PORT" --addn-hosts="$DIR/upstream.hosts" \
     --local-ttl=3600 >"$DIR/upstream.log" 2>&1 &
-PIDS+=($!)
+UP_PID=$!; PIDS+=($UP_PID)
 # The peer: local names from a hosts file, the rest forwarded with a cache.
 "$DNSMASQ" "${dnsmasq_common[@]}" --port="$PEER_PORT" --addn-hosts="$DIR/local.hosts" \
     --local-ttl=5 --server="127.0.0.1#$UP_PORT" --cache-size=10000 >"$DIR/peer.log" 2>&1 &
@@ -92,6 +92,11 @@ measure "dnsmasq local" "$PEER_PID" "$PEER_PORT" "$DIR/local.queries"
 measure "edge local" "$EDGE_PID" "$EDGE_PORT" "$DIR/local.queries"
 measure "dnsmasq forwarded" "$PEER_PID" "$PEER_PORT" "$DIR/forwarded.queries"
 measure "edge forwarded" "$EDGE_PID" "$EDGE_PORT" "$DIR/forwarded.queries"
+
+for pid in "$UP_PID" "$PEER_PID" "$EDGE_PID"; do
+    kill -0 "$pid" 2>/dev/null || echo "bench/dns.sh: WARNING: process $pid died during the run; figures are void" >&2
+done
+echo "upstream saw $(grep -c 'query\[' "$DIR/upstream.log" || true) queries (log-queries off: 0 expected)" >&2
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 echo
