@@ -168,3 +168,34 @@ def test_bad_upstream_addresses(text):
 
 def test_resolv_conf_parsing_skips_junk():
     assert resolv_conf_servers("nameserver\nnameserver bogus\nnameserver 10.0.0.2 # x\n") == [("10.0.0.2", 53)]
+
+
+def test_sighup_reload_applies_records_and_policy_but_not_the_port(running):
+    from edge.config import DNSRecord
+
+    reactor, publisher, service = running
+    publisher.report("docker", snapshot("one.home"))
+    forwarder = service.forwarder
+    new = Config(
+        dns=DNSConfig(
+            port=9999,
+            interfaces=("127.0.0.1", "::1"),
+            upstream=("192.0.2.53",),
+            allow_recursion=("10.0.0.0/8",),
+            records=(DNSRecord("nas.home", "A", "192.168.1.5"),),
+            ttl=30,
+        )
+    )
+    service.reload(new)
+    response = ask(service, "nas.home")
+    assert [r.to_text() for r in response.answer[0]] == ["192.168.1.5"]
+    assert response.answer[0].ttl == 30
+    assert ask(service, "one.home").answer, "snapshot names stay"
+    assert service.config.port == 5454, "the port needs a restart"
+    assert service.forwarder is forwarder, "same upstreams: the cache is kept"
+    refused = dns.message.from_wire(
+        service.responder.handle(dns.message.make_query("example.org", "A").to_wire(), "127.0.0.1")
+    )
+    assert refused.rcode() == dns.rcode.REFUSED
+    service.reload(Config(dns=DNSConfig(port=5454, interfaces=("127.0.0.1", "::1"), upstream=("192.0.2.54",))))
+    assert service.forwarder.servers == [("192.0.2.54", 53)]

@@ -11,6 +11,7 @@ does not own go upstream through :class:`~edge.dns.forward.Forwarder`.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import struct
@@ -76,13 +77,22 @@ class Responder:
         self.table: AnswerTable = _empty_table()
         self.forwarder = forwarder
         self.cache: Cache = forwarder.cache
-        self._networks = [ipaddress.ip_network(c, strict=False) for c in config.allow_recursion]
+        self._networks: list = []
         self._allowed: dict[str, bool] = {}
+        self.set_allow_recursion(config.allow_recursion)
         self._counts: dict[tuple[int, int, str], int] = {}
         self._cache_hits = 0
         self.bad_packets = 0
         self._bad_unlogged = 0
         self._bad_logged_at: float | None = None
+
+    def set_allow_recursion(self, cidrs) -> None:
+        self._networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self._allowed = {}
+
+    def set_forwarder(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+        self.cache = forwarder.cache
 
     # -- the query path ----------------------------------------------------
 
@@ -445,6 +455,7 @@ class DNSService(MultiService):
         self.config = config
         self._publisher = publisher
         self._reactor = reactor
+        self._resolv_conf = resolv_conf
         servers = self._upstreams(config, resolv_conf)
         cache = Cache(config.cache_size, reactor)
         self.forwarder = Forwarder(servers, config.upstream_timeout, reactor, cache)
@@ -459,6 +470,39 @@ class DNSService(MultiService):
         self._loops: list[LoopingCall] = []
 
     # -- configuration -------------------------------------------------------
+
+    def reload(self, config) -> None:
+        """
+        SIGHUP: take a new ``[dns]`` section without dropping a query.
+
+        Records, zone, TTL, advertise, the hosts file, recursion policy and
+        upstreams apply at once; the cache is kept unless the upstreams or
+        its size changed.  Listening addresses need a restart.
+        """
+        new = config.dns
+        old = self.config
+        if (new.port, new.interfaces, new.enabled) != (old.port, old.interfaces, old.enabled):
+            self._log.warn(
+                "DNS: changes to dns.port, dns.interfaces and dns.enabled take effect on restart"
+            )
+            new = dataclasses.replace(new, port=old.port, interfaces=old.interfaces, enabled=old.enabled)
+        self.config = new
+        if (new.upstream, new.upstream_timeout, new.cache_size) != (
+            old.upstream,
+            old.upstream_timeout,
+            old.cache_size,
+        ):
+            servers = self._upstreams(new, self._resolv_conf)
+            cache = Cache(new.cache_size, self._reactor)
+            self.forwarder = Forwarder(servers, new.upstream_timeout, self._reactor, cache)
+            self.responder.set_forwarder(self.forwarder)
+        self.responder.set_allow_recursion(new.allow_recursion)
+        if new.hosts_file != old.hosts_file:
+            self._hosts = []
+            self._hosts_stamp = None
+            self._check_hosts()
+        self._rebuild()
+        self._log.info("DNS configuration reloaded")
 
     def _upstreams(self, config: DNSConfig, resolv_conf: str) -> list[tuple[str, int]]:
         if config.upstream:
