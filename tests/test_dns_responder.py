@@ -155,7 +155,7 @@ def test_opt_is_echoed_with_edge_payload_and_the_do_bit(rig):
     assert with_do.ednsflags & dns.flags.DO
 
 
-def test_edns_options_take_the_slow_path_and_still_answer(rig):
+def test_edns_options_are_ignored_and_the_question_answered(rig):
     response = rig.ask(
         "small.home", use_edns=0, options=[dns.edns.GenericOption(10, b"12345678")]
     )
@@ -517,3 +517,19 @@ def test_tcp_connections_beyond_the_limit_are_closed(rig):
     assert not kept[0].disconnecting
     assert kept[1].disconnecting or kept[1].disconnected
     assert factory.open == 1
+
+
+def test_zone_transfers_are_refused(rig):
+    for rdtype in ("AXFR", "IXFR"):
+        assert rig.ask("swarm.home", rdtype, tcp=True).rcode() == dns.rcode.REFUSED
+    assert rig.upstream.udp == []
+
+
+def test_edns_cookie_option_still_takes_the_fast_path(rig):
+    query = dns.message.make_query(
+        "small.home", "A", use_edns=0, options=[dns.edns.GenericOption(10, b"12345678")]
+    )
+    wire = query.to_wire()
+    rig.responder._handle = None  # the fast path must not need the general one
+    response = dns.message.from_wire(rig.raw(wire))
+    assert [r.to_text() for r in response.answer[0]] == ["192.168.1.5"]

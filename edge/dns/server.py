@@ -50,6 +50,8 @@ _OPT_DO = opt_record(True)
 _TRUNCATED_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _TRUNCATED_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _REFUSED = Entry(dns.EREFUSED, 0, 0, (b"",), aa=False)
+# Zone transfers: edge's names are not a zone file to copy, and forwarding one makes no sense.
+_NO_TRANSFER = frozenset((dns.AXFR, dns.IXFR))
 _RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 _QTYPES = {
     t: dns.QUERY_TYPES.get(t) or dns.EXT_QUERIES.get(t)
@@ -112,11 +114,12 @@ class Responder:
                     opt = None
                 elif (
                     ar == b"\x00\x01"
-                    and size == rest + 11
+                    and size >= rest + 11
                     and data[rest : rest + 3] == b"\x00\x00\x29"
                     and data[rest + 6] == 0
-                    and data[rest + 9 : rest + 11] == b"\x00\x00"
+                    and size == rest + 11 + (data[rest + 9] << 8 | data[rest + 10])
                 ):
+                    # EDNS options (cookies, padding...) are ignored, as RFC 6891 allows.
                     opt = _OPT_DO if data[rest + 7] & 0x80 else _OPT
                 else:
                     opt = False  # not fast-path material
@@ -174,6 +177,9 @@ class Responder:
             except BadPacket as e:
                 self._bad(host, str(e))
                 return self._header_only(data, dns.EFORMAT) if e.formerr else None
+        if q.qtype in _NO_TRANSFER:
+            self._count(q.qtype, dns.EREFUSED, "refused")
+            return self._build(q, _REFUSED, b"", self._recursion(host), tcp)
         entry = self.table.exact.get(q.key)
         if entry is None:
             entry = self.table.lookup(q.name, q.qtype, q.qclass)
@@ -537,7 +543,10 @@ class DNSService(MultiService):
             return False
         ip = ipaddress.ip_address(host)
         for interface in config.interfaces:
-            listen = ipaddress.ip_address(interface)
+            try:
+                listen = ipaddress.ip_address(interface)
+            except ValueError:  # not an address: listenUDP says so at start
+                continue
             if listen == ip or (listen.is_unspecified and ip.is_loopback):
                 return True
         return False
