@@ -464,14 +464,6 @@ def test_udp_protocol_answers_through_the_transport(rig):
     assert addr == ("127.0.0.1", 5555) and dns.message.from_wire(data).id == query.id
 
 
-def tcp_connection(rig, max_connections=256):
-    factory = DNSStreamFactory(rig.responder, rig.clock, max_connections=max_connections, idle_timeout=10)
-    proto = factory.buildProtocol(None)
-    transport = StringTransport(peerAddress=tdns.address.IPv4Address("TCP", "127.0.0.1", 4444) if hasattr(tdns, "address") else None)
-    proto.makeConnection(transport)
-    return factory, proto, transport
-
-
 def frames(data: bytes) -> list[bytes]:
     out = []
     while data:
@@ -533,3 +525,24 @@ def test_edns_cookie_option_still_takes_the_fast_path(rig):
     rig.responder._handle = None  # the fast path must not need the general one
     response = dns.message.from_wire(rig.raw(wire))
     assert [r.to_text() for r in response.answer[0]] == ["192.168.1.5"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.binary(max_size=80), max_size=8))
+def test_fuzz_garbage_on_tcp_never_breaks_the_stream_handler(rig, chunks):
+    from twisted.internet.address import IPv4Address
+
+    rig.upstream.fail = True
+    factory = DNSStreamFactory(rig.responder, rig.clock)
+    proto = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4444))
+    proto.makeConnection(transport)
+    for chunk in chunks:
+        if transport.disconnecting:
+            break
+        proto.dataReceived(chunk)
+    for frame in frames(transport.value()):
+        message = dns.message.from_wire(frame)
+        assert message.flags & dns.flags.QR
+    proto.connectionLost(None)
+    assert factory.open == 0
