@@ -38,7 +38,7 @@ SNAPSHOT = Snapshot.build(
         ),
         Router(
             "mixed@docker",
-            And((Host(("wiki.athome.ga", "WIKI2.athome.ga")), Not(Host(("never.athome.ga",))), PathPrefix(("/x",)))),
+            And((Host(("wiki.athome.ga", "WIKI2.athome.ga", "192.168.1.10")), Not(Host(("never.athome.ga",))), PathPrefix(("/x",)))),
             "...",
             "wiki",
         ),
@@ -103,6 +103,8 @@ def test_every_positive_host_of_a_compound_rule_answers_but_negated_ones_do_not(
     assert sorted(addresses(server.ask("wiki.athome.ga"))) == sorted(MANAGERS)
     assert sorted(addresses(server.ask("wiki2.athome.ga"))) == sorted(MANAGERS)
     assert not server.table.owns(b"\x05never\x06athome\x02ga\x00")
+    # An address in a Host rule is not a DNS name.
+    assert not server.table.owns(b"\x03192\x03168\x011\x0210\x00")
 
 
 def test_advertise_overrides_manager_addresses():

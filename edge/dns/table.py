@@ -289,6 +289,14 @@ def edge_addresses(snapshot: Snapshot, config: DNSConfig) -> tuple[str, ...]:
     return tuple(_usable([n.address for n in snapshot.managers]))
 
 
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 def _usable(addresses: Iterable[str]) -> list[str]:
     out = []
     for address in addresses:
@@ -380,7 +388,8 @@ def build_table(
     _add_static(b, config.records)
     _add_hosts(b, hosts)
     edge = edge_addresses(snapshot, config)
-    routed = sorted({host for host, _router in snapshot.host_names()})
+    # A rule may match an address (Host(`192.168.1.5`)): that is no DNS name.
+    routed = sorted({host for host, _router in snapshot.host_names() if not _is_address(host)})
     if routed and not edge:
         b.problems.append(
             "no edge addresses: no ready manager has a usable address and dns.advertise"
