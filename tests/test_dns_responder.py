@@ -92,7 +92,7 @@ class Rig:
         self.clock.advance(10_000)
         self.upstream = FakeUpstream()
         self.forwarder = Forwarder([("127.0.0.1", 53)], 1.0, self.clock, Cache(cache_size, self.clock))
-        self.forwarder._resolver = self.upstream
+        self.forwarder._resolvers = [self.upstream]
         self.responder = Responder(config, self.clock, self.forwarder)
         self.responder.table, _ = build_table(SNAPSHOT, config, serial=1)
 
@@ -546,3 +546,18 @@ def test_fuzz_garbage_on_tcp_never_breaks_the_stream_handler(rig, chunks):
         assert message.flags & dns.flags.QR
     proto.connectionLost(None)
     assert factory.open == 0
+
+
+def test_servfail_or_refused_from_one_upstream_moves_on_to_the_next(rig):
+    second = FakeUpstream()
+    rig.forwarder._resolvers = [rig.upstream, second]
+    rig.upstream.answers[("www.example.org", tdns.A)] = upstream_message("www.example.org", rcode=tdns.ESERVER)
+    second.answers[("www.example.org", tdns.A)] = upstream_message(
+        "www.example.org", answers=[tdns.Record_A("192.0.2.7")]
+    )
+    assert [r.to_text() for r in rig.ask("www.example.org").answer[0]] == ["192.0.2.7"]
+    assert rig.upstream.udp == second.udp == [("www.example.org", tdns.A)]
+    # When every upstream fails that way, the client sees the last one's answer.
+    rig.upstream.answers[("b.example.org", tdns.A)] = upstream_message("b.example.org", rcode=tdns.ESERVER)
+    second.answers[("b.example.org", tdns.A)] = upstream_message("b.example.org", rcode=tdns.EREFUSED)
+    assert rig.ask("b.example.org").rcode() == dns.rcode.REFUSED

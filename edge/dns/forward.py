@@ -199,11 +199,13 @@ class Forwarder:
         self.cache = cache
         self._max_pending = max_pending
         self._pending: dict[bytes, list[defer.Deferred]] = {}
-        self._resolver = (
-            client.Resolver(servers=self.servers, timeout=(timeout,), reactor=reactor)
-            if self.servers
-            else None
-        )
+        # One twisted.names resolver per upstream, so edge decides the order,
+        # moves on after SERVFAIL/REFUSED too, and retries over TCP with the
+        # server that truncated.
+        self._resolvers = [
+            client.Resolver(servers=[server], timeout=(timeout,), reactor=reactor)
+            for server in self.servers
+        ]
         self.failures = 0
 
     def lookup(self, key: bytes, qname: bytes, qtype: int, qclass: int) -> defer.Deferred:
@@ -216,21 +218,36 @@ class Forwarder:
             d = defer.Deferred()
             waiting.append(d)
             return d
-        if self._resolver is None or len(self._pending) >= self._max_pending:
+        if not self._resolvers or len(self._pending) >= self._max_pending:
             return defer.succeed(None)
         self._pending[key] = []
         query = dns.Query(name_bytes(qname), qtype, qclass)
-        d = defer.maybeDeferred(self._resolver.queryUDP, [query], (self._timeout,))
-        d.addCallback(self._maybe_tcp, query)
+        d = self._ask(query)
         d.addCallback(lambda message: self.cache.put(key, qname, message))
         d.addErrback(self._failed, query)
         d.addBoth(self._release, key)
         return d
 
-    def _maybe_tcp(self, message: dns.Message, query: dns.Query):
-        if message.trunc:
-            return self._resolver.queryTCP([query], self._timeout)
-        return message
+    @defer.inlineCallbacks
+    def _ask(self, query: dns.Query):
+        """Each upstream in order until one answers with something other than a failure."""
+        error: Exception | None = None
+        refusal = None
+        for resolver in self._resolvers:
+            try:
+                message = yield resolver.queryUDP([query], (self._timeout,))
+                if message.trunc:
+                    message = yield resolver.queryTCP([query], self._timeout)
+            except Exception as e:  # timeouts, refused connections, bad replies
+                error = e
+                continue
+            if message.rCode in (dns.ESERVER, dns.EREFUSED):
+                refusal = message
+                continue
+            return message
+        if refusal is not None:
+            return refusal
+        raise error or OSError("no upstream")
 
     def _failed(self, failure, query: dns.Query):
         self.failures += 1
