@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -132,19 +133,40 @@ class AnswerTable:
         base = name_text(zone) if zone else "invalid"
         self._ns = encode_name(f"ns.{base}")
         self._hostmaster = encode_name(f"hostmaster.{base}")
+        self._soa_data: bytes | None = None
         self._memo: dict[tuple[bytes, int], Entry] = {}
         self._foreign: dict[bytes, bool] = {}
         if zone is not None and zone in nodes:
             nodes[zone].rrsets[dns.SOA] = [(ttl, self._soa_rdata())]
         self.exact: dict[bytes, Entry] = {}
+        # Names with equal records share one entry (every routed host answers
+        # the same edge addresses), and names under one apex share their
+        # NODATA: a snapshot of thousands of names builds in milliseconds.
+        positive: dict[tuple, Entry] = {}
+        nodata: dict[bytes, Entry] = {}
+        suffix = {t: _U16.pack(t) + _IN for t in _COMMON_TYPES}
+        exact = self.exact
         for name, node in nodes.items():
-            types = set(node.rrsets) | {dns.A, dns.AAAA}
             if node.cname:
-                types.add(dns.CNAME)
-            for qtype in types | {dns.ALL_RECORDS}:
-                entry = self._answer(name, qtype, node)
-                if entry is not None:
-                    self.exact[name + _U16.pack(qtype) + _IN] = entry
+                for qtype in (dns.A, dns.AAAA, dns.CNAME):
+                    entry = self._answer(name, qtype, node)
+                    if entry is not None:
+                        exact[name + suffix[qtype]] = entry
+                continue
+            rrsets = node.rrsets
+            for qtype in set(rrsets) | {dns.A, dns.AAAA}:
+                records = rrsets.get(qtype)
+                if records:
+                    key = (qtype, tuple(records))
+                    entry = positive.get(key)
+                    if entry is None:
+                        entry = positive[key] = self._rrset(b"", 0, QNAME_POINTER, qtype, records)
+                else:
+                    apex = node.apex or name
+                    entry = nodata.get(apex)
+                    if entry is None:
+                        entry = nodata[apex] = Entry(NOERROR, 0, 1, (self._soa(apex),))
+                exact[name + (suffix.get(qtype) or _U16.pack(qtype) + _IN)] = entry
 
     # -- queries -----------------------------------------------------------
 
@@ -192,6 +214,15 @@ class AnswerTable:
 
     # -- internals ---------------------------------------------------------
 
+    @staticmethod
+    def _rrset(chain: bytes, count: int, owner: bytes, rtype: int, records) -> Entry:
+        """An answer ending in one RRset, encoded once per rotation of its records."""
+        encoded = [rr(owner, rtype, ttl, data) for ttl, data in records]
+        tails = []
+        for turn in range(min(len(encoded), _MAX_ROTATIONS)):
+            tails.append(chain + b"".join(encoded[turn:] + encoded[:turn]))
+        return Entry(NOERROR, count + len(encoded), 0, tails)
+
     def _classify(self, name: bytes):
         """``(node, wildcard suffix or None)``, an apex for NXDOMAIN, or ``None``."""
         node = self._nodes.get(name)
@@ -209,7 +240,9 @@ class AnswerTable:
         return None
 
     def _soa(self, apex: bytes) -> bytes:
-        return rr(apex, dns.SOA, self.ttl, self._soa_rdata())
+        if self._soa_data is None:
+            self._soa_data = self._soa_rdata()
+        return rr(apex, dns.SOA, self.ttl, self._soa_data)
 
     def _soa_rdata(self) -> bytes:
         soa = dns.Record_SOA(
@@ -257,13 +290,7 @@ class AnswerTable:
             elif qtype in here.rrsets:
                 rrset = (qtype, here.rrsets[qtype])
             if rrset is not None:
-                rtype, records = rrset
-                encoded = [rr(owner, rtype, ttl, data) for ttl, data in records]
-                tails = []
-                for turn in range(min(len(encoded), _MAX_ROTATIONS)):
-                    rotated = encoded[turn:] + encoded[:turn]
-                    tails.append(chain + b"".join(rotated))
-                return Entry(NOERROR, count + len(encoded), 0, tails)
+                return self._rrset(chain, count, owner, *rrset)
             if here.cname:
                 target, ttl = here.cname
                 chain += rr(owner, dns.CNAME, ttl, target)
@@ -309,6 +336,7 @@ def _usable(addresses: Iterable[str]) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=4096)
 def _address_record(address: str) -> tuple[int, bytes]:
     ip = ipaddress.ip_address(address)
     if ip.version == 4:
