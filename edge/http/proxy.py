@@ -208,11 +208,21 @@ class ServerProtocol(Protocol):
         self._reactor = proxy.reactor
         self._limits = proxy.limits
         self._scheme = factory.scheme
+        self._identify()
+        self._since = self._reactor.seconds()
+        self.transport.registerProducer(_PeerReads(self), True)
+        factory.connections.add(self)
+        proxy.open_connections(factory.name, +1)
+        if factory.stopping:
+            self._closing = True
+
+    def _identify(self):
+        """Who the client is; called again once a PROXY protocol header was read."""
         peer = self.transport.getPeer()
         self._client_ip = ip = getattr(peer, "host", "") or ""
-        self._trusted = proxy.is_trusted(ip)
+        self._trusted = self._proxy.is_trusted(ip)
         host = self.transport.getHost()
-        port = str(getattr(host, "port", "") or factory.port).encode("ascii")
+        port = str(getattr(host, "port", "") or self.factory.port).encode("ascii")
         self._port_bytes = port
         self._forwarded_tail = (
             b"X-Forwarded-Proto: " + self._scheme.encode("ascii") + b"\r\n"
@@ -220,12 +230,6 @@ class ServerProtocol(Protocol):
             b"X-Real-Ip: " + ip.encode("ascii") + b"\r\n"
             b"X-Forwarded-For: " + ip.encode("ascii") + b"\r\n"
         )
-        self._since = self._reactor.seconds()
-        self.transport.registerProducer(_PeerReads(self), True)
-        factory.connections.add(self)
-        proxy.open_connections(factory.name, +1)
-        if factory.stopping:
-            self._closing = True
 
     def connectionLost(self, reason=None):
         if self._closed:
@@ -313,6 +317,8 @@ class ServerProtocol(Protocol):
             return
         if self._first:
             self._first = False
+            if self.factory.proxy_protocol:
+                self._identify()
             handler = getattr(self.factory, "h2_handler", None)
             if handler is not None and getattr(self.transport, "negotiatedProtocol", None) == b"h2":
                 self._h2 = handler(self.transport, data)
@@ -1124,7 +1130,7 @@ class BackendProtocol(Protocol):
             self.server = None
             server._close()
             return
-        if self.head_sent and self._body_mode == _RAW and self._cl is None and not self._done:
+        if self.head_sent and self._cl is None and not self._te and not self._done:
             # A body delimited by the connection's end: this is its end.
             self._done = True
             self._complete(closed=True)
@@ -1176,6 +1182,7 @@ class ProxyFactory(Factory):
         self.port = port
         self.table = None
         self.redirect = None  # (scheme, port) when the entry point redirects everything
+        self.proxy_protocol = False
         self.connections: set = set()
         self.stopping = False
         # Set by the TLS layer: h2_handler(transport, first_bytes) takes over an h2 connection.

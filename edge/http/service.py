@@ -246,6 +246,7 @@ class HTTPService(Service):
                     continue
                 listening = wrap_tls(listening, self._tls_context)
             if ep.proxy_protocol:
+                factory.proxy_protocol = True
                 listening = _ProxyProtocolChooser(
                     listening, Proxy(self._reactor, None, None, None, ep.proxy_protocol)
                 )
@@ -336,8 +337,9 @@ class HTTPService(Service):
             headers.setRawHeaders(b"Host", [check.hostname.encode("ascii")])
         for name, value in check.headers:
             headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-        agent = Agent(self._reactor, connectTimeout=check.timeout,
-                      pool=HTTPConnectionPool(self._reactor, persistent=False))
+        pool = HTTPConnectionPool(self._reactor, persistent=False)
+        pool._factory = type("_QuietFactory", (pool._factory,), {"noisy": False})
+        agent = Agent(self._reactor, connectTimeout=check.timeout, pool=pool)
         d = agent.request(b"GET", url, headers)
 
         def answered(response):
