@@ -189,6 +189,9 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
                 idle_timeout=http.client_idle_timeout,
             )
             root.h2.setServiceParent(root)
+    from edge.http import make_http_service
+
+    make_http_service(config, publisher, reactor, tls_context=root.tls, h2_handler=root.h2).setServiceParent(root)
     return root
 
 
