@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 
 import docker
@@ -169,7 +170,8 @@ def test_image_is_small_and_labelled(swarm):
         network_mode="none",
     ).decode()
     assert "FOUND" not in out, out
-    assert "edge 0.1.0" in out
+    assert f"edge {version('edge')}" in out
+    assert labels["org.opencontainers.image.version"] == version("edge")
 
 
 def test_stack_routes_dns_and_http_through_edge(swarm, stack, unique):

@@ -55,6 +55,7 @@ rm -f "$context"/wheels/edge-*.whl
 log "docker build $TAG"
 docker build -q \
     --build-arg BASE="$BASE" --build-arg WHEELS=wheels \
+    --build-arg VERSION="$(sed -n 's/^version *= *//p' setup.cfg | head -1)" \
     --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     -t "$TAG" "$context" >&2
 echo "$TAG"
