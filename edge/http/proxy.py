@@ -44,6 +44,9 @@ _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 _REQ_DROP = _HOP | _FORWARDED | {b"content-length", b"expect", b"host"}
 _REQ_DROP_TRUSTED = _HOP | {b"content-length", b"expect", b"host", b"x-forwarded-for"}
 _RESP_DROP = _HOP | {b"content-length"}
+# Header names worth lower-casing: only these lengths can be special.
+_SPECIAL_LENGTHS = frozenset(len(n) for n in _REQ_DROP | _RESP_DROP | {b"upgrade", b"expect"})
+_RESP_LENGTHS = frozenset(len(n) for n in _RESP_DROP)
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
 _REASONS = {
@@ -71,50 +74,44 @@ class _Reject(Exception):
 
 
 class _Request:
-    __slots__ = (
-        "method", "target", "version", "headers", "host", "keep_alive", "upgrade",
-        "chunked", "content_length", "head_done", "body_done", "pending", "pending_bytes",
-        "connection_tokens", "expect", "header_bytes", "header_count", "body_bytes",
-        "route", "conn", "tried", "started", "status", "sent_bytes", "target_url",
-        "replied", "scheme", "client_ip", "cookie", "set_cookie", "retried", "upgrade_value",
-        "transfer_encoding", "error",
-    )
+    """One request's state; class attributes are the defaults (cheap to create)."""
+
+    method = b""
+    target = b""
+    version = "1.1"
+    host = b""
+    keep_alive = True
+    upgrade = False
+    upgrade_value = b""
+    chunked = False
+    transfer_encoding = None
+    content_length = None
+    head_done = False
+    body_done = False
+    pending_bytes = 0
+    connection_tokens = None
+    expect = False
+    header_bytes = 0
+    header_count = 0
+    body_bytes = 0
+    route = None
+    conn = None
+    started = 0.0
+    status = 0
+    sent_bytes = 0
+    target_url = ""
+    replied = False
+    cookie = None
+    set_cookie = None
+    retried = False
+    error = ""
 
     def __init__(self, scheme: str, client_ip: str):
-        self.method = b""
-        self.target = b""
-        self.version = "1.1"
-        self.headers: list = []
-        self.host = b""
-        self.keep_alive = True
-        self.upgrade = False
-        self.upgrade_value = b""
-        self.chunked = False
-        self.transfer_encoding = None
-        self.content_length = None
-        self.head_done = False
-        self.body_done = False
-        self.pending: list = []
-        self.pending_bytes = 0
-        self.connection_tokens = None
-        self.expect = False
-        self.header_bytes = 0
-        self.header_count = 0
-        self.body_bytes = 0
-        self.route = None
-        self.conn = None
-        self.tried: set = set()
-        self.started = 0.0
-        self.status = 0
-        self.sent_bytes = 0
-        self.target_url = ""
-        self.replied = False
         self.scheme = scheme
         self.client_ip = client_ip
-        self.cookie = None
-        self.set_cookie = None
-        self.retried = False
-        self.error = ""
+        self.headers: list = []
+        self.pending: list = []
+        self.tried: set = set()
 
 
 @implementer(IPushProducer)
@@ -411,6 +408,8 @@ class ServerProtocol(Protocol):
         if req.head_done:
             return  # a trailer: dropped
         req.headers.append((name, value))
+        if len(name) not in _SPECIAL_LENGTHS:
+            return
         lower = name.lower()
         if lower == b"host":
             if req.host:
@@ -662,7 +661,11 @@ class ServerProtocol(Protocol):
         parts.append(b"\r\n")
         xff = None
         seen = None
+        special = _SPECIAL_LENGTHS
         for name, value in req.headers:
+            if tokens is None and len(name) not in special:
+                parts += (name, b": ", value, b"\r\n")
+                continue
             lower = name.lower()
             if lower in drop:
                 if lower == b"x-forwarded-for":
@@ -983,6 +986,7 @@ class BackendProtocol(Protocol):
         self._informational = False
         self._reason = b""
         self._headers = []
+        self._kept = []
         self._cl = None
         self._te = False
         self._conn_close = False
@@ -994,15 +998,19 @@ class BackendProtocol(Protocol):
         if self.head_sent:
             return  # trailers: dropped
         self._headers.append((name, value))
-        lower = name.lower()
-        if lower == b"content-length":
-            self._cl = value
-        elif lower == b"transfer-encoding":
-            self._te = True
-        elif lower == b"connection":
-            value = value.strip().lower()
-            if value != b"keep-alive" and value != b"close":
-                self._conn_close = True  # other tokens are filtered when the head is built
+        if len(name) in _RESP_LENGTHS:
+            lower = name.lower()
+            if lower in _RESP_DROP:
+                if lower == b"content-length":
+                    self._cl = value
+                elif lower == b"transfer-encoding":
+                    self._te = True
+                elif lower == b"connection":
+                    value = value.strip().lower()
+                    if value != b"keep-alive" and value != b"close":
+                        self._conn_close = True  # its tokens are filtered when the head is built
+                return
+        self._kept += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self):
         if self._done or self.head_sent:
@@ -1023,20 +1031,24 @@ class BackendProtocol(Protocol):
         client_11 = req.version == "1.1"
         close = server._closing or not req.keep_alive or not req.body_done or req.upgrade
         parts = [_status_line(status, self._reason or b"-")]
-        drop = _RESP_DROP
-        if self._conn_close:
-            for name, value in self._headers:
-                if name.lower() == b"connection":
-                    drop = drop | {t.strip().lower() for t in value.split(b",")}
-        if status == 101:
-            drop = drop - {b"upgrade"}
-        headers = self._headers
         chain = req.route.middlewares
-        if not chain.empty:
-            headers = chain.response_headers(headers, req.scheme)
-        for name, value in headers:
-            if name.lower() not in drop:
-                parts += (name, b": ", value, b"\r\n")
+        if self._conn_close or status == 101 or not chain.empty:
+            # The general path: Connection tokens, 101 headers, response edits.
+            drop = _RESP_DROP
+            if self._conn_close:
+                for name, value in self._headers:
+                    if name.lower() == b"connection":
+                        drop = drop | {t.strip().lower() for t in value.split(b",")}
+            if status == 101:
+                drop = drop - {b"upgrade"}
+            headers = self._headers
+            if not chain.empty:
+                headers = chain.response_headers(headers, req.scheme)
+            for name, value in headers:
+                if name.lower() not in drop:
+                    parts += (name, b": ", value, b"\r\n")
+        else:
+            parts += self._kept
         if no_body:
             self._body_mode = _NONE
             if self._cl is not None and status != 204 and status != 101:
