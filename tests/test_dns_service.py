@@ -199,3 +199,14 @@ def test_sighup_reload_applies_records_and_policy_but_not_the_port(running):
     assert refused.rcode() == dns.rcode.REFUSED
     service.reload(Config(dns=DNSConfig(port=5454, interfaces=("127.0.0.1", "::1"), upstream=("192.0.2.54",))))
     assert service.forwarder.servers == [("192.0.2.54", 53)]
+
+
+def test_dockers_embedded_resolver_is_not_mistaken_for_edge(tmp_path):
+    """In a container on a user-defined network resolv.conf names 127.0.0.11,
+    which Docker routes to dockerd even when edge listens on 0.0.0.0:53."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.11\noptions ndots:0\n")
+    reactor = Reactor()
+    publisher = SnapshotPublisher(reactor, debounce=0)
+    service = DNSService(DNSConfig(port=53, interfaces=("0.0.0.0",)), publisher, reactor, str(resolv))
+    assert service.forwarder.servers == [("127.0.0.11", 53)]

@@ -52,6 +52,7 @@ _TRUNCATED_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _REFUSED = Entry(dns.EREFUSED, 0, 0, (b"",), aa=False)
 # Zone transfers: edge's names are not a zone file to copy, and forwarding one makes no sense.
 _NO_TRANSFER = frozenset((dns.AXFR, dns.IXFR))
+_DOCKER_EMBEDDED_DNS = ipaddress.ip_address("127.0.0.11")
 _RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 _QTYPES = {
     t: dns.QUERY_TYPES.get(t) or dns.EXT_QUERIES.get(t)
@@ -542,6 +543,11 @@ class DNSService(MultiService):
         if port != config.port:
             return False
         ip = ipaddress.ip_address(host)
+        if ip == _DOCKER_EMBEDDED_DNS:
+            # Inside a container on a user-defined network, resolv.conf names
+            # Docker's embedded resolver; Docker's own NAT rules send that to
+            # dockerd, never to a process listening on port 53 in the container.
+            return False
         for interface in config.interfaces:
             try:
                 listen = ipaddress.ip_address(interface)
