@@ -356,6 +356,19 @@ def test_disabled_service_has_no_route_but_keeps_its_dns_facts():
     assert facts.published_ports == (PublishedPort(80, 8000, "tcp", "ingress"),)
 
 
+def test_bad_enable_value_is_reported_though_the_service_stays_unrouted():
+    state = swarm_state(
+        [service("web", "s1", {"traefik.enable": "yes please", "traefik.port": "80"})],
+        [task("t1", "s1", NODE1, {FRONTEND: "10.0.1.5"})],
+    )
+    snap = build(state, ON_FRONTEND)
+    assert snap.routers == ()
+    assert any(
+        source == "web" and level == "error" and "traefik.enable" in message
+        for source, level, message in problems(snap)
+    ), problems(snap)
+
+
 def test_nodes_in_snapshot():
     snap = build(swarm_state([], []))
     assert [(n.id, n.hostname, n.role, n.address, n.leader) for n in snap.nodes] == [

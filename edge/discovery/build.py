@@ -322,9 +322,10 @@ class _Builder:
                 domain=self.config.domain,
                 exposed_by_default=self.config.exposed_by_default,
             )
+            # A disabled service's problems (a bad enable value) still count.
+            self.problems.extend(config.problems)
             if not config.enabled:
                 continue
-            self.problems.extend(config.problems)
             self.routers.extend(config.routers)
             for spec in config.services:
                 targets = self.service_targets(name, raw, stack, spec, tasks, ports)
@@ -532,9 +533,10 @@ class _Builder:
                 domain=self.config.domain,
                 exposed_by_default=self.config.exposed_by_default,
             )
+            # A disabled service's problems (a bad enable value) still count.
+            self.problems.extend(config.problems)
             if not config.enabled:
                 continue
-            self.problems.extend(config.problems)
             self.routers.extend(config.routers)
             ports = tuple(
                 sorted(
