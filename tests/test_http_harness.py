@@ -47,7 +47,17 @@ def run_edge(config_path: str, snapshot_path: str) -> None:
 
     poll()
     LoopingCall(poll).start(0.05, now=False)
-    service = make_http_service(config, publisher, reactor)
+    tls_context = None
+    if os.environ.get("EDGE_TEST_CERT"):
+        from twisted.internet import ssl
+
+        with open(os.environ["EDGE_TEST_CERT"]) as f:
+            pem = ssl.PrivateCertificate.loadPEM(f.read())
+        tls_context = ssl.CertificateOptions(
+            privateKey=pem.privateKey.original, certificate=pem.original,
+            acceptableProtocols=[b"http/1.1"],
+        )
+    service = make_http_service(config, publisher, reactor, tls_context=tls_context)
     service.startService()
 
     def ready(_):

@@ -70,7 +70,7 @@ class Origin:
 
 
 class Edge:
-    def __init__(self, tmp: Path, snapshot: Snapshot, extra: str = "", entrypoints: str = ""):
+    def __init__(self, tmp: Path, snapshot: Snapshot, extra: str = "", entrypoints: str = "", env=None):
         self.port = free_port()
         self.tmp = tmp
         self.snapshot_path = tmp / "snapshot.pickle"
@@ -84,7 +84,7 @@ class Edge:
             + f'access_log = "{self.access_log}"\naccess_log_format = "json"\n'
             + extra
         )
-        self.process = _start(["edge", str(config), str(self.snapshot_path)])
+        self.process = _start(["edge", str(config), str(self.snapshot_path)], env=env)
         self.base = f"http://127.0.0.1:{self.port}"
 
     def publish(self, snapshot: Snapshot, wait: bool = True):
@@ -514,6 +514,29 @@ def test_entrypoint_redirect(origins, edge_factory):
     r = e.get("/p", allow_redirects=False)
     assert r.status_code == 301 and r.headers["Location"] == "https://web.test:8443/p"
     assert "wants TLS but no TLS context" in e.stop()
+
+
+def test_tls_entry_point_forwards_with_https_proto(origins, edge_factory, tmp_path):
+    a, _ = origins
+    pem = tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=web.test",
+         "-keyout", str(pem), "-out", str(tmp_path / "c.pem")],
+        check=True, capture_output=True,
+    )
+    pem.write_text(pem.read_text() + (tmp_path / "c.pem").read_text())
+    port = free_port()
+    eps = f'[entrypoints.https]\naddress = "tcp:{port}:interface=127.0.0.1"\ntls = true\n'
+    edge_factory(snapshot(web([a.target()])), entrypoints=eps, env={**os.environ, "EDGE_TEST_CERT": str(pem)})
+    out = subprocess.run(
+        ["curl", "-sSk", "--resolve", f"web.test:{port}:127.0.0.1", f"https://web.test:{port}/echo",
+         f"https://web.test:{port}/big/200000"],
+        capture_output=True, timeout=30,
+    )
+    first, _, rest = out.stdout.partition(b"}")
+    seen = {k.lower(): v for k, v in json.loads(first + b"}")["headers"]}
+    assert seen["x-forwarded-proto"] == "https"
+    assert rest == b"b" * 200000  # a second request on the same TLS connection, whole
 
 
 # -- hostile input -------------------------------------------------------

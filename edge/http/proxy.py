@@ -21,6 +21,7 @@ import ipaddress
 from typing import Optional
 
 import httptools
+from twisted.internet import tcp
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -133,6 +134,12 @@ class _PeerReads:
         pass
 
 
+# Only these take the direct-send shortcut: wrappers (TLS, PROXY protocol)
+# forward attribute lookups to the TCP transport underneath, so duck typing
+# would send plaintext past TLS.
+_PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
+
+
 def _write(transport, data: bytes) -> None:
     """
     ``transport.write``, but send at once when a TCP transport has nothing queued.
@@ -144,9 +151,8 @@ def _write(transport, data: bytes) -> None:
     queued data, a closing connection) goes through ``write`` unchanged, and
     so does whatever the socket does not take.
     """
-    sock = getattr(transport, "socket", None)
     if (
-        sock is not None
+        transport.__class__ in _PLAIN_TCP
         and transport.connected
         and not transport.disconnecting
         and not transport._tempDataBuffer
@@ -154,7 +160,7 @@ def _write(transport, data: bytes) -> None:
         and not transport._writeDisconnected
     ):
         try:
-            sent = sock.send(data)
+            sent = transport.socket.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
