@@ -595,9 +595,7 @@ def test_body_limit_and_timeouts(origins, edge_factory):
         s.sendall(b"GET /name HTTP/1.1\r\nHost: web.test\r\n\r\n")
         data = s.recv(4096)
         assert data.startswith(b"HTTP/1.1 200")
-        started = time.monotonic()
-        assert s.recv(4096) == b""  # closed by edge, not by our 10 s timeout
-        assert time.monotonic() - started < 9
+        assert s.recv(4096) == b""  # closed by edge (our own 10 s timeout would raise)
 
 
 def test_proxy_protocol_from_trusted_sources_only(origins, edge_factory):
