@@ -1,0 +1,161 @@
+"""
+The proxy protocols in memory: StringTransports on both sides, a Clock for
+time.  Covers what is awkward over sockets: the HTTP/2 hand-off, flow
+control between the two sides, timeouts, and the access log formats.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from edge.config import Config, EntryPoint, HTTPConfig
+from edge.discovery.publisher import SnapshotPublisher
+from edge.http.accesslog import AccessLog
+from edge.http.service import HTTPService
+from edge.rules import Host
+from edge.snapshot import BackendService, Router, Snapshot, Target
+
+REQUEST = b"GET /x HTTP/1.1\r\nHost: web.test\r\nUser-Agent: t\r\nReferer: r\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+class Transport(StringTransport):
+    def __init__(self, host="127.0.0.1"):
+        super().__init__(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=IPv4Address("TCP", host, 40000),
+        )
+
+    def abortConnection(self):
+        self.loseConnection()
+
+
+def setup(http=HTTPConfig()):
+    clock = Clock()
+    config = Config(entrypoints=(EntryPoint("http", "tcp:1"),), http=http)
+    publisher = SnapshotPublisher(clock, debounce=0)
+    publisher.report("t", Snapshot.build(
+        routers=[Router("web", Host(("web.test",)), "Host(`web.test`)", "svc")],
+        services=[BackendService("svc", (Target("t1", "10.9.9.9", 80),))],
+    ))
+    service = HTTPService(config, publisher, clock)
+    publisher.subscribe(service.apply)
+    factory = service.factories["http"]
+    server = factory.buildProtocol(None)
+    client_side = Transport()
+    server.makeConnection(client_side)
+    return clock, service, server, client_side
+
+
+def pooled_backend(service):
+    backend = service._backend_protocol(("http", "10.9.9.9", 80))
+
+    class Connected:
+        def connected(self, protocol):
+            pass
+
+    backend.factory = Connected()
+    transport = Transport("10.9.9.9")
+    backend.makeConnection(transport)
+    service.pool.put(backend)
+    return backend, transport
+
+
+def test_request_through_a_pooled_connection_and_access_log():
+    clock, service, server, client = setup()
+    backend, backend_side = pooled_backend(service)
+    out = io.StringIO()
+    service.proxy.access_log = AccessLog(out, "combined", wall=lambda: 0.0)
+    clock.advance(100)
+    server.dataReceived(REQUEST)
+    sent = backend_side.value()
+    assert sent.startswith(b"GET /x HTTP/1.1\r\nHost: web.test\r\n")
+    assert b"X-Forwarded-For: 127.0.0.1\r\n" in sent
+    clock.advance(0.25)
+    backend.dataReceived(RESPONSE)
+    assert client.value() == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+    assert service.pool.idle_count() == 1  # handed back for the next request
+    line = out.getvalue()
+    assert line == ('127.0.0.1 - - [01/Jan/1970:00:00:00 +0000] "GET /x HTTP/1.1" 200 5 "r" "t"'
+                    ' 1 "web" "http://10.9.9.9:80" 250ms\n')
+
+
+def test_json_access_log_line():
+    out = io.StringIO()
+    _, service, server, _ = setup()
+    service.proxy.access_log = AccessLog(out, "json", wall=lambda: 1.5)
+    server.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+    record = json.loads(out.getvalue())
+    assert record["status"] == 404 and record["router"] == "-" and record["error"] == "no route"
+
+
+def test_h2_connections_are_handed_over_with_their_first_bytes():
+    _, service, server, client = setup()
+    client.negotiatedProtocol = b"h2"
+    seen = []
+
+    class H2:
+        def dataReceived(self, data):
+            seen.append(("more", data))
+
+        def connectionLost(self, reason):
+            seen.append(("lost", None))
+
+    def handler(transport, data):
+        seen.append(("first", data))
+        return H2()
+
+    server.factory.h2_handler = handler
+    server.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    server.dataReceived(b"\x00\x00")
+    server.connectionLost(None)
+    assert seen == [("first", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), ("more", b"\x00\x00"), ("lost", None)]
+    assert client.value() == b""  # the HTTP/1.1 side wrote nothing
+
+
+def test_a_full_client_buffer_pauses_the_backend_and_the_reverse():
+    _, service, server, client = setup()
+    backend, backend_side = pooled_backend(service)
+    server.dataReceived(REQUEST)
+    # The client's transport reports a full buffer: the backend stops reading.
+    client.producer.pauseProducing()
+    assert backend_side.producerState == "paused"
+    client.producer.resumeProducing()
+    assert backend_side.producerState == "producing"
+    # The backend's transport fills: the client stops being read.
+    backend_side.producer.pauseProducing()
+    assert client.producerState == "paused"
+    backend_side.producer.resumeProducing()
+    assert client.producerState == "producing"
+
+
+def tick(clock, service, seconds):
+    """Advance time a second at a time, running the housekeeping tick as startService would."""
+    for _ in range(seconds):
+        clock.advance(1.0)
+        service._housekeeping()
+
+
+def test_backend_silence_gives_504_and_idle_clients_are_closed():
+    clock, service, server, client = setup(HTTPConfig(backend_response_timeout=5.0, client_idle_timeout=10.0))
+    backend, backend_side = pooled_backend(service)
+    server.dataReceived(REQUEST)
+    tick(clock, service, 4)
+    assert client.value() == b""
+    tick(clock, service, 3)
+    assert client.value().startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert client.disconnecting and backend_side.disconnecting
+
+    clock, service, server, client = setup(HTTPConfig(client_idle_timeout=10.0))
+    backend, _ = pooled_backend(service)
+    server.dataReceived(REQUEST)
+    backend.dataReceived(RESPONSE)
+    tick(clock, service, 9)
+    assert not client.disconnecting
+    tick(clock, service, 3)
+    assert client.disconnecting
