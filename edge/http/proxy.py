@@ -910,11 +910,13 @@ class BackendProtocol(Protocol):
         self.server = None
         self.req = None
         if server is not None:
-            server._resume("backend")
+            if server._paused:
+                server._resume("backend")
             if server._backend is self:
                 server._backend = None
-        if self.connected:
-            self.transport.resumeProducing()
+            if server._backend_paused and self.connected:
+                # Paused for that client's sake; the pool needs it reading (to see a close).
+                self.transport.resumeProducing()
 
     def close_tunnel(self):
         self.server = None
