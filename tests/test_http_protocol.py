@@ -159,3 +159,28 @@ def test_backend_silence_gives_504_and_idle_clients_are_closed():
     assert not client.disconnecting
     tick(clock, service, 3)
     assert client.disconnecting
+
+
+def test_request_durations_reach_the_histogram_in_bulk():
+    from prometheus_client import generate_latest
+
+    from edge import metrics
+    from edge.http.service import Stats
+
+    stats = Stats()
+    for duration in (0.0005, 0.001, 0.003, 0.2, 20.0):
+        stats.request("bulk-router", "http", 200, duration)
+    stats.request("bulk-router", "http", 503, 0.01)
+    stats.flush()
+    lines = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in generate_latest(metrics.REGISTRY).decode().splitlines()
+        if 'router="bulk-router"' in line
+    }
+    bucket = 'edge_http_request_duration_seconds_bucket{{le="{}",router="bulk-router"}}'
+    assert lines[bucket.format("0.001")] == 2
+    assert lines[bucket.format("0.005")] == 3
+    assert lines[bucket.format("0.25")] == 5
+    assert lines[bucket.format("+Inf")] == 6
+    assert abs(lines['edge_http_request_duration_seconds_sum{router="bulk-router"}'] - 20.2145) < 1e-9
+    assert lines['edge_http_requests_total{code_class="5xx",entrypoint="http",router="bulk-router"}'] == 1

@@ -10,6 +10,7 @@ metrics and the access log (so none of that costs a timer per request).
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -61,16 +62,23 @@ class Limits:
 class Stats:
     """Per-request counts gathered in dicts, pushed to Prometheus once a tick."""
 
+    _BOUNDS = tuple(metrics.http_request_duration._kwargs.get("buckets") or ()) or (
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
     def __init__(self):
         self._requests: dict[tuple, int] = defaultdict(int)
-        self._durations: list[tuple[str, float]] = []
+        # Per router: [count per bucket..., sum of durations], as Prometheus keeps them.
+        self._durations: dict[str, list] = {}
         self._connect_failures: dict[str, int] = defaultdict(int)
         self._connections: dict[str, int] = defaultdict(int)
 
     def request(self, router: str, entrypoint: str, status: int, duration: float) -> None:
         self._requests[(router, entrypoint, status // 100)] += 1
-        if len(self._durations) < 100000:
-            self._durations.append((router, duration))
+        counts = self._durations.get(router)
+        if counts is None:
+            counts = self._durations[router] = [0] * (len(self._BOUNDS) + 2)
+        counts[bisect_left(self._BOUNDS, duration)] += 1
+        counts[-1] += duration
 
     def connect_failed(self, service: str) -> None:
         self._connect_failures[service] += 1
@@ -82,9 +90,20 @@ class Stats:
         requests, self._requests = self._requests, defaultdict(int)
         for (router, entrypoint, code_class), count in requests.items():
             metrics.http_requests.labels(router, entrypoint, f"{code_class}xx").inc(count)
-        durations, self._durations = self._durations, []
-        for router, duration in durations:
-            metrics.http_request_duration.labels(router).observe(duration)
+        durations, self._durations = self._durations, {}
+        for router, counts in durations.items():
+            child = metrics.http_request_duration.labels(router)
+            buckets = getattr(child, "_buckets", None)
+            if buckets is None or len(buckets) != len(counts) - 1:
+                # Not the prometheus_client layout we know: one observation per bucket bound.
+                for bound, n in zip(self._BOUNDS + (float("inf"),), counts):
+                    for _ in range(n):
+                        child.observe(bound)
+                continue
+            for bucket, n in zip(buckets, counts):
+                if n:
+                    bucket.inc(n)
+            child._sum.inc(counts[-1])
         failures, self._connect_failures = self._connect_failures, defaultdict(int)
         for service, count in failures.items():
             metrics.http_upstream_connect_failures.labels(service).inc(count)
