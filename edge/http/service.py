@@ -358,7 +358,9 @@ class HTTPService(Service):
             headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
         pool = HTTPConnectionPool(self._reactor, persistent=False)
         pool._factory = type("_QuietFactory", (pool._factory,), {"noisy": False})
-        agent = Agent(self._reactor, connectTimeout=check.timeout, pool=pool)
+        agent = Agent.usingEndpointFactory(
+            self._reactor, _ProbeEndpoints(self._reactor, check.timeout), pool=pool
+        )
         d = agent.request(b"GET", url, headers)
 
         def answered(response):
@@ -369,6 +371,23 @@ class HTTPService(Service):
         d.addCallback(answered)
         d.addTimeout(check.timeout, self._reactor)
         return d
+
+
+class _ProbeEndpoints:
+    """Endpoints for health checks: https targets without certificate checks, like the proxy."""
+
+    def __init__(self, reactor, timeout: float):
+        self._reactor = reactor
+        self._timeout = timeout
+
+    def endpointForURI(self, uri):
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.ssl import CertificateOptions
+
+        endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(CertificateOptions(verify=False), endpoint)
+        return endpoint
 
 
 def make_http_service(config: Config, publisher, reactor, *, tls_context=None,
