@@ -257,6 +257,24 @@ class _Builder:
             kwargs["shared_middlewares"] = self.shared_middlewares
         return self._read_labels(source, labels, **kwargs)
 
+    def routing_labels(self, source: str, labels: dict):
+        """The labels' routing config, its routers and problems recorded; None when disabled.
+
+        A disabled service's problems (a bad enable value) still count.
+        """
+        config = self.read_labels(
+            source,
+            labels,
+            provider="docker",
+            domain=self.config.domain,
+            exposed_by_default=self.config.exposed_by_default,
+        )
+        self.problems.extend(config.problems)
+        if not config.enabled:
+            return None
+        self.routers.extend(config.routers)
+        return config
+
     def collect_middlewares(self) -> None:
         """Middlewares one service defines that other services' routers may use."""
         if self._read_middlewares is None:
@@ -315,18 +333,9 @@ class _Builder:
                 node_ids=tuple(sorted({t.get("NodeID", "") for t in tasks} - {""})),
                 replicas_running=len(tasks),
             )
-            config = self.read_labels(
-                name,
-                labels,
-                provider="docker",
-                domain=self.config.domain,
-                exposed_by_default=self.config.exposed_by_default,
-            )
-            # A disabled service's problems (a bad enable value) still count.
-            self.problems.extend(config.problems)
-            if not config.enabled:
+            config = self.routing_labels(name, labels)
+            if config is None:
                 continue
-            self.routers.extend(config.routers)
             for spec in config.services:
                 targets = self.service_targets(name, raw, stack, spec, tasks, ports)
                 self.add_service(name, spec, targets, mergeable=False)
@@ -526,18 +535,9 @@ class _Builder:
                 continue
             names = raw.get("Names") or [raw.get("Id", "")[:12]]
             source = labels.get(COMPOSE_SERVICE_LABEL) or names[0].lstrip("/")
-            config = self.read_labels(
-                source,
-                labels,
-                provider="docker",
-                domain=self.config.domain,
-                exposed_by_default=self.config.exposed_by_default,
-            )
-            # A disabled service's problems (a bad enable value) still count.
-            self.problems.extend(config.problems)
-            if not config.enabled:
+            config = self.routing_labels(source, labels)
+            if config is None:
                 continue
-            self.routers.extend(config.routers)
             ports = tuple(
                 sorted(
                     {
