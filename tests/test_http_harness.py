@@ -16,37 +16,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import sys
 
 
 def run_edge(config_path: str, snapshot_path: str) -> None:
     from twisted.internet import reactor
-    from twisted.internet.task import LoopingCall
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from edge.config import load
     from edge.discovery.publisher import SnapshotPublisher
     from edge.http import make_http_service
+    from tests.snapshot_file import follow_snapshot_file
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     config = load(config_path)
     publisher = SnapshotPublisher(reactor, debounce=0)
-    stamp = [None]
-
-    def poll():
-        try:
-            st = os.stat(snapshot_path)
-        except OSError:
-            return
-        key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if key != stamp[0]:
-            stamp[0] = key
-            with open(snapshot_path, "rb") as f:
-                publisher.report("test", pickle.load(f))
-
-    poll()
-    LoopingCall(poll).start(0.05, now=False)
+    follow_snapshot_file(publisher, snapshot_path)
     tls_context = None
     if os.environ.get("EDGE_TEST_CERT"):
         from twisted.internet import ssl
