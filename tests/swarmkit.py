@@ -123,6 +123,18 @@ class Swarm:
                 pass
 
 
+def update_service(service, action):
+    """Apply ``action`` to a fresh view of ``service``, again if the swarm moved under us."""
+    for _ in range(10):
+        service.reload()
+        try:
+            return action(service)
+        except docker.errors.APIError as e:
+            if "out of sequence" not in str(e):
+                raise
+    raise AssertionError(f"could not update {service.name}: always out of sequence")
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``.
 

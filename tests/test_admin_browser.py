@@ -14,11 +14,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from html.parser import HTMLParser
@@ -27,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.swarmkit import wait_for
+from tests.ports import free_port
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 CHROMIUM_FLAGS = [
@@ -38,12 +37,6 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 CONFIG = """

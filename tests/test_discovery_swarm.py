@@ -22,7 +22,8 @@ import uuid
 import docker
 import pytest
 
-from tests.swarmkit import DiscoveryWatch, Swarm, find_service, target_ids, wait_for
+from tests.swarmkit import DiscoveryWatch, Swarm, find_service, wait_for
+from tests.swarmkit import update_service as update
 
 pytestmark = pytest.mark.swarm
 
@@ -54,18 +55,6 @@ def snapshot_targets(snapshot: dict, name: str) -> set[tuple[str, str, int]] | N
 
 def router_rules(snapshot: dict, service: str) -> list[str]:
     return sorted(r["rule"] for r in snapshot["routers"] if r["service"] == service)
-
-
-def update(service, action):
-    """Apply ``action`` to a fresh view of ``service``, again if the swarm moved under us."""
-    for _ in range(10):
-        service.reload()
-        try:
-            return action(service)
-        except docker.errors.APIError as e:
-            if "out of sequence" not in str(e):
-                raise
-    raise AssertionError(f"could not update {service.name}: always out of sequence")
 
 
 @pytest.fixture

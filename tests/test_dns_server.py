@@ -26,6 +26,7 @@ import pytest
 from edge.rules import Host
 from edge.snapshot import Node, Router, Snapshot, SwarmService
 from tests.swarmkit import wait_for
+from tests.ports import free_port  # noqa: F401 (test_dns_swarm imports it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
@@ -37,22 +38,6 @@ SNAPSHOT = Snapshot.build(
     nodes=[Node("n1", "mgr1", "manager", "127.0.0.1")],
     swarm_services=[SwarmService("web", node_ids=("n1",))],
 )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on ``host``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(family, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def ask(name, rdtype="A", port=None, host="127.0.0.1", tcp=False, timeout=5, **kwargs) -> dns.message.Message:

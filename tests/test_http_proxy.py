@@ -9,7 +9,6 @@ raw sockets for hostile input.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import pickle
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,14 +28,9 @@ from edge.snapshot import (
     Router, Snapshot, StickyCookie, StripPrefix, Target,
 )
 from tests.swarmkit import wait_for
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args, env=None) -> subprocess.Popen:

@@ -11,30 +11,22 @@ Run inside the test namespace (``make test`` does):
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import docker
 import pytest
 import requests
 
 from tests.swarmkit import wait_for
+from tests.ports import free_port
+from tests.swarmkit import update_service as update
 
 pytestmark = pytest.mark.swarm
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -74,17 +66,6 @@ def _status(base: str, host: str) -> int | None:
 def _page(base: str, host: str) -> str | None:
     r = requests.get(base + "/", headers={"Host": host}, timeout=5)
     return r.text.strip() if r.status_code == 200 else None
-
-
-def update(service, action):
-    for _ in range(10):
-        service.reload()
-        try:
-            return action(service)
-        except docker.errors.APIError as e:
-            if "out of sequence" not in str(e):
-                raise
-    raise AssertionError("service update always out of sequence")
 
 
 class Load:
