@@ -25,7 +25,7 @@ from edge.config import Config, EntryPoint, HTTPConfig
 from edge.http.accesslog import open_access_log
 from edge.http.balancer import HealthChecks, HealthRegistry, build_balancers, target_key
 from edge.http.pool import BackendPool
-from edge.http.proxy import BackendProtocol, Proxy, ProxyFactory
+from edge.http.proxy import BackendProtocol, Proxy, ProxyFactory, lean_dispatch
 from edge.http.routing import RoutingTable
 from edge.snapshot import Snapshot
 
@@ -245,6 +245,7 @@ class HTTPService(Service):
         # Everything imported so far lives as long as the process: keep the
         # cyclic collector from re-scanning it on the request path.
         gc.freeze()
+        lean_dispatch(self._reactor)
         http = self.config.http
         try:
             self.access_log = open_access_log(http.access_log, http.access_log_format)
