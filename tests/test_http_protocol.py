@@ -184,3 +184,48 @@ def test_request_durations_reach_the_histogram_in_bulk():
     assert lines[bucket.format("+Inf")] == 6
     assert abs(lines['edge_http_request_duration_seconds_sum{router="bulk-router"}'] - 20.2145) < 1e-9
     assert lines['edge_http_requests_total{code_class="5xx",entrypoint="http",router="bulk-router"}'] == 1
+
+
+def test_lean_dispatch_serves_requests_on_a_real_epoll_reactor():
+    """edge's own connections skip callWithLogger; requests still flow, other reactors are left alone."""
+    import socket
+
+    from twisted.internet.epollreactor import EPollReactor
+
+    from edge.http.proxy import lean_dispatch
+
+    assert not lean_dispatch(Clock())
+    reactor = EPollReactor()
+    config = Config(entrypoints=(EntryPoint("http", "tcp:0:interface=127.0.0.1"),))
+    publisher = SnapshotPublisher(reactor, debounce=0)
+    publisher.report("t", Snapshot.build(routers=[], services=[]))
+    service = HTTPService(config, publisher, reactor)
+    service.startService()
+    try:
+        assert "doIteration" in vars(reactor)  # installed by startService
+        assert not lean_dispatch(reactor)  # and only once
+        for _ in range(100):
+            if "http" in service.ports:
+                break
+            reactor.iterate(0.01)
+        port = service.ports["http"].getHost().port
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.setblocking(False)
+        answer = b""
+        for request in (1, 2):  # keep-alive: the second request on the same connection
+            client.sendall(b"GET /x HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+            for _ in range(500):
+                reactor.iterate(0.01)
+                try:
+                    answer += client.recv(65536)
+                except BlockingIOError:
+                    continue
+                if answer.count(b"404 page not found\n") == request:
+                    break
+        assert answer.count(b"HTTP/1.1 404 Not Found\r\n") == 2, answer
+        client.close()
+    finally:
+        service.stopService()
+        for _ in range(20):
+            reactor.iterate(0.01)
+        reactor.disconnectAll()

@@ -517,6 +517,10 @@ class ServerProtocol(Protocol):
             raise _Reject(505, "HTTP version not supported")
         if req.upgrade_value and req.connection_tokens and b"upgrade" in req.connection_tokens:
             req.upgrade = True
+        elif not req.chunked and not req.content_length:
+            # No body follows this head: an answer from edge itself (404,
+            # redirect, 401...) need not close the connection.
+            req.body_done = True
         if self._queue[0] is req:
             self._start(req)
 
