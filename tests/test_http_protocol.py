@@ -229,3 +229,32 @@ def test_lean_dispatch_serves_requests_on_a_real_epoll_reactor():
         for _ in range(20):
             reactor.iterate(0.01)
         reactor.disconnectAll()
+
+
+def test_pool_keeps_a_burst_of_idle_connections_until_the_sweep_trims_the_oldest():
+    from edge.http.pool import BackendPool
+
+    clock = Clock()
+    pool = BackendPool(clock, None, size=2)
+
+    class Conn:
+        connected = True
+
+        def __init__(self, name):
+            self.key = ("http", "10.9.9.9", 80)
+            self.name = name
+            self.transport = self
+            self.closed = False
+
+        def loseConnection(self):
+            self.closed = True
+
+    conns = [Conn(i) for i in range(5)]
+    for conn in conns:
+        pool.put(conn)
+        clock.advance(0.1)
+    assert pool.idle_count() == 5 and not any(c.closed for c in conns)  # a burst is kept
+    pool.sweep()
+    assert pool.idle_count() == 2
+    assert [c.closed for c in conns] == [True, True, True, False, False]  # oldest closed
+    assert pool.take(conns[0].key) is conns[4]  # newest reused first
