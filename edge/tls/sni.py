@@ -21,14 +21,32 @@ from dataclasses import dataclass
 from typing import Callable
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IHandshakeListener, IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from edge import metrics
 from edge.tls.store import CertifiedKey, normalize_name
+
+try:
+    # pyOpenSSL's cffi binding: the same OpenSSL calls its Connection makes,
+    # without an exception per "no data yet" (see _TLSServerProtocol).
+    from OpenSSL._util import ffi as _ffi, lib as _lib
+
+    _WANT_READ = _lib.SSL_ERROR_WANT_READ
+    _SSL_read, _SSL_write, _SSL_do_handshake = _lib.SSL_read, _lib.SSL_write, _lib.SSL_do_handshake
+    _SSL_get_error, _BIO_read, _BIO_write = _lib.SSL_get_error, _lib.BIO_read, _lib.BIO_write
+    _buffer_of = _ffi.buffer
+    # One scratch buffer for every connection: it is only touched on the
+    # reactor thread and its bytes are copied out before anything else runs.
+    _SCRATCH_SIZE = 2**16
+    _scratch = _ffi.new("char[]", _SCRATCH_SIZE)
+except (ImportError, AttributeError):  # pragma: no cover - another pyOpenSSL layout
+    _lib = None
 
 __all__ = [
     "TLSSettings",
@@ -233,6 +251,15 @@ class _TLSServerProtocol(TLSMemoryBIOProtocol):
         # ProtocolWrapper.makeConnection.
         self._tlsConnection = self.factory._creatorCallable(self)
         self._appSendBuffer = []
+        # A TLS exchange is several small writes in a row (a response, then
+        # close_notify; session tickets after the handshake): with Nagle's
+        # algorithm on, the second waits for the client's delayed ACK.
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass  # the socket is already gone; connectionLost follows
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
@@ -244,18 +271,125 @@ class _TLSServerProtocol(TLSMemoryBIOProtocol):
                 self.factory.handshake_timeout, self._handshake_timed_out
             )
 
-    def _flushSendBIO(self):
-        try:
-            data = self._tlsConnection.bio_read(2**17)
-        except SSL.WantReadError:
-            return
-        _send_now(self.transport, data)
+    if _lib is not None:
 
-    def dataReceived(self, data):
-        super().dataReceived(data)
-        if self._timeout is not None and self._handshakeDone:
-            self._timeout.cancel()
-            self._timeout = None
+        def _flushSendBIO(self):
+            # Everything OpenSSL has produced, in one write: pyOpenSSL's
+            # bio_read raises WantReadError when the BIO is empty and
+            # allocates a fresh buffer per call.
+            bio = self._tlsConnection._from_ssl
+            n = _BIO_read(bio, _scratch, _SCRATCH_SIZE)
+            if n <= 0:
+                return  # a memory BIO only fails when it is empty
+            data = _buffer_of(_scratch, n)[:]
+            while n == _SCRATCH_SIZE:
+                n = _BIO_read(bio, _scratch, _SCRATCH_SIZE)
+                if n <= 0:
+                    break
+                data += _buffer_of(_scratch, n)[:]
+            _send_now(self.transport, data)
+
+        def _checkHandshakeStatus(self):
+            if self._aborted:
+                return
+            connection = self._tlsConnection
+            ssl = connection._ssl
+            result = _SSL_do_handshake(ssl)
+            if result <= 0 and _SSL_get_error(ssl, result) == _WANT_READ:
+                self._flushSendBIO()
+                return
+            try:
+                # pyOpenSSL's own mapping: callback failures first, then the
+                # OpenSSL error (returns quietly on success).
+                connection._raise_ssl_error(ssl, result)
+            except SSL.WantReadError:
+                self._flushSendBIO()
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                self._handshakeDone = True
+                if IHandshakeListener.providedBy(self.wrappedProtocol):
+                    self.wrappedProtocol.handshakeCompleted()
+
+        def _flushReceiveBIO(self):
+            # TLSMemoryBIOProtocol's loop with SSL_read called directly: the
+            # final "no more data" is an error code, not a raised
+            # WantReadError, and the bytes land in the shared buffer.
+            while not self._lostTLSConnection:
+                connection = self._tlsConnection
+                ssl = connection._ssl
+                n = _SSL_read(ssl, _scratch, _SCRATCH_SIZE)
+                if n > 0:
+                    if not self._aborted:
+                        ProtocolWrapper.dataReceived(self, _buffer_of(_scratch, n)[:])
+                    continue
+                if _SSL_get_error(ssl, n) == _WANT_READ:
+                    break
+                try:
+                    connection._raise_ssl_error(ssl, n)
+                except SSL.WantReadError:
+                    break
+                except SSL.ZeroReturnError:
+                    # close_notify from the client: answer it, then close.
+                    self._shutdownTLS()
+                    self._tlsShutdownFinished(None)
+                except SSL.Error:
+                    self._tlsShutdownFinished(Failure())
+                else:
+                    break
+            self._flushSendBIO()
+
+        def _write(self, data):
+            if self._lostTLSConnection:
+                return
+            if not isinstance(data, bytes):
+                data = bytes(data)
+            ssl = self._tlsConnection._ssl
+            total = len(data)
+            sent = 0
+            while sent < total:
+                chunk = data[sent : sent + 16384] if sent or total > 16384 else data
+                n = _SSL_write(ssl, chunk, len(chunk))
+                if n <= 0:
+                    try:
+                        self._tlsConnection._raise_ssl_error(ssl, n)
+                    except SSL.WantReadError:
+                        self._bufferedWrite(data[sent:])
+                    except SSL.Error:
+                        self._tlsShutdownFinished(Failure())
+                    else:  # pragma: no cover - OpenSSL reported no error
+                        self._bufferedWrite(data[sent:])
+                    return
+                sent += n
+                self._flushSendBIO()
+
+        def dataReceived(self, data):
+            _BIO_write(self._tlsConnection._into_ssl, data, len(data))
+            if not self._handshakeDone:
+                self._checkHandshakeStatus()
+                if not self._handshakeDone:
+                    return
+                if self._timeout is not None:
+                    self._timeout.cancel()
+                    self._timeout = None
+            if self._appSendBuffer:
+                self._unbufferPendingWrites()
+            self._flushReceiveBIO()
+
+    else:  # pragma: no cover
+
+        def _flushSendBIO(self):
+            try:
+                data = self._tlsConnection.bio_read(2**17)
+            except SSL.WantReadError:
+                return
+            _send_now(self.transport, data)
+
+        def dataReceived(self, data):
+            super().dataReceived(data)
+            if self._timeout is not None and self._handshakeDone:
+                self._timeout.cancel()
+                self._timeout = None
 
     def _handshake_timed_out(self):
         self._timeout = None
