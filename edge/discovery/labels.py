@@ -385,6 +385,25 @@ def _headers_v2(reader: _Reader, opts: dict[str, tuple[str, str, str]]) -> Heade
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
+def _health_option(reader: "_Reader", label: str, key: str, value: str, health: dict) -> bool:
+    """Read one health-check option both label generations share; False if not one of them."""
+    if key == "path":
+        health["path"] = value.strip()
+    elif key == "interval":
+        health["interval"] = reader.duration(label, value, 30.0)
+    elif key == "timeout":
+        health["timeout"] = reader.duration(label, value, 5.0)
+    elif key == "port":
+        health["port"] = reader.port(label, value) or 0
+    elif key == "scheme":
+        health["scheme"] = reader.scheme(label, value)
+    elif key == "hostname":
+        health["hostname"] = value.strip()
+    else:
+        return False
+    return True
+
+
 def _valid_header_name(name: str) -> bool:
     return bool(_HEADER_NAME.match(name))
 
@@ -493,18 +512,8 @@ def _service_spec(
         elif opt.startswith("healthcheck."):
             health_label = health_label or label
             key = opt[len("healthcheck.") :]
-            if key == "path":
-                health["path"] = value.strip()
-            elif key == "interval":
-                health["interval"] = reader.duration(label, value, 30.0)
-            elif key == "timeout":
-                health["timeout"] = reader.duration(label, value, 5.0)
-            elif key == "port":
-                health["port"] = reader.port(label, value) or 0
-            elif key == "scheme":
-                health["scheme"] = reader.scheme(label, value)
-            elif key == "hostname":
-                health["hostname"] = value.strip()
+            if _health_option(reader, label, key, value, health):
+                pass
             elif key.startswith("headers.") and len(key) > len("headers."):
                 header = written.split(".", 2)[2]
                 if _valid_header_name(header):
@@ -912,18 +921,8 @@ def _v1_backend(reader: _Reader, opts: dict[str, tuple[str, str]]) -> dict:
         elif opt.startswith("healthcheck."):
             health_label = health_label or label
             key = opt[len("healthcheck.") :]
-            if key == "path":
-                health["path"] = value.strip()
-            elif key == "interval":
-                health["interval"] = reader.duration(label, value, 30.0)
-            elif key == "timeout":
-                health["timeout"] = reader.duration(label, value, 5.0)
-            elif key == "port":
-                health["port"] = reader.port(label, value) or 0
-            elif key == "scheme":
-                health["scheme"] = reader.scheme(label, value)
-            elif key == "hostname":
-                health["hostname"] = value.strip()
+            if _health_option(reader, label, key, value, health):
+                pass
             elif key == "headers":
                 health["headers"] = _v1_header_pairs(reader, label, value)
             else:
