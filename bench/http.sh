@@ -3,11 +3,11 @@
 #
 # Every proxy runs with one worker/thread (nginx worker_processes 1, haproxy
 # nbthread 1, caddy GOMAXPROCS=1, edge one process) in front of the same
-# nginx origin serving a 100-byte and a 1 MiB file. wrk drives each in turn:
-# small responses with 32 and 256 keep-alive connections, 1 MiB responses
-# with 8. Reported: req/s, p50/p99 latency, CPU microseconds per request
-# (utime+stime from /proc/PID/stat before and after), peak RSS (VmHWM), and
-# the ratios to nginx.
+# nginx origin serving a 100-byte and a 1 MiB file. wrk drives each scenario
+# against every proxy in turn: small responses with 32 and 256 keep-alive
+# connections, 1 MiB responses with 8. Reported: req/s, p50/p99 latency, CPU
+# microseconds per request (utime+stime from /proc/PID/stat before and
+# after), peak RSS so far (VmHWM), and the ratios to nginx.
 #
 #   bash bench/http.sh                 # 5 s per run
 #   SECONDS_PER_RUN=10 bash bench/http.sh
@@ -132,11 +132,16 @@ measure() {  # measure PROXY SCENARIO CONNECTIONS PATH
         "$name" "$scenario" "$rps" "$p50" "$p99" "$cpu_us" "${errors:-}" >&2
 }
 
+# All proxies run side by side (idle ones cost nothing) and each scenario
+# measures them one after the other, so the figures compared in a row were
+# taken within a minute of each other on a machine whose load drifts.
 for proxy in $PROXIES; do
     start_proxy "$proxy"
-    measure "$proxy" small-32 32 /small
-    measure "$proxy" small-256 256 /small
-    measure "$proxy" 1MiB-8 8 /big
+done
+for scenario in "small-32 32 /small" "small-256 256 /small" "1MiB-8 8 /big"; do
+    for proxy in $PROXIES; do
+        measure "$proxy" $scenario
+    done
 done
 
 echo
