@@ -229,8 +229,10 @@ def _send_now(transport, data: bytes) -> None:
 
 class _TLSServerProtocol(TLSMemoryBIOProtocol):
     """
-    Twisted's TLS transport with a handshake deadline, failure logging and
-    immediate sends.
+    Twisted's TLS transport with a handshake deadline, failure logging,
+    immediate sends, ``TCP_NODELAY``, and OpenSSL called through pyOpenSSL's
+    binding on the hot paths (an empty read is an error code, not a raised
+    ``WantReadError``; ``tests/test_tls_transport.py`` pins the behaviour).
 
     Not :class:`~twisted.protocols.tls.BufferingTLSTransport`: its write
     aggregation costs a reactor turn per response, and edge's HTTP/1.1 proxy
