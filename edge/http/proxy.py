@@ -219,7 +219,8 @@ def lean_dispatch(reactor) -> bool:
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if selectable.__class__ in plain and selectable.protocol.__class__ in ours:
+            # (A closed tcp.Connection has no .protocol; it is never registered then.)
+            if selectable.__class__ in plain and getattr(selectable, "protocol", None).__class__ in ours:
                 try:
                     drdw(selectable, fd, event)
                 except Exception:
