@@ -29,6 +29,29 @@ def sticky_value(target: Target) -> str:
     return hashlib.sha1(target.id.encode("utf-8")).hexdigest()[:16]
 
 
+def sticky_cookie(headers, name: bytes) -> str | None:
+    """The value of cookie ``name`` in raw ``(name, value)`` request headers, if any."""
+    for k, v in headers:
+        if k.lower() == b"cookie":
+            for part in v.split(b";"):
+                key, sep, value = part.strip().partition(b"=")
+                if sep and key == name:
+                    return value.strip().decode("latin-1")
+    return None
+
+
+def set_sticky_cookie(sticky, target: Target) -> bytes:
+    """The ``Set-Cookie`` value that pins a client to ``target``."""
+    value = f"{sticky.name}={sticky_value(target)}; Path=/"
+    if sticky.http_only:
+        value += "; HttpOnly"
+    if sticky.secure:
+        value += "; Secure"
+    if sticky.same_site:
+        value += f"; SameSite={sticky.same_site}"
+    return value.encode("latin-1")
+
+
 class HealthRegistry:
     """
     Which targets to avoid, and until when.

@@ -21,11 +21,10 @@ design), then streamed to the backend.
 from __future__ import annotations
 
 import weakref
-from typing import Optional
 
 from twisted.application.service import Service
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, TimeoutError
 from twisted.internet.protocol import Protocol
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
@@ -52,7 +51,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from edge.http.balancer import sticky_value, target_key
+from edge.http.balancer import set_sticky_cookie, sticky_cookie, sticky_value, target_key
 from edge.http.middlewares import Reply
 
 __all__ = ["H2Bridge"]
@@ -359,7 +358,7 @@ class H2Bridge(Service):
         cookie = None
         sticky = balancer.sticky
         if sticky is not None and not call.tried:
-            cookie = _cookie(call.headers, sticky.name.encode("latin-1"))
+            cookie = sticky_cookie(call.headers, sticky.name.encode("latin-1"))
         target = balancer.pick(call.tried, cookie)
         if target is None:
             if call.tried:
@@ -368,7 +367,7 @@ class H2Bridge(Service):
                 self._error(request, call, 503, b"Service Unavailable", "no healthy targets")
             return
         if sticky is not None and (cookie is None or cookie != sticky_value(target)):
-            call.set_cookie = _set_cookie(sticky, target)
+            call.set_cookie = set_sticky_cookie(sticky, target)
         call.tried.add(balancer.index(target))
 
         trusted = call.factory.proxy.is_trusted(call.client_ip)
@@ -529,22 +528,3 @@ class _Abort(Protocol):
         pass
 
 
-def _cookie(headers, name: bytes) -> Optional[str]:
-    for k, v in headers:
-        if k.lower() == b"cookie":
-            for part in v.split(b";"):
-                key, sep, value = part.strip().partition(b"=")
-                if sep and key == name:
-                    return value.strip().decode("latin-1")
-    return None
-
-
-def _set_cookie(sticky, target) -> bytes:
-    value = f"{sticky.name}={sticky_value(target)}; Path=/"
-    if sticky.http_only:
-        value += "; HttpOnly"
-    if sticky.secure:
-        value += "; Secure"
-    if sticky.same_site:
-        value += f"; SameSite={sticky.same_site}"
-    return value.encode("latin-1")

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from edge.http.balancer import sticky_value, target_key
+from edge.http.balancer import set_sticky_cookie, sticky_cookie, target_key
 from edge.http.middlewares import Reply
 
 __all__ = ["ServerProtocol", "BackendProtocol", "ProxyFactory", "Proxy", "lean_dispatch"]
@@ -650,7 +650,7 @@ class ServerProtocol(Protocol):
         cookie = None
         sticky = balancer.sticky
         if sticky is not None and not req.tried:
-            cookie = _cookie_value(req.headers, sticky.name.encode("latin-1"))
+            cookie = sticky_cookie(req.headers, sticky.name.encode("latin-1"))
         index = balancer.pick_index(req.tried, cookie)
         if index is None:
             if req.tried:
@@ -660,7 +660,7 @@ class ServerProtocol(Protocol):
             return
         target = balancer.targets[index]
         if sticky is not None and (cookie is None or cookie != balancer.cookies[index]):
-            req.set_cookie = _set_cookie(sticky, target)
+            req.set_cookie = set_sticky_cookie(sticky, target)
         req.tried.add(index)
         req.target_url = balancer.urls[index]
         key = balancer.keys[index]
@@ -902,27 +902,6 @@ class _Detached:
 
     def dataReceived(self, data):
         pass
-
-
-def _cookie_value(headers, name: bytes) -> str | None:
-    for k, v in headers:
-        if k.lower() == b"cookie":
-            for part in v.split(b";"):
-                key, sep, value = part.strip().partition(b"=")
-                if sep and key == name:
-                    return value.strip().decode("latin-1")
-    return None
-
-
-def _set_cookie(sticky, target) -> bytes:
-    value = f"{sticky.name}={sticky_value(target)}; Path=/"
-    if sticky.http_only:
-        value += "; HttpOnly"
-    if sticky.secure:
-        value += "; Secure"
-    if sticky.same_site:
-        value += f"; SameSite={sticky.same_site}"
-    return value.encode("latin-1")
 
 
 class BackendProtocol(Protocol):
