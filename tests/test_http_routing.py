@@ -14,10 +14,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from edge.discovery.rule_parser import parse_any
-
-
-def parse_rule(text):
-    return parse_any(text)[0]
 from edge.http import htpasswd
 from edge.http.balancer import Balancer, HealthRegistry, sticky_value, target_key
 from edge.http.middlewares import Reply, compile_middlewares
@@ -26,6 +22,10 @@ from edge.snapshot import (
     BackendService, BasicAuth, Headers, IPAllowList, RedirectScheme, Router, Snapshot,
     StickyCookie, StripPrefix, Target,
 )
+
+
+def parse_rule(text):
+    return parse_any(text)[0]
 
 
 def router(name, rule_text, service=None, **kw) -> Router:
@@ -92,6 +92,15 @@ def test_wildcards_regexps_methods_headers_not_query_and_client_ip():
     assert name_of(t, b"i.test", ip="10.1.2.3") == "ip"
     assert name_of(t, b"i.test", ip="192.168.1.1") is None
     assert name_of(t, b"v1.test", b"/x/y") == "v1"
+
+
+def test_host_longer_than_any_dns_name_matches_nothing_and_is_not_cached():
+    t = table(router("any", "HostRegexp(`.+`)"), router("a", "Host(`a.test`)"))
+    longest = (b"a" * 60 + b".") * 4 + b"test"  # 248 characters, a valid name
+    assert name_of(t, longest) == "any"
+    flood = b"a" * 5000 + b".test"
+    assert name_of(t, flood) is None
+    assert flood not in t._raw
 
 
 def test_entry_points_bind_routers():

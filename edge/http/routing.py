@@ -275,6 +275,11 @@ class RoutingTable:
         """
         known = self._raw.get(host)
         if known is None:
+            if len(host) > _MAX_HOST:
+                # No DNS name is this long: nothing to match, and nothing worth
+                # caching (a flood of long hosts must not fill memory or feed
+                # host regexps large inputs).
+                return None
             host_s = normalize_host(host)
             known = (host_s, self.candidates(host_s))
             if len(self._raw) > 10000:
@@ -294,6 +299,11 @@ class RoutingTable:
             if route.matcher(context):
                 return route
         return None
+
+
+# A DNS name is at most 253 characters; with a port and brackets a Host header
+# that names one stays under this.
+_MAX_HOST = 262
 
 
 def normalize_host(host: bytes) -> str:
