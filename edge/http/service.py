@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from bisect import bisect_left
 from collections import defaultdict
-from dataclasses import dataclass
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -21,7 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from edge import metrics
-from edge.config import Config, EntryPoint, HTTPConfig
+from edge.config import Config, EntryPoint
 from edge.http.accesslog import open_access_log
 from edge.http.balancer import HealthChecks, HealthRegistry, build_balancers, target_key
 from edge.http.pool import BackendPool
@@ -29,34 +28,7 @@ from edge.http.proxy import BackendProtocol, Proxy, ProxyFactory, lean_dispatch
 from edge.http.routing import RoutingTable
 from edge.snapshot import Snapshot
 
-__all__ = ["Limits", "HTTPService", "make_http_service", "wrap_tls", "endpoint_port"]
-
-
-@dataclass(frozen=True)
-class Limits:
-    client_idle_timeout: float = 180.0
-    request_header_timeout: float = 30.0
-    backend_response_timeout: float = 60.0
-    max_request_line: int = 8192
-    max_header_count: int = 100
-    max_header_bytes: int = 65536
-    max_body_bytes: int = 0
-
-    @property
-    def max_head_bytes(self) -> int:
-        # Bytes read while a head is incomplete; bounds what the parser buffers.
-        return self.max_header_bytes + self.max_request_line + 65536
-
-    @classmethod
-    def from_config(cls, http: HTTPConfig) -> "Limits":
-        return cls(
-            client_idle_timeout=http.client_idle_timeout,
-            request_header_timeout=http.request_header_timeout,
-            backend_response_timeout=http.backend_response_timeout,
-            max_header_count=http.max_header_count,
-            max_header_bytes=http.max_header_bytes,
-            max_body_bytes=http.max_body_bytes,
-        )
+__all__ = ["HTTPService", "make_http_service", "wrap_tls", "endpoint_port"]
 
 
 class Stats:
@@ -177,7 +149,7 @@ class HTTPService(Service):
         )
         self.stats = Stats()
         self.access_log = None
-        self.proxy = Proxy(reactor, Limits.from_config(http), self.pool, self.health,
+        self.proxy = Proxy(reactor, http, self.pool, self.health,
                            http.trusted_proxies, None, self.stats)
         self.checks = HealthChecks(reactor, self.health, self._probe)
         self.factories: dict[str, ProxyFactory] = {}
