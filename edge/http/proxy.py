@@ -59,6 +59,9 @@ _REASONS = {
 }
 
 # Phases of a client connection, for timeouts.
+# The request line is not configurable: 8 KiB is what nginx and Traefik allow.
+MAX_REQUEST_LINE = 8192
+
 _IDLE, _HEAD, _ROUTING, _BACKEND, _TUNNEL, _CLOSED = range(6)
 
 # How a response body travels to the client.
@@ -270,7 +273,9 @@ class ServerProtocol(Protocol):
         proxy = factory.proxy
         self._proxy = proxy
         self._reactor = proxy.reactor
-        self._limits = proxy.limits
+        self._limits = limits = proxy.limits
+        # Bytes read while a head is incomplete; bounds what the parser buffers.
+        self._max_head_bytes = limits.max_header_bytes + MAX_REQUEST_LINE + 65536
         self._scheme = factory.scheme
         self._identify()
         self._since = self._reactor.seconds()
@@ -398,7 +403,7 @@ class ServerProtocol(Protocol):
         self._since = self._reactor.seconds()
         if self._phase == _HEAD or self._phase == _IDLE:
             self._head_bytes += len(data)
-            if self._head_bytes > self._limits.max_head_bytes:
+            if self._head_bytes > self._max_head_bytes:
                 self._reject(431, "request head too large")
                 return
         try:
@@ -460,7 +465,7 @@ class ServerProtocol(Protocol):
     def on_url(self, url: bytes):
         req = self._parsing
         req.target += url
-        if len(req.target) > self._limits.max_request_line:
+        if len(req.target) > MAX_REQUEST_LINE:
             raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes):
@@ -1017,18 +1022,7 @@ class BackendProtocol(Protocol):
             return
         server._backend = None
         req.conn = None
-        if self.head_sent:
-            req.error = cause
-            server._log.warn("Router {router}: {cause}", router=req.route.router, cause=cause)
-            server._proxy.record(server, req)
-            server._close(abort=True)
-        else:
-            server._error(req, 502, cause)
-            server._closing = server._closing or not req.body_done
-            if server._closing:
-                server._close()
-            else:
-                server._flush()
+        self._give_up(server, req, cause)
 
     # -- httptools callbacks ---------------------------------------------
 
@@ -1217,9 +1211,10 @@ class BackendProtocol(Protocol):
             server._flush()
             return
         cause = reason.getErrorMessage() if reason is not None else "connection lost"
-        self._fail_after_loss(server, req, f"{req.target_url} closed the connection: {cause}")
+        self._give_up(server, req, f"{req.target_url} closed the connection: {cause}")
 
-    def _fail_after_loss(self, server, req, cause):
+    def _give_up(self, server, req, cause):
+        """The exchange failed: 502 if nothing was sent yet, else cut the client off."""
         if self.head_sent:
             req.error = cause
             server._log.warn("Router {router}: {cause}", router=req.route.router, cause=cause)
@@ -1227,7 +1222,8 @@ class BackendProtocol(Protocol):
             server._close(abort=True)
         else:
             server._error(req, 502, cause)
-            if not req.body_done:
+            server._closing = server._closing or not req.body_done
+            if server._closing:
                 server._close()
             else:
                 server._flush()
