@@ -150,6 +150,22 @@ class Balancer:
             return False
         return True
 
+    def choose(self, tried, headers) -> tuple[int | None, bytes | None]:
+        """
+        The target index for a request and the ``Set-Cookie`` it needs, if any.
+
+        ``tried`` holds indexes already tried; the sticky cookie is honoured
+        on the first try only.  ``(None, None)`` when no target is left.
+        """
+        sticky = self.sticky
+        cookie = None
+        if sticky is not None and not tried:
+            cookie = sticky_cookie(headers, sticky.name.encode("latin-1"))
+        index = self.pick_index(tried, cookie)
+        if index is None or sticky is None or cookie == self.cookies[index]:
+            return index, None
+        return index, set_sticky_cookie(sticky, self.targets[index])
+
     def pick(self, exclude=(), cookie: str | None = None) -> Target | None:
         """The next target to try (see :meth:`pick_index`), or None."""
         i = self.pick_index(exclude, cookie)

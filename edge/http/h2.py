@@ -51,7 +51,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from edge.http.balancer import set_sticky_cookie, sticky_cookie, sticky_value, target_key
+from edge.http.balancer import target_key
 from edge.http.middlewares import Reply
 
 __all__ = ["H2Bridge"]
@@ -355,20 +355,17 @@ class H2Bridge(Service):
         if balancer is None or not len(balancer):
             self._error(request, call, 503, b"Service Unavailable", "no running targets")
             return
-        cookie = None
-        sticky = balancer.sticky
-        if sticky is not None and not call.tried:
-            cookie = sticky_cookie(call.headers, sticky.name.encode("latin-1"))
-        target = balancer.pick(call.tried, cookie)
-        if target is None:
+        index, set_cookie = balancer.choose(call.tried, call.headers)
+        if index is None:
             if call.tried:
                 self._error(request, call, 502, b"Bad Gateway", "no target accepted the connection")
             else:
                 self._error(request, call, 503, b"Service Unavailable", "no healthy targets")
             return
-        if sticky is not None and (cookie is None or cookie != sticky_value(target)):
-            call.set_cookie = set_sticky_cookie(sticky, target)
-        call.tried.add(balancer.index(target))
+        if set_cookie is not None:
+            call.set_cookie = set_cookie
+        target = balancer.targets[index]
+        call.tried.add(index)
 
         trusted = call.factory.proxy.is_trusted(call.client_ip)
         out = Headers()

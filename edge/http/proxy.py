@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from edge.http.balancer import set_sticky_cookie, sticky_cookie, target_key
+from edge.http.balancer import target_key
 from edge.http.middlewares import Reply
 
 __all__ = ["ServerProtocol", "BackendProtocol", "ProxyFactory", "Proxy", "lean_dispatch"]
@@ -652,20 +652,16 @@ class ServerProtocol(Protocol):
         if balancer is None or not len(balancer):
             self._error(req, 503, "no running targets")
             return
-        cookie = None
-        sticky = balancer.sticky
-        if sticky is not None and not req.tried:
-            cookie = sticky_cookie(req.headers, sticky.name.encode("latin-1"))
-        index = balancer.pick_index(req.tried, cookie)
+        index, set_cookie = balancer.choose(req.tried, req.headers)
         if index is None:
             if req.tried:
                 self._error(req, 502, "no target accepted the connection")
             else:
                 self._error(req, 503, "no healthy targets")
             return
+        if set_cookie is not None:
+            req.set_cookie = set_cookie
         target = balancer.targets[index]
-        if sticky is not None and (cookie is None or cookie != balancer.cookies[index]):
-            req.set_cookie = set_sticky_cookie(sticky, target)
         req.tried.add(index)
         req.target_url = balancer.urls[index]
         key = balancer.keys[index]
