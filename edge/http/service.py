@@ -34,8 +34,7 @@ __all__ = ["HTTPService", "make_http_service", "wrap_tls", "endpoint_port"]
 class Stats:
     """Per-request counts gathered in dicts, pushed to Prometheus once a tick."""
 
-    _BOUNDS = tuple(metrics.http_request_duration._kwargs.get("buckets") or ()) or (
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+    _BOUNDS = metrics.HTTP_DURATION_BUCKETS
 
     def __init__(self):
         self._requests: dict[tuple, int] = defaultdict(int)
