@@ -31,6 +31,7 @@ __all__ = [
     "Config",
     "load",
     "parse",
+    "validate",
     "default_docker_url",
     "check_endpoint",
 ]
@@ -363,6 +364,11 @@ def parse(document: dict, source: str = "") -> Config:
     config = dataclasses.replace(rest, **kwargs)
     _check(config, reader)
     return config
+
+
+def validate(config: Config, source: str = "") -> None:
+    """Raise :class:`ConfigError` unless ``config`` passes the checks a file gets."""
+    _check(config, _Reader(source))
 
 
 def _check(config: Config, reader: _Reader) -> None:

@@ -136,7 +136,7 @@ def apply_flags(config: _config.Config, options) -> _config.Config:
         log=log,
     )
     # Validate the result the same way as a file.
-    _config._check(merged, _config._Reader(config.source or "command line"))
+    _config.validate(merged, config.source or "command line")
     return merged
 
 
