@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 NETNS ?= edge-test
+# Each concurrent `make test` on one machine needs its own NETNS and TEST_ROOT.
+TEST_ROOT ?= /tmp/$(NETNS)
+TEST_DOCKER := unix://$(TEST_ROOT)/docker.sock
+export EDGE_TEST_NETNS := $(NETNS)
+export EDGE_TEST_ROOT := $(TEST_ROOT)
 CONFIG ?= config/edge.toml
 PYTEST_ARGS ?=
 
@@ -45,14 +50,14 @@ testbed-down:
 # The whole suite runs inside the test engine's network namespace: overlay
 # task addresses are unreachable from there and nothing can leave the machine.
 test: system-deps test-deps testbed-up
-	DOCKER_HOST=unix:///tmp/edge-test/docker.sock EDGE_TEST_NETNS=$(NETNS) \
+	DOCKER_HOST=$(TEST_DOCKER) EDGE_TEST_NETNS=$(NETNS) \
 		ip netns exec $(NETNS) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Builds edge's image on the test engine (base made locally, wheels from the
 # host) and deploys config/edge-stack.yml; a few minutes, so not in `test`.
 test-image: system-deps test-deps testbed-up
-	image=$$(DOCKER_HOST=unix:///tmp/edge-test/docker.sock bash tests/testbed/image.sh) && \
-	DOCKER_HOST=unix:///tmp/edge-test/docker.sock EDGE_TEST_NETNS=$(NETNS) EDGE_IMAGE=$$image \
+	image=$$(DOCKER_HOST=$(TEST_DOCKER) bash tests/testbed/image.sh) && \
+	DOCKER_HOST=$(TEST_DOCKER) EDGE_TEST_NETNS=$(NETNS) EDGE_IMAGE=$$image \
 		ip netns exec $(NETNS) $(BIN)/python -m pytest tests/test_image.py $(PYTEST_ARGS)
 
 unit: test-deps
