@@ -178,6 +178,23 @@ class Node:
     state: str = "ready"
     availability: str = "active"
     leader: bool = False
+    # Managers: swarm's ManagerStatus.Reachability ("reachable", "unreachable");
+    # "" for workers and for nodes not from swarm.
+    reachability: str = ""
+
+    @property
+    def reachable(self) -> bool:
+        """Swarm can reach the node: not ``down``, not an ``unreachable`` manager.
+
+        Swarm marks a stopped manager unreachable within a second but down only
+        10-14 s later; its tasks keep reading ``running`` meanwhile.
+        """
+        return self.state != "down" and self.reachability != "unreachable"
+
+    @property
+    def serving(self) -> bool:
+        """Ready, active (not drained or paused) and reachable: fit to be answered."""
+        return self.state == "ready" and self.availability == "active" and self.reachable
 
 
 @dataclass(frozen=True)

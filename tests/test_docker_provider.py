@@ -66,6 +66,10 @@ class FakeSource:
         self.pending: list[Deferred] = []
         self.hold = False
         self.started = self.stopped = False
+        self.polls = 0
+        self.poll_down: Exception | None = None
+        self.poll_hold = False
+        self.poll_pending: list[Deferred] = []
 
     def start(self):
         self.started = True
@@ -82,6 +86,18 @@ class FakeSource:
             self.pending.append(d)
             return d
         return succeed((self.state, SelfFacts()))
+
+    def poll(self):
+        from edge.discovery.poll import digest
+
+        self.polls += 1
+        if self.down or self.poll_down:
+            return fail(self.down or self.poll_down)
+        if self.poll_hold:
+            d = Deferred()
+            self.poll_pending.append(d)
+            return d
+        return succeed((self.state.tasks, self.state.nodes, digest(self.state.tasks, self.state.nodes)))
 
     def release(self):
         d = self.pending.pop(0)
@@ -119,7 +135,7 @@ def tasks(*ids, moving=False):
 
 
 class Harness:
-    def __init__(self, min_interval=0.0, **config):
+    def __init__(self, min_interval=0.0, poll_interval=0.0, build=fake_build, **config):
         self.clock = task.Clock()
         self.source = FakeSource()
         self.publisher = SnapshotPublisher(self.clock, debounce=0)
@@ -132,7 +148,8 @@ class Harness:
             backoff=Backoff(initial=0.5, maximum=8.0, jitter=0.0),
             burst=(0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0),
             min_interval=min_interval,
-            build=fake_build,
+            build=build,
+            poll_interval=poll_interval,
         )
         self.provider._log = Logger(observer=self.logged.append)
 

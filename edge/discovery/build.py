@@ -88,6 +88,12 @@ def _default_reader() -> LabelReader:
     return read_labels
 
 
+def _compose_source(labels: dict, fallback: str) -> str:
+    from edge.discovery.labels import compose_source as name
+
+    return name(labels, fallback)
+
+
 def _default_middleware_reader() -> LabelReader:
     from edge.discovery.labels import read_middlewares
 
@@ -310,6 +316,7 @@ class _Builder:
                 state=_get(raw, "Status", "State", default="unknown"),
                 availability=_get(raw, "Spec", "Availability", default="active"),
                 leader=bool(_get(raw, "ManagerStatus", "Leader", default=False)),
+                reachability=_get(raw, "ManagerStatus", "Reachability", default=""),
             )
 
     # -- swarm services
@@ -317,6 +324,10 @@ class _Builder:
     def read_services(self) -> None:
         tasks_by_service: dict[str, list[dict]] = defaultdict(list)
         for task in running_tasks(self.state.tasks):
+            node = self.nodes.get(task.get("NodeID", ""))
+            if node is not None and not node.reachable:
+                # Its State stays "running" because the node cannot report.
+                continue
             tasks_by_service[task.get("ServiceID", "")].append(task)
         for raw in sorted(self.state.services, key=lambda s: _get(s, "Spec", "Name", default="")):
             name = _get(raw, "Spec", "Name", default="")
@@ -452,7 +463,9 @@ class _Builder:
                 label="lb_swarm",
             )
         targets = []
+        unaddressed = []
         for task in tasks:
+            found = len(targets)
             for attachment in task.get("NetworksAttachments") or ():
                 if _get(attachment, "Network", "ID") != network_id:
                     continue
@@ -468,6 +481,15 @@ class _Builder:
                             node_id=task.get("NodeID", ""),
                         )
                     )
+            if len(targets) == found:
+                unaddressed.append(task.get("ID", "")[:12])
+        if unaddressed:
+            self.problem(
+                source,
+                f"{spec.name}: task(s) {', '.join(sorted(unaddressed))} not routed: no address"
+                f" on network {self.networks.name(network_id)!r}",
+                label="network",
+            )
         return tuple(targets)
 
     def published_targets(self, source, spec, tasks, ports, port) -> tuple[Target, ...]:
@@ -483,8 +505,13 @@ class _Builder:
             return ()
         host_mode = any(p.mode == "host" for p in matching)
         ingress = next((p for p in matching if p.mode != "host" and p.published_port), None)
+        # A fixed host-mode port from the spec: the port a task listens on when its
+        # PortStatus is missing (tasks re-registered after a leader election).
+        fixed = {p.published_port for p in matching if p.mode == "host" and p.published_port}
+        fixed_host = fixed.pop() if len(fixed) == 1 else 0
         targets = []
         missing_nodes = set()
+        unaddressed = []
         for task in tasks:
             node_id = task.get("NodeID", "")
             node = self.nodes.get(node_id)
@@ -502,8 +529,12 @@ class _Builder:
                     ):
                         published = int(p["PublishedPort"])
                         break
+            if not published and host_mode:
+                published = fixed_host
             if not published and ingress is not None:
                 published = ingress.published_port
+            if not published:
+                unaddressed.append(task.get("ID", "")[:12])
             if published:
                 targets.append(
                     Target(
@@ -521,6 +552,13 @@ class _Builder:
                 f"{spec.name}: no address known for node(s) {', '.join(sorted(missing_nodes))}",
                 label="network",
             )
+        if unaddressed:
+            self.problem(
+                source,
+                f"{spec.name}: task(s) {', '.join(sorted(unaddressed))} not routed: swarm reports"
+                f" no published port for {port} and the service publishes no fixed host port",
+                label="network",
+            )
         return tuple(targets)
 
     # -- plain containers
@@ -534,7 +572,9 @@ class _Builder:
             if self.me.container_id and raw.get("Id") == self.me.container_id:
                 continue
             names = raw.get("Names") or [raw.get("Id", "")[:12]]
-            source = labels.get(COMPOSE_SERVICE_LABEL) or names[0].lstrip("/")
+            # Traefik's name for a compose container is <service>_<project>:
+            # two projects' "web" services must stay two load balancers.
+            source = _compose_source(labels, names[0].lstrip("/"))
             config = self.routing_labels(source, labels)
             if config is None:
                 continue

@@ -28,6 +28,7 @@ from twisted.python.threadpool import ThreadPool
 
 from edge.config import DockerConfig
 from edge.discovery.build import DockerState, SelfFacts
+from edge.discovery.poll import read_tasks_nodes
 from edge.snapshot import Problem
 
 __all__ = [
@@ -243,6 +244,7 @@ class DockerSource:
         self._pool = ThreadPool(minthreads=1, maxthreads=pool_size, name="edge-docker")
         self._client_factory = client_factory or (lambda: api_client(config.url, config.timeout))
         self._client = None
+        self._poll_client = None
         self._watches: set[EventWatch] = set()
         self._container_id = detect_container_id()
         self._in_container = bool(self._container_id) or os.path.exists("/.dockerenv")
@@ -266,6 +268,19 @@ class DockerSource:
             return read_state(
                 self._get_client(), self.config, self._container_id, self._in_container
             )
+
+        return deferToThreadPool(self._reactor, self._pool, work)
+
+    def poll(self) -> Deferred:
+        """Fires with ``(tasks, nodes, digest)``: the cheap read of :mod:`edge.discovery.poll`.
+
+        Its own client, so a poll and a full sync never share one HTTP session.
+        """
+
+        def work():
+            if self._poll_client is None:
+                self._poll_client = self._client_factory()
+            return read_tasks_nodes(self._poll_client)
 
         return deferToThreadPool(self._reactor, self._pool, work)
 

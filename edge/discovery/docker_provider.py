@@ -10,13 +10,21 @@ DockerSource`, or a fake in tests):
   queued) and starts a short burst of follow-up syncs, because no event says
   a task reached ``running``; later ticks of the burst run only while some
   service is still converging;
+- a cheap read of ``/tasks`` and ``/nodes`` every ``poll_interval``
+  (:mod:`edge.discovery.poll`) catches what swarm sends no event for (a task
+  dying or starting on another node, a manager becoming unreachable); it
+  rebuilds only when what it read changed;
 - a slow periodic re-sync is the safety net behind the stream;
+- :class:`~edge.discovery.memory.ClusterMemory` rides out a leader election
+  (nodes reading ``unknown``, tasks without ``PortStatus``);
 - any failure (daemon gone, socket removed, timeout, stream closed) keeps the
   last good snapshot, is logged once, and reconnects with capped exponential
   back-off with jitter; recovery is logged too.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -27,8 +35,10 @@ from edge import metrics
 from edge.config import DockerConfig
 from edge.discovery.backoff import Backoff
 from edge.discovery.build import build_snapshot, converging
+from edge.discovery.memory import ClusterMemory
+from edge.discovery.poll import digest
 
-__all__ = ["DockerProvider", "BURST", "MIN_INTERVAL"]
+__all__ = ["DockerProvider", "BURST", "MIN_INTERVAL", "POLL_INTERVAL"]
 
 # Seconds after an event at which to sync again while tasks converge.
 # The first ticks are close: a task usually reports running a few hundred
@@ -39,6 +49,9 @@ _ALWAYS = 2.0
 # Least time between the starts of two syncs: a busy swarm sends events in a
 # steady stream, and each full read costs ~15 ms of CPU even when small.
 MIN_INTERVAL = 0.2
+# Seconds between two cheap reads of /tasks and /nodes; 0 turns them off.
+# Each costs ~ms per hundred tasks (bench/task_reads.py), a rebuild only on change.
+POLL_INTERVAL = 0.5
 
 
 def _describe(reason) -> str:
@@ -64,6 +77,7 @@ class DockerProvider(Service):
         burst: tuple[float, ...] = BURST,
         build=build_snapshot,
         min_interval: float = MIN_INTERVAL,
+        poll_interval: float = POLL_INTERVAL,
     ):
         self.config = config
         self._publisher = publisher
@@ -77,6 +91,16 @@ class DockerProvider(Service):
         self._burst = burst
         self._build = build
         self._min_interval = min_interval
+        self._poll_interval = poll_interval
+        self._poll_call = None
+        self._polling = False
+        self._memory = ClusterMemory()
+        # The last full read (remembered facts applied) and its digest: a poll
+        # replaces its tasks and nodes.
+        self._full = None
+        self._digest: int | None = None
+        # Bumped when a full sync starts: a poll that began before it is stale.
+        self._sync_count = 0
         self._last_sync_start: float | None = None
         self._delayed_sync = None
         self._watch = None
@@ -107,7 +131,7 @@ class DockerProvider(Service):
     def stopService(self):
         self._stopping = True
         self.connected = False
-        for call in [self._retry, self._resync, self._delayed_sync, *self._burst_calls]:
+        for call in [self._retry, self._resync, self._delayed_sync, self._poll_call, *self._burst_calls]:
             if call is not None and call.active():
                 call.cancel()
         self._burst_calls = []
@@ -174,7 +198,7 @@ class DockerProvider(Service):
             if call.active():
                 call.cancel()
         self._burst_calls = []
-        for call in (self._resync, self._delayed_sync):
+        for call in (self._resync, self._delayed_sync, self._poll_call):
             if call is not None and call.active():
                 call.cancel()
         if self._retry is None or not self._retry.active():
@@ -200,6 +224,7 @@ class DockerProvider(Service):
             self._delayed_sync.cancel()
         self._last_sync_start = now
         self._syncing = True
+        self._sync_count += 1
         self._again = False
         d: Deferred = self._source.sync()
         d.addCallbacks(self._synced, self._sync_failed, (self._connection,), None, (self._connection,))
@@ -220,14 +245,12 @@ class DockerProvider(Service):
             self._again = self._again or (connection != self._connection)
             return
         state, me = result
-        try:
-            snapshot = self._build(state, self.config, me)
-        except Exception:
-            # A bug or an API shape we did not expect: keep the last good view.
-            self._log.failure("Building the Docker snapshot failed; keeping the last one")
-            self._publisher.report_error("docker", "snapshot build failed (see log)")
+        state = self._memory.apply(state)
+        if not self._publish(state, me):
             return
-        self._publisher.report("docker", snapshot)
+        self._full = (state, me)
+        self._digest = digest(state.tasks, state.nodes) if state.swarm else None
+        self._schedule_poll()
         metrics.discovery_syncs.labels("docker").inc()
         if self._event_at is not None:
             lag = self._reactor.seconds() - self._event_at
@@ -259,6 +282,74 @@ class DockerProvider(Service):
         if self._resync is not None and self._resync.active():
             self._resync.cancel()
         self._resync = self._reactor.callLater(self.config.resync_interval, self.sync)
+
+    def _publish(self, state, me) -> bool:
+        try:
+            snapshot = self._build(state, self.config, me)
+        except Exception:
+            # A bug or an API shape we did not expect: keep the last good view.
+            self._log.failure("Building the Docker snapshot failed; keeping the last one")
+            self._publisher.report_error("docker", "snapshot build failed (see log)")
+            return False
+        self._publisher.report("docker", snapshot)
+        if self._memory.patched_nodes or self._memory.patched_tasks:
+            self._log.info(
+                "Swarm read {nodes} node(s) as unknown and {tasks} task(s) without ports;"
+                " kept their last known state and ports",
+                nodes=self._memory.patched_nodes,
+                tasks=self._memory.patched_tasks,
+            )
+        return True
+
+    # -- polling tasks and nodes
+
+    def _schedule_poll(self) -> None:
+        if self._poll_interval <= 0 or self._full is None or not self._full[0].swarm:
+            return
+        if self._polling or (self._poll_call is not None and self._poll_call.active()):
+            return
+        if self._stopping or not self.connected:
+            return
+        self._poll_call = self._reactor.callLater(self._poll_interval, self._poll)
+
+    def _poll(self) -> None:
+        self._poll_call = None
+        if self._stopping or not self.connected or self._full is None:
+            return
+        if self._syncing:
+            # The full sync reads tasks and nodes too; poll again after it.
+            self._schedule_poll()
+            return
+        self._polling = True
+        started = (self._connection, self._sync_count)
+        d: Deferred = self._source.poll()
+        d.addCallbacks(self._polled, self._poll_failed, (started,))
+        d.addBoth(self._poll_done)
+
+    def _polled(self, result, started) -> None:
+        if self._stopping or started != (self._connection, self._sync_count) or self._full is None:
+            return  # a full sync started meanwhile: it is newer
+        tasks, nodes, seen = result
+        if seen == self._digest:
+            return
+        full, me = self._full
+        state = self._memory.apply(dataclasses.replace(full, tasks=tasks, nodes=nodes))
+        if self._publish(state, me):
+            self._full = (state, me)
+            self._digest = seen
+            metrics.discovery_syncs.labels("docker").inc()
+            self.converging = converging(state)
+
+    def _poll_failed(self, failure: Failure) -> None:
+        # The full sync owns failure handling (and reconnects); a poll that
+        # timed out during a leader election just keeps what edge has.
+        self._log.debug("Polling tasks and nodes failed: {error}", error=_describe(failure))
+
+    def _poll_done(self, result) -> None:
+        if isinstance(result, Failure):
+            self._log.failure("Handling a poll of tasks and nodes failed", result)
+        self._polling = False
+        self._schedule_poll()
 
     # -- events
 

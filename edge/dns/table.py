@@ -313,7 +313,24 @@ def edge_addresses(snapshot: Snapshot, config: DNSConfig) -> tuple[str, ...]:
     """Where routed names point: ``advertise``, else the ready managers' addresses."""
     if config.advertise:
         return tuple(config.advertise)
-    return tuple(_usable([n.address for n in snapshot.managers]))
+    return tuple(_usable([n.address for n in serving_managers(snapshot)]))
+
+
+def serving_managers(snapshot: Snapshot) -> list[Node]:
+    """
+    Managers DNS sends clients to: ready, active and reachable ones.
+
+    A stopped manager reads ``unreachable`` within a second but ``down``
+    only 10-14 s later, and a drained one should get no new clients.  When no
+    manager qualifies because their states are unknown (edge started during a
+    leader election), those not known to be gone are used: node states alone
+    never empty the answers.
+    """
+    managers = [n for n in snapshot.nodes if n.role == "manager"]
+    serving = [n for n in managers if n.serving]
+    if serving:
+        return serving
+    return [n for n in managers if n.state == "unknown" and n.reachable and n.availability == "active"]
 
 
 def _is_address(text: str) -> bool:
@@ -526,9 +543,13 @@ def _add_zone(
         b.add_address(zone_node("ns"), address)
     managers = zone_node("managers")
     workers = zone_node("workers")
-    for n in ready:
+    for n in serving_managers(snapshot):
         for address in _usable([n.address]):
-            b.add_address(managers if n.role == "manager" else workers, address)
+            b.add_address(managers, address)
+    for n in ready:
+        if n.role != "manager":
+            for address in _usable([n.address]):
+                b.add_address(workers, address)
 
     host_names: dict[str, str] = {}
     for n in snapshot.nodes:
