@@ -422,6 +422,45 @@ def _check(config: Config, reader: _Reader) -> None:
                     f"expected http:// or https:// URLs, got {url!r}",
                 )
         _check_cidrs(reader, f"routes.{route.name}.allow_ips", route.allow_ips)
+        _check_route(reader, route, names)
+    _check_docker_url(reader, config.docker.url)
+
+
+def _check_route(reader: _Reader, route: StaticRoute, entrypoints: set[str]) -> None:
+    """A route that would not serve is a mistake like any other key, not a warning."""
+    key = f"routes.{route.name}"
+    for name in route.entry_points:
+        if name not in entrypoints:
+            reader.fail(
+                f"{key}.entry_points",
+                f"unknown entry point {name!r} (known: {', '.join(sorted(entrypoints)) or 'none'})",
+            )
+    from edge.discovery.rule_parser import RuleError, parse_any
+
+    try:
+        parse_any(route.rule)
+    except RuleError as e:
+        reader.fail(f"{key}.rule", f"bad rule {route.rule!r}: {e}")
+    try:
+        from edge.http.htpasswd import UnsupportedHash, parse_users
+    except ImportError:  # no HTTP front end installed
+        return
+    try:
+        parse_users(route.basic_auth)
+    except UnsupportedHash as e:
+        reader.fail(f"{key}.basic_auth", f"{e}; make entries with `python -m edge.passwd USER`")
+
+
+_DOCKER_SCHEMES = ("unix", "tcp", "http", "https", "ssh")
+
+
+def _check_docker_url(reader: _Reader, url: str) -> None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in _DOCKER_SCHEMES or not rest.strip("/"):
+        reader.fail(
+            "docker.url",
+            f"expected unix:///path/docker.sock or tcp://host:port, got {url!r}",
+        )
 
 
 def _check_endpoint(reader: _Reader, key: str, value: str) -> None:

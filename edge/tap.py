@@ -148,6 +148,15 @@ class EdgeService(MultiService):
         self.config = config
         self.observer = observer
 
+    def privilegedStartService(self):
+        # Every front end binds here; one that cannot stops start-up in one line.
+        from edge.listeners import ListenError
+
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise SystemExit(f"edge: {e}") from None
+
     def setServiceParent(self, parent):
         # twistd's AppLogger.start() asks the application for an ILogObserver.
         if self.observer is not None and hasattr(parent, "setComponent"):
@@ -162,14 +171,24 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     from edge.admin import make_admin_service
     from edge.dns import make_dns_service
 
+    from edge.listeners import ListenerBoard
+
     root = EdgeService(config, make_observer(config.log.format, config.log.level))
     publisher = SnapshotPublisher(reactor, debounce=config.docker.debounce)
     root.publisher = publisher
+    root.listeners = listeners = ListenerBoard()
     make_discovery_service(config, publisher, reactor).setServiceParent(root)
     # Front ends: each adds one line here.
-    make_admin_service(config, publisher, reactor).setServiceParent(root)
+    make_admin_service(config, publisher, reactor, listeners).setServiceParent(root)
     if config.dns.enabled:
-        make_dns_service(config, publisher, reactor).setServiceParent(root)
+        dns = make_dns_service(config, publisher, reactor)
+        dns.setServiceParent(root)
+        for interface in config.dns.interfaces:
+            for protocol in ("udp", "tcp"):
+                listeners.expect(
+                    "dns", f"dns {protocol} {interface}", f"{interface}:{config.dns.port}",
+                    lambda key=(protocol, interface): dns.listening_ports.get(key),
+                )
     # TLS: certificates for the TLS entry points (root.tls feeds the HTTP service).
     root.tls = root.h2 = None
     if any(ep.tls for ep in config.entrypoints):
@@ -191,7 +210,14 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
             root.h2.setServiceParent(root)
     from edge.http import make_http_service
 
-    make_http_service(config, publisher, reactor, tls_context=root.tls, h2_handler=root.h2).setServiceParent(root)
+    http = make_http_service(config, publisher, reactor, tls_context=root.tls, h2_handler=root.h2)
+    http.setServiceParent(root)
+    for ep in config.entrypoints:
+        listeners.expect(
+            "https" if ep.tls else "http", ep.name, ep.address,
+            lambda name=ep.name: http.ports.get(name),
+            lambda name=ep.name: http.listen_errors.get(name, ""),
+        )
     return root
 
 

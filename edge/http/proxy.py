@@ -522,6 +522,12 @@ class ServerProtocol(Protocol):
         if req.version != "1.1" and req.version != "1.0":
             raise _Reject(505, "HTTP version not supported")
         if req.upgrade_value and req.connection_tokens and b"upgrade" in req.connection_tokens:
+            if req.chunked or req.content_length:
+                # llhttp ends an Upgrade request at its head and hands what
+                # follows over as tunnel bytes: edge would announce a body it
+                # never sends, and the backend would read the next request
+                # on that connection as this one's body (request smuggling).
+                raise _Reject(400, "Upgrade request with a body")
             req.upgrade = True
         elif not req.chunked and not req.content_length:
             # No body follows this head: an answer from edge itself (404,
@@ -898,6 +904,10 @@ class _Stop(Exception):
     pass
 
 
+class _BadResponse(Exception):
+    """A backend response edge will not relay (answered with 502)."""
+
+
 class _Detached:
     """Placeholder when an HTTP/2 handler took the transport over."""
 
@@ -1004,7 +1014,9 @@ class BackendProtocol(Protocol):
                 return
             self._extra = True
         except httptools.HttpParserError as e:
-            self._fail(f"malformed response from {self.req.target_url if self.req else '?'}: {e}")
+            cause = e.__cause__ or e.__context__
+            why = str(cause) if isinstance(cause, _BadResponse) else f"malformed response: {e}"
+            self._fail(f"{why} (from {self.req.target_url if self.req else '?'})")
             return
         if self._done:
             self._complete()
@@ -1064,9 +1076,12 @@ class BackendProtocol(Protocol):
             self._informational = True
             self._reason = b""
             return
+        server, req = self.server, self.req
+        if status == 101 and not req.upgrade:
+            # Only an Upgrade request may be switched to a tunnel.
+            raise _BadResponse("101 Switching Protocols to a request that asked for no upgrade")
         self._status = status
         self._keep_alive = parser.should_keep_alive()
-        server, req = self.server, self.req
         req.status = status
         head_method = req.method == b"HEAD"
         no_body = head_method or status == 204 or status == 304 or status == 101
@@ -1149,6 +1164,7 @@ class BackendProtocol(Protocol):
             not closed
             and not self._extra
             and req.body_done
+            and not req.upgrade  # only a 101 (a tunnel) may follow an Upgrade request
             and self._keep_alive
             and not (self._body_mode == _RAW and self._cl is None)
         )

@@ -153,6 +153,9 @@ class HTTPService(Service):
         self.checks = HealthChecks(reactor, self.health, self._probe)
         self.factories: dict[str, ProxyFactory] = {}
         self.ports: dict[str, object] = {}
+        # Entry point name -> why it is not listening (read by edge.listeners).
+        self.listen_errors: dict[str, str] = {}
+        self._bound = False
         https = [ep for ep in config.entrypoints if ep.tls]
         port = endpoint_port(https[0].address) if https else None
         self._https_port = "" if port in (None, 443) else str(port)
@@ -224,15 +227,34 @@ class HTTPService(Service):
             self._log.error("Access log {path} cannot be opened: {error}", path=http.access_log, error=e)
         self.proxy.access_log = self.access_log
         self._unsubscribe = self._publisher.subscribe(self.apply)
+        if not self._bound:
+            self._listen()
+            for error in self.listen_errors.values():
+                self._log.error("{error}", error=error)
+        self._loop = LoopingCall(self._housekeeping)
+        self._loop.clock = self._reactor
+        self._loop.start(self._tick_interval, now=False)
+
+    def privilegedStartService(self):
+        """Bind every entry point before twistd drops privileges; a failure stops start-up."""
+        super().privilegedStartService()
+        self._listen()
+        if self.listen_errors:
+            from edge.listeners import ListenError
+
+            raise ListenError("; ".join(self.listen_errors.values()))
+
+    def _listen(self):
+        self._bound = True
         waits = []
         for ep in self.config.entrypoints:
             factory = self.factories[ep.name]
             listening = factory
             if ep.tls:
                 if self._tls_context is None:
-                    self._log.error(
-                        "Entry point {name} ({address}) wants TLS but no TLS context is"
-                        " available; not listening on it", name=ep.name, address=ep.address,
+                    self.listen_errors[ep.name] = (
+                        f"HTTP entry point {ep.name} ({ep.address}) wants TLS but no TLS"
+                        " context is available"
                     )
                     continue
                 listening = wrap_tls(listening, self._tls_context)
@@ -247,9 +269,6 @@ class HTTPService(Service):
                            callbackArgs=(ep,), errbackArgs=(ep,))
             waits.append(d)
         self.listening = defer.gatherResults(waits)
-        self._loop = LoopingCall(self._housekeeping)
-        self._loop.clock = self._reactor
-        self._loop.start(self._tick_interval, now=False)
 
     def _listening(self, port, ep: EntryPoint):
         self.ports[ep.name] = port
@@ -257,9 +276,10 @@ class HTTPService(Service):
         return port
 
     def _listen_failed(self, failure, ep: EntryPoint):
-        self._log.error(
-            "HTTP entry point {name} cannot listen on {address}: {error}",
-            name=ep.name, address=ep.address, error=failure.getErrorMessage(),
+        from edge.listeners import describe_error
+
+        self.listen_errors[ep.name] = (
+            f"HTTP entry point {ep.name} cannot listen on {ep.address}: {describe_error(failure.value)}"
         )
         return None
 
@@ -283,6 +303,7 @@ class HTTPService(Service):
             [defer.maybeDeferred(p.stopListening) for p in self.ports.values()]
         )
         self.ports.clear()
+        self._bound = False
         drains = []
         for factory in self.factories.values():
             factory.stopping = True
