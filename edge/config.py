@@ -152,6 +152,10 @@ class HTTPConfig:
     backend_pool_size: int = 64
     # Grace period for requests in flight on shutdown, seconds.
     shutdown_grace: float = 10.0
+    # Percent-encoded characters let through in request paths (refused with
+    # 400 otherwise): slash, backslash, null, semicolon, percent,
+    # question_mark, hash.  See docs/http.md, "Request paths".
+    allowed_encoded_characters: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -399,6 +403,14 @@ def _check(config: Config, reader: _Reader) -> None:
             )
     _check_cidrs(reader, "dns.allow_recursion", config.dns.allow_recursion)
     _check_cidrs(reader, "http.trusted_proxies", config.http.trusted_proxies)
+    from edge.http.target import ENCODED_CHARACTERS
+
+    for name in config.http.allowed_encoded_characters:
+        if name not in ENCODED_CHARACTERS:
+            reader.fail(
+                "http.allowed_encoded_characters",
+                f"expected names from {', '.join(ENCODED_CHARACTERS)}, got {name!r}",
+            )
     if not 0 < config.dns.port < 65536:
         reader.fail("dns.port", f"expected a port number 1-65535, got {config.dns.port}")
     for i, record in enumerate(config.dns.records):

@@ -53,6 +53,7 @@ from zope.interface import implementer
 
 from edge.http.balancer import target_key
 from edge.http.middlewares import Reply
+from edge.http.target import BadTarget, split_target
 
 __all__ = ["H2Bridge"]
 
@@ -301,9 +302,16 @@ class H2Bridge(Service):
             self._reactor.seconds(),
         )
         request.notifyFinish().addErrback(self._client_gone, call)
+        try:
+            authority, call.target = split_target(request.method, request.uri, proxy.allowed_encoded)
+        except BadTarget as e:
+            self._error(request, call, 400, b"Bad Request", str(e))
+            return
+        if authority is not None:
+            call.host = host = authority
         table = factory.table
         route = (
-            table.match(request.method, host, request.uri, headers, client_ip)
+            table.match(request.method, host, call.target, headers, client_ip)
             if table is not None
             else None
         )

@@ -82,8 +82,16 @@ def _redirect_scheme(mw: RedirectScheme, https_port: str):
     return redirect_scheme
 
 
+def _encoded(path: str) -> bytes:
+    from urllib.parse import quote
+
+    return quote(path, safe="/:@!$&'()*+,;=").encode("ascii")
+
+
 def _strip_prefix(mw: StripPrefix):
-    prefixes = tuple(sorted((p.rstrip("/").encode("latin-1") for p in mw.prefixes), key=len, reverse=True))
+    # Targets arrive normalised (edge.http.target): compare against the
+    # prefix in the same encoded form.
+    prefixes = tuple(sorted((_encoded(p.rstrip("/")) for p in mw.prefixes), key=len, reverse=True))
 
     def strip_prefix(request):
         target = request.target

@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IPushProducer
 
 from edge.http.balancer import target_key
 from edge.http.middlewares import Reply
+from edge.http.target import BadTarget, encoded_allowance, split_target
 
 __all__ = ["ServerProtocol", "BackendProtocol", "ProxyFactory", "Proxy", "lean_dispatch"]
 
@@ -572,15 +573,12 @@ class ServerProtocol(Protocol):
         req.started = self._since = self._reactor.seconds()
         if req.method == b"CONNECT":
             raise _Reject(405, "CONNECT is not supported")
-        target = req.target
-        if target[:1] != b"/":
-            if target.startswith((b"http://", b"https://")):
-                rest = target.split(b"://", 1)[1]
-                authority, slash, path = rest.partition(b"/")
-                req.host = authority
-                req.target = b"/" + path
-            elif target != b"*":
-                raise _Reject(400, "invalid request target")
+        try:
+            authority, req.target = split_target(req.method, req.target, self._proxy.allowed_encoded)
+        except BadTarget as e:
+            raise _Reject(400, str(e)) from None
+        if authority is not None:
+            req.host = authority
         if not req.host:
             if req.version == "1.1":
                 raise _Reject(400, "missing Host header")
@@ -1290,6 +1288,8 @@ class Proxy:
         self._trusted_cache: dict[str, bool] = {}
         self.access_log = access_log
         self.stats = stats
+        # Escapes let through in request paths (edge.http.target).
+        self.allowed_encoded = encoded_allowance(getattr(limits, "allowed_encoded_characters", ()))
         self.not_found = Reply(404, b"Not Found", [(b"Content-Type", b"text/plain; charset=utf-8")],
                                b"404 page not found\n")
 

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from edge import rules as R
 from edge.http.balancer import Balancer, HealthRegistry, build_balancers
 from edge.http.middlewares import Chain, compile_middlewares
+from edge.http.target import decode_path
 from edge.snapshot import Router, Snapshot
 
 __all__ = ["Route", "RoutingTable", "MatchContext", "compile_rule", "headers_from_twisted"]
@@ -270,7 +271,8 @@ class RoutingTable:
         The best route for a request, or None.
 
         ``host`` is the Host header (a port is stripped here), ``path`` the
-        request target (``/path?query``), ``headers`` (name, value) byte
+        request target (``/path?query``) as :func:`edge.http.target.split_target`
+        normalised it (path rules see it percent-decoded), ``headers`` (name, value) byte
         pairs (from twisted.web: :func:`headers_from_twisted`).
         """
         known = self._raw.get(host)
@@ -293,9 +295,9 @@ class RoutingTable:
             if route.matcher is None:
                 return route
             if context is None:
-                target = path.decode("latin-1")
-                p, _, q = target.partition("?")
-                context = MatchContext(method.decode("latin-1"), host_s, p, q, headers, client_ip)
+                raw_path, _, q = path.partition(b"?")
+                context = MatchContext(method.decode("latin-1"), host_s, decode_path(raw_path),
+                                       q.decode("latin-1"), headers, client_ip)
             if route.matcher(context):
                 return route
         return None
