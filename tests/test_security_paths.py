@@ -150,3 +150,25 @@ def test_dot_segments_and_escapes_cannot_pass_path_rules_end_to_end(recording, e
     assert got == expected
     seen = [line for _, line in recording.requests]
     assert seen == ["GET /x", "GET /public/x"]
+
+
+# -- the ACME HTTP-01 hook sits before routing, on the normalised path -------------
+
+
+def test_acme_challenges_are_answered_before_routing_on_plain_http():
+    from edge.http.middlewares import Reply
+
+    _, service, server, client = setup()
+    _, backend_side = pooled_backend(service)
+    asked = []
+
+    class Challenges:
+        def respond(self, host, target):
+            asked.append((host, target))
+            return Reply(200, b"OK", [(b"Content-Type", b"text/plain")], b"token.key")
+
+    server.factory.challenges = Challenges()
+    server.dataReceived(b"GET /x/../.well-known/acme-challenge/token HTTP/1.1\r\nHost: web.test\r\n\r\n")
+    assert asked == [(b"web.test", b"/.well-known/acme-challenge/token")]
+    assert client.value().endswith(b"\r\n\r\ntoken.key")
+    assert backend_side.value() == b""

@@ -586,6 +586,13 @@ class ServerProtocol(Protocol):
         if limit and req.content_length is not None and req.content_length > limit:
             raise _Reject(413, "request body too large")
         factory = self.factory
+        challenges = factory.challenges
+        if challenges is not None and req.target.startswith(b"/.well-known/acme-challenge/"):
+            reply = challenges.respond(req.host, req.target)
+            if reply is not None:
+                req.error = "ACME challenge"
+                self._send_reply(req, reply)
+                return
         if factory.redirect is not None:
             from edge.http.middlewares import _redirect
 
@@ -1257,6 +1264,9 @@ class ProxyFactory(Factory):
         self.stopping = False
         # Set by the TLS layer: h2_handler(transport, first_bytes) takes over an h2 connection.
         self.h2_handler = None
+        # ACME HTTP-01 answers on plain-HTTP entry points, before redirects and
+        # routing: an object with respond(host, target) -> Reply | None.
+        self.challenges = None
         self._drained = []
 
     def connection_closed(self, protocol):

@@ -134,7 +134,7 @@ class HTTPService(Service):
     name = "http"
 
     def __init__(self, config: Config, publisher, reactor, *, tls_context=None,
-                 h2_handler=None, tick: float = 1.0):
+                 h2_handler=None, challenges=None, tick: float = 1.0):
         self.config = config
         self._publisher = publisher
         self._reactor = reactor
@@ -163,6 +163,8 @@ class HTTPService(Service):
             factory = ProxyFactory(self.proxy, ep.name, "https" if ep.tls else "http",
                                    endpoint_port(ep.address) or "")
             factory.h2_handler = h2_handler
+            if not ep.tls:
+                factory.challenges = challenges
             factory.redirect = self._redirect_for(ep)
             self.factories[ep.name] = factory
         self._unsubscribe = None
@@ -384,6 +386,7 @@ class _ProbeEndpoints:
 
 
 def make_http_service(config: Config, publisher, reactor, *, tls_context=None,
-                      h2_handler=None) -> HTTPService:
+                      h2_handler=None, challenges=None) -> HTTPService:
     """The HTTP front end; TLS entry points need ``tls_context`` from the TLS layer."""
-    return HTTPService(config, publisher, reactor, tls_context=tls_context, h2_handler=h2_handler)
+    return HTTPService(config, publisher, reactor, tls_context=tls_context, h2_handler=h2_handler,
+                       challenges=challenges)
