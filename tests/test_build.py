@@ -473,9 +473,10 @@ def test_compose_replicas_share_one_service_and_swarm_tasks_are_skipped():
         container("c3", "web.1.abc", {"traefik.port": "80", "com.docker.swarm.task.id": "t"}, {"frontend": (FRONTEND, "10.0.1.9")}),
     ]
     snap = build(containers_state(cs), ON_FRONTEND, domain="d.test")
-    assert targets(snap, "api@docker") == {("c1", "10.0.1.7", 80, ""), ("c2", "10.0.1.8", 80, "")}
-    assert [s.name for s in snap.services] == ["api@docker"]
-    assert [(s.name, s.stack, s.replicas_running) for s in snap.swarm_services] == [("api", "shop", 2)]
+    # Traefik's name for a compose container: <service>_<project>, normalized.
+    assert targets(snap, "api-shop@docker") == {("c1", "10.0.1.7", 80, ""), ("c2", "10.0.1.8", 80, "")}
+    assert [s.name for s in snap.services] == ["api-shop@docker"]
+    assert [(s.name, s.stack, s.replicas_running) for s in snap.swarm_services] == [("api_shop", "shop", 2)]
 
 
 def test_container_in_host_network_mode():

@@ -55,6 +55,7 @@ __all__ = [
     "read_middlewares",
     "normalize_name",
     "default_host",
+    "compose_source",
 ]
 
 _log = Logger()
@@ -945,7 +946,7 @@ def _v1_backend(reader: _Reader, opts: dict[str, tuple[str, str]]) -> dict:
 
 
 def _read_v1(
-    reader: _Reader, source: str, entries, domain: str
+    reader: _Reader, source: str, entries, domain: str, compose: tuple[str, str] | None = None
 ) -> tuple[list[Router], list[ServiceSpec]]:
     provider = reader.provider
     base = normalize_name(source) or "service"
@@ -983,17 +984,28 @@ def _read_v1(
             reader.unknown(label)
 
     backend_fields = _v1_backend(reader, backend)
-    names = set(segments) | set(frontends)
-    named = sorted(n for n in names if n)
-    # Without segments the container is one frontend; with them, the root one
-    # exists only when root frontend/port labels say so.
-    groups = named + ([""] if ("" in names or not named) else [])
+    named = sorted(n for n in set(segments) | set(frontends) if n)
+    # Traefik 1.7 (provider/label/segment.go): root labels are defaults copied
+    # into every segment that does not set the same option, and with segments
+    # there is no root frontend of its own.  So root auth, allow lists,
+    # entry points and ports protect and place every segment.
+    if named:
+        groups = [
+            (
+                segment,
+                {**segments.get("", {}), **segments.get(segment, {})},
+                _v1_inherit(frontends.get("", {}), frontends.get(segment, {})),
+            )
+            for segment in named
+        ]
+    else:
+        groups = [("", segments.get("", {}), frontends.get("", {}))]
 
     routers: list[Router] = []
     services: list[ServiceSpec] = []
-    for segment in groups:
+    missing_rule = False
+    for segment, seg_opts, front_opts in groups:
         name = base if not segment else f"{base}-{segment.lower()}"
-        seg_opts = segments.get(segment, {})
         seg_domain = domain
         spec_fields: dict = dict(backend_fields)
         for key, (label, value) in seg_opts.items():
@@ -1006,7 +1018,7 @@ def _read_v1(
             elif key == "domain":
                 seg_domain = value.strip()
             # "backend" names the backend; edge groups by Docker service.
-        fields, middlewares, keep = _v1_frontend(reader, name, frontends.get(segment, {}))
+        fields, middlewares, keep = _v1_frontend(reader, name, front_opts)
         if "pass_host_header" in fields:
             spec_fields["pass_host_header"] = fields["pass_host_header"]
         spec = ServiceSpec(name=f"{name}@{provider}", network=network, **spec_fields)
@@ -1014,7 +1026,7 @@ def _read_v1(
 
         rule_label, rule_text = fields.get("rule", ("", ""))
         if not rule_text:
-            host = default_host(source, seg_domain) if not segment else ""
+            host = _v1_default_host(source, compose, seg_domain)
             if not host:
                 where = f"traefik.{segment}.frontend.rule" if segment else "traefik.frontend.rule"
                 reader.warn(
@@ -1022,6 +1034,7 @@ def _read_v1(
                     f"{source}: no rule for {'segment ' + segment if segment else 'the service'}"
                     f" and no default domain; add {where}",
                 )
+                missing_rule = True
                 continue
             rule_text = f"Host:{host}"
         try:
@@ -1044,7 +1057,50 @@ def _read_v1(
                 source=source,
             )
         )
+    if missing_rule and routers:
+        # Traefik 1.7 filters the whole container when one segment has no rule.
+        reader.error(
+            "traefik.frontend.rule",
+            f"{source}: a segment has no rule, so no frontend of this service is served"
+            " (as in Traefik 1.7)",
+        )
+        routers = []
     return routers, services
+
+
+# Options that are one setting under two spellings: a segment that sets either
+# replaces the root's value of both.
+_V1_ALIASES = (
+    frozenset({"auth.basic", "auth.basic.users"}),
+    frozenset({"whitelist.sourcerange", "whitelistsourcerange"}),
+    frozenset({"passtlscert", "passtlsclientcert"}),
+)
+
+
+def _v1_inherit(root: dict, own: dict) -> dict:
+    """A segment's frontend options: the root's, overridden by its own."""
+    merged = dict(root)
+    for key in own:
+        for group in _V1_ALIASES:
+            if key in group:
+                for alias in group:
+                    merged.pop(alias, None)
+    merged.update(own)
+    return merged
+
+
+def _v1_default_host(source: str, compose: tuple[str, str] | None, domain: str) -> str:
+    """
+    Traefik 1.7's default rule host: ``<service>.<project>.<domain>`` for a
+    compose container, ``<service>.<domain>`` otherwise.
+    """
+    if compose is None:
+        return default_host(source, domain)
+    service, project = (normalize_name(part) for part in compose)
+    domain = domain.strip().strip(".").lower()
+    if not (service and project and domain):
+        return ""
+    return f"{service}.{project}.{domain}"
 
 
 # -- the entry point -----------------------------------------------------------
@@ -1058,6 +1114,29 @@ def _enabled(reader: _Reader, entries, exposed_by_default: bool) -> bool:
             label, value = found[prefix]
             enabled = reader.boolean(label, value, False)
     return enabled
+
+
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+
+
+def _compose(labels: Mapping[str, str]) -> tuple[str, str] | None:
+    """(service, project) of a compose container, when both labels are set."""
+    service = labels.get(COMPOSE_SERVICE_LABEL)
+    project = labels.get(COMPOSE_PROJECT_LABEL)
+    if isinstance(service, str) and isinstance(project, str) and service and project:
+        return service, project
+    return None
+
+
+def compose_source(labels: Mapping[str, str], fallback: str) -> str:
+    """
+    The name Traefik gives a container: ``<service>_<project>`` for compose
+    containers (so ``web-shop`` after :func:`normalize_name`), else ``fallback``.
+    Two projects that both have a ``web`` service stay two services.
+    """
+    found = _compose(labels)
+    return f"{found[0]}_{found[1]}" if found else fallback
 
 
 def read_labels(
@@ -1130,7 +1209,7 @@ def _read_labels(
                     entries = [e for e in entries if not _is_v1(e[2])]
                 routers, services = _read_v2(reader, source, entries, "traefik", domain, shared)
             elif v1:
-                routers, services = _read_v1(reader, source, entries, domain)
+                routers, services = _read_v1(reader, source, entries, domain, _compose(labels))
             elif entries or domain:
                 # Only enable/network labels, or none with a default domain:
                 # Traefik's default router and service.
