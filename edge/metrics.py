@@ -64,6 +64,12 @@ http_open_connections = Gauge(
 target_health = Gauge(
     "edge_target_up", "1 when a target is considered healthy", ["service", "target"], registry=REGISTRY
 )
+router_error = Gauge(
+    "edge_router_error",
+    "1 when a router does not serve (does not compile, unknown entry point); see /api/problems",
+    ["router"],
+    registry=REGISTRY,
+)
 
 # DNS
 dns_queries = Counter(
@@ -71,6 +77,13 @@ dns_queries = Counter(
 )
 dns_cache_hits = Counter("edge_dns_cache_hits", "Forwarded queries served from cache", registry=REGISTRY)
 dns_bad_packets = Counter("edge_dns_bad_packets", "Malformed DNS packets dropped or answered FORMERR", registry=REGISTRY)
+dns_tcp_paused = Counter(
+    "edge_dns_tcp_paused", "Times a DNS TCP connection stopped being read: its client was not reading answers",
+    registry=REGISTRY,
+)
+dns_tcp_refused = Counter(
+    "edge_dns_tcp_refused", "DNS TCP connections refused: too many open", registry=REGISTRY
+)
 
 # TLS
 tls_handshake_failures = Counter(

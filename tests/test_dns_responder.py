@@ -561,3 +561,130 @@ def test_servfail_or_refused_from_one_upstream_moves_on_to_the_next(rig):
     rig.upstream.answers[("b.example.org", tdns.A)] = upstream_message("b.example.org", rcode=tdns.ESERVER)
     second.answers[("b.example.org", tdns.A)] = upstream_message("b.example.org", rcode=tdns.EREFUSED)
     assert rig.ask("b.example.org").rcode() == dns.rcode.REFUSED
+
+
+# -- hostile clients (issue 9) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", [4, 6, 8, 10], ids=["QDCOUNT", "ANCOUNT", "NSCOUNT", "ARCOUNT"])
+def test_a_header_claiming_more_records_than_the_packet_holds_gets_formerr(rig, field):
+    q = dns.message.make_query("small.home", "A")
+    wire = bytearray(q.to_wire())
+    count = struct.unpack_from("!H", wire, field)[0]
+    struct.pack_into("!H", wire, field, count + 1)
+    response = dns.message.from_wire(rig.raw(bytes(wire)))
+    assert response.rcode() == dns.rcode.FORMERR and response.id == q.id
+    assert not response.answer
+
+
+class FillingTransport(StringTransport):
+    """A transport that pauses its producer past ``limit`` unread bytes, as a TCP one does."""
+
+    def __init__(self, limit: int):
+        from twisted.internet.address import IPv4Address
+
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 4444))
+        self.limit = limit
+        self.full = False
+        self.read = b""
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and not self.full and len(self.value()) > self.limit:
+            self.full = True
+            self.producer.pauseProducing()
+
+    def drain(self):
+        """The client reads everything written so far."""
+        self.read += self.value()
+        self.clear()
+        if self.full:
+            self.full = False
+            self.producer.resumeProducing()
+
+
+def _stream(*queries) -> bytes:
+    return b"".join(struct.pack("!H", len(w)) + w for w in (q.to_wire() for q in queries))
+
+
+def test_tcp_stops_reading_and_answering_while_the_client_does_not_read(rig):
+    factory = DNSStreamFactory(rig.responder, rig.clock)
+    proto = factory.buildProtocol(None)
+    transport = FillingTransport(limit=5000)
+    proto.makeConnection(transport)
+    queries = [dns.message.make_query("big.home", "TXT") for _ in range(30)]
+    before = metrics.REGISTRY.get_sample_value("edge_dns_tcp_paused_total") or 0
+    proto.dataReceived(_stream(*queries))  # 30 queries in one read, ~1 KB answer each
+    held = len(frames(transport.value()))
+    assert 5 <= held < 10, "answers stop once the buffer is full"
+    assert transport.producerState == "paused", "and the socket is no longer read"
+    assert metrics.REGISTRY.get_sample_value("edge_dns_tcp_paused_total") == before + 1
+    for _ in range(30):  # the client reads; bounded
+        if not transport.full:
+            break
+        transport.drain()
+    transport.drain()
+    answered = [dns.message.from_wire(f).id for f in frames(transport.read)]
+    assert answered == [q.id for q in queries], "every query answered once, in order"
+    assert transport.producerState == "producing"
+
+
+def test_a_tcp_client_that_never_reads_is_closed_by_the_idle_timeout(rig):
+    factory = DNSStreamFactory(rig.responder, rig.clock, idle_timeout=10)
+    proto = factory.buildProtocol(None)
+    transport = FillingTransport(limit=2000)
+    proto.makeConnection(transport)
+    proto.dataReceived(_stream(*[dns.message.make_query("big.home", "TXT") for _ in range(100)]))
+    assert transport.full and not transport.disconnecting
+    written = len(transport.value())
+    proto.dataReceived(_stream(dns.message.make_query("big.home", "TXT")))  # more arrives: held
+    assert len(transport.value()) == written
+    rig.clock.advance(11)
+    assert transport.disconnecting or transport.disconnected
+    proto.connectionLost(None)
+    assert factory.open == 0
+
+
+def test_tcp_caps_forwarded_questions_in_flight_per_connection(rig):
+    rig.upstream.hold = []
+    names = [f"n{i}.example.org" for i in range(10)]
+    for name in names:
+        rig.upstream.answers[(name, tdns.A)] = upstream_message(name, answers=[tdns.Record_A("192.0.2.1")])
+    factory = DNSStreamFactory(rig.responder, rig.clock, max_in_flight=4)
+    proto = factory.buildProtocol(None)
+    transport = FillingTransport(limit=1 << 20)
+    proto.makeConnection(transport)
+    queries = [dns.message.make_query(n, "A") for n in names]
+    proto.dataReceived(_stream(*queries))
+    assert len(rig.upstream.udp) == 4 and transport.producerState == "paused"
+    for _ in range(10):  # upstream answers; bounded
+        if not rig.upstream.hold:
+            break
+        d, message = rig.upstream.hold.pop(0)
+        d.callback(message)
+    answers = [dns.message.from_wire(f) for f in frames(transport.value())]
+    assert sorted(a.id for a in answers) == sorted(q.id for q in queries)
+    assert transport.producerState == "producing"
+
+
+def test_refused_tcp_connections_are_logged_once_per_interval_and_counted(rig):
+    from twisted.internet.address import IPv4Address
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    factory = DNSStreamFactory(rig.responder, rig.clock, max_connections=1)
+    before = metrics.REGISTRY.get_sample_value("edge_dns_tcp_refused_total") or 0
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        for i in range(7):
+            if i == 6:
+                rig.clock.advance(11)
+            proto = factory.buildProtocol(None)
+            transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4444))
+            proto.makeConnection(transport)
+            assert (transport.disconnecting or transport.disconnected) == (i > 0)
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    warnings = [e for e in seen if e.get("log_level") == LogLevel.warn and "Refusing" in e.get("log_format", "")]
+    assert [w["count"] for w in warnings] == [1, 5]
+    assert metrics.REGISTRY.get_sample_value("edge_dns_tcp_refused_total") == before + 6

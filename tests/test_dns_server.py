@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import select
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -309,3 +311,103 @@ def test_hosts_file_is_read_and_reloaded(tmp_path, upstream):
         )
     finally:
         server.stop()
+
+
+# -- hostile clients (issue 9) --------------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _listen_backlog(port: int) -> set[int]:
+    """Send-Q of the listening TCP sockets on ``port``: their accept backlog."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[2]) for line in out.splitlines() if line.strip()}
+
+
+@pytest.fixture(scope="module")
+def big_edge(module_tmp):
+    """edge with an ~9 KB TXT answer of its own (no upstream needed)."""
+    records = ", ".join(
+        f'{{ name = "big.home", type = "TXT", value = "{i:03d}{"x" * 97}" }}' for i in range(80)
+    )
+    server = EdgeDNS(module_tmp, f"upstream = []\nrecords = [{records}]")
+    yield server
+    server.stop()
+
+
+def test_a_tcp_client_that_sends_30000_queries_and_never_reads_does_not_grow_memory(big_edge):
+    answer = ask("big.home", "TXT", port=big_edge.port, tcp=True)
+    assert len(answer.to_wire()) > 8000
+    before = _rss_kib(big_edge.process.pid)
+    query = dns.message.make_query("big.home", "TXT").to_wire()
+    frame = struct.pack("!H", len(query)) + query
+    with socket.create_connection(("127.0.0.1", big_edge.port), timeout=5) as hog:
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sent = 0
+        try:
+            for _ in range(30000):
+                hog.sendall(frame)
+                sent += 1
+        except socket.timeout:
+            pass  # edge stopped reading and the kernel buffers are full
+        wait_for(lambda: "is not reading its answers" in big_edge.log.read_text(), 10, "the pause to be logged")
+        # Others are still answered meanwhile, over both transports.
+        assert ask("big.home", "TXT", port=big_edge.port, tcp=True).answer
+        assert ask("managers.swarm.home", port=big_edge.port).answer
+        grown = _rss_kib(big_edge.process.pid) - before
+    # 30,000 answers of 9 KB are 270 MB (what edge buffered before back-pressure).
+    assert grown < 32 * 1024, f"RSS grew {grown} KiB for {sent} queries"
+
+
+def test_a_header_claiming_two_questions_with_one_present_gets_formerr(big_edge):
+    query = dns.message.make_query("big.home", "TXT").to_wire()
+    wire = query[:4] + b"\x00\x02" + query[6:]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(wire, ("127.0.0.1", big_edge.port))
+        data, _ = s.recvfrom(65535)
+    response = dns.message.from_wire(data)
+    assert response.id == dns.message.from_wire(query).id and response.rcode() == dns.rcode.FORMERR
+    assert not response.answer
+    with socket.create_connection(("127.0.0.1", big_edge.port), timeout=5) as c:
+        c.sendall(struct.pack("!H", len(wire)) + wire)
+        (n,) = struct.unpack("!H", c.recv(2))
+        data = b""
+        while len(data) < n:
+            data += c.recv(n - len(data))
+    assert dns.message.from_wire(data).rcode() == dns.rcode.FORMERR
+
+
+def test_refused_tcp_connections_are_logged_once_not_once_each(big_edge):
+    sockets = []
+    try:
+        for _ in range(300):  # 256 are allowed; bounded
+            sockets.append(socket.create_connection(("127.0.0.1", big_edge.port), timeout=5))
+        refused = set()
+        for _ in range(100):  # until edge has accepted and refused the 44 over the limit; bounded
+            readable, _, _ = select.select([s for s in sockets if s not in refused], [], [], 0.1)
+            for s in readable:
+                try:
+                    s.recv(1)  # b"" or a reset: edge's answer to a connection over the limit
+                except ConnectionResetError:
+                    pass
+                refused.add(s)
+            if len(refused) >= 300 - 256:
+                break
+        assert len(refused) == 300 - 256
+        lines = [line for line in big_edge.log.read_text().splitlines() if "Refusing DNS TCP connection" in line]
+        assert len(lines) == 1, lines
+    finally:
+        for s in sockets:
+            s.close()
+    assert ask("big.home", "TXT", port=big_edge.port, tcp=True).answer
+
+
+def test_dns_tcp_listens_with_a_backlog_of_511(big_edge):
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert _listen_backlog(big_edge.port) == {min(511, somaxconn)}

@@ -9,7 +9,7 @@ import dataclasses
 from importlib.metadata import PackageNotFoundError, version
 from typing import Iterator
 
-from twisted.application import strports
+from twisted.internet.endpoints import serverFromString
 from twisted.application.service import IService, IServiceCollection, MultiService
 from twisted.logger import Logger
 from twisted.web.server import Site
@@ -17,9 +17,11 @@ from twisted.web.server import Site
 from edge import metrics
 from edge.admin.dnsview import answers, candidate_names
 from edge.admin.passwords import PasswordChecker
+from edge.admin.routercheck import RouterChecker
 from edge.admin.view import Facts, overview
 from edge.admin.web import AdminRoot, AdminState
 from edge.config import Config
+from edge.listeners import ListenError, ListenerBoard, describe_error
 from edge.snapshot import Snapshot, Target
 
 __all__ = ["AdminService", "routed_names", "walk"]
@@ -103,16 +105,20 @@ class AdminService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: Config, publisher, reactor):
+    def __init__(self, config: Config, publisher, reactor, listeners: ListenerBoard | None = None):
         super().__init__()
         self.config = config
         self.publisher = publisher
         self.reactor = reactor
+        self.listeners = listeners if listeners is not None else ListenerBoard()
         self._passwords = PasswordChecker()
+        self._router_errors = RouterChecker()
         self.site = _QuietSite(AdminRoot(self.state()), reactor=reactor)
         self.site.displayTracebacks = False
-        self._listener = strports.service(config.admin.address, self.site, reactor=reactor)
-        self._listener.setServiceParent(self)
+        # The listening port, once bound, and why not when it could not be.
+        self.port = None
+        self.listen_error = ""
+        self._expected = False
 
     # -- what the resources read ---------------------------------------------
 
@@ -161,6 +167,10 @@ class AdminService(MultiService):
             health=lookup,
             dns_names=tuple(names),
             version=_edge_version(),
+            listeners=tuple(state.as_dict() for state in self.listeners.states()),
+            router_errors=self._router_errors(
+                snapshot, tuple(ep.name for ep in self.config.entrypoints)
+            ),
         )
         return overview(snapshot, self.config, facts)
 
@@ -202,6 +212,11 @@ class AdminService(MultiService):
     def update_metrics(self) -> None:
         """Refresh the gauges that are read off the publisher at scrape time."""
         metrics.snapshot_generation.set(self.publisher.generation)
+        snapshot = self.publisher.current
+        errors = self._router_errors(snapshot, tuple(ep.name for ep in self.config.entrypoints))
+        metrics.router_error.clear()
+        for router in snapshot.routers:
+            metrics.router_error.labels(router.name).set(1 if router.name in errors else 0)
         now = self.reactor.seconds()
         for status in self.publisher.statuses():
             metrics.discovery_connected.labels(status.name).set(1 if status.connected else 0)
@@ -232,13 +247,50 @@ class AdminService(MultiService):
             )
         self.config = config
 
+    def privilegedStartService(self) -> None:
+        """Bind before twistd drops privileges; a port that cannot be had stops start-up."""
+        super().privilegedStartService()
+        self._listen()
+        if self.port is None:
+            raise ListenError(self.listen_error)
+
+    def _listen(self) -> None:
+        address = self.config.admin.address
+        if not self._expected:
+            self._expected = True
+            self.listeners.expect("admin", "admin", address, lambda: self.port, lambda: self.listen_error)
+        d = serverFromString(self.reactor, address).listen(self.site)
+
+        def listening(port):
+            self.port = port
+            self.listen_error = ""
+
+        def failed(failure):
+            self.listen_error = f"admin cannot listen on {address}: {describe_error(failure.value)}"
+
+        d.addCallbacks(listening, failed)
+
     def startService(self) -> None:
-        self._log.info("Admin dashboard, API and metrics on {address}", address=self.config.admin.address)
+        if self.port is None and not self.listen_error:
+            self._listen()  # started without privilegedStartService (tests, embedding)
+        if self.listen_error:
+            self._log.error("{error}", error=self.listen_error)
+        else:
+            self._log.info("Admin dashboard, API and metrics on {address}", address=self.config.admin.address)
         super().startService()
 
+    def stopService(self):
+        port, self.port = self.port, None
+        self.listen_error = ""
+        super().stopService()
+        if port is not None:
+            return port.stopListening()
+        return None
 
-def make_admin_service(config: Config, publisher, reactor) -> MultiService:
+
+def make_admin_service(config: Config, publisher, reactor,
+                       listeners: ListenerBoard | None = None) -> MultiService:
     """The admin service, or an empty one when ``[admin] address`` is ""."""
     if not config.admin.address:
         return MultiService()
-    return AdminService(config, publisher, reactor)
+    return AdminService(config, publisher, reactor, listeners)

@@ -30,7 +30,7 @@ from edge.snapshot import (
 
 __all__ = ["Facts", "overview", "middleware_view", "SECTIONS"]
 
-SECTIONS = ("summary", "problems", "entrypoints", "routers", "services", "dns", "discovery", "nodes")
+SECTIONS = ("summary", "problems", "entrypoints", "listeners", "routers", "services", "dns", "discovery", "nodes")
 
 # Health as the HTTP layer reports it: (service name, target) -> True/False.
 # A target absent from the mapping has not been checked yet.
@@ -49,6 +49,10 @@ class Facts:
     # (name, type, values, source) rows the DNS server answers.
     dns_names: tuple[tuple[str, str, tuple[str, ...], str], ...] = ()
     version: str = ""
+    # Every configured listener as ListenerState.as_dict() gives it.
+    listeners: tuple[dict, ...] = ()
+    # Router name -> why it does not serve (edge.admin.routercheck).
+    router_errors: Mapping[str, str] = field(default_factory=dict)
 
 
 def middleware_view(middleware: Any) -> dict:
@@ -119,13 +123,13 @@ def _service_view(service: BackendService, facts: Facts, used_by: list[str]) -> 
     }
 
 
-def _router_view(router: Router, config: Config, services: Mapping[str, dict]) -> dict:
+def _router_view(router: Router, config: Config, services: Mapping[str, dict], error: str = "") -> dict:
     all_eps = [ep.name for ep in config.entrypoints]
     entry_points = list(router.entry_points) or all_eps
     tls_eps = [n for n in entry_points if (ep := config.entrypoint(n)) and ep.tls]
     tls_enabled = router.tls is not None or bool(tls_eps)
     service = services.get(router.service)
-    if service is None:
+    if service is None or error:
         status = "error"
     else:
         status = service["status"]
@@ -147,6 +151,7 @@ def _router_view(router: Router, config: Config, services: Mapping[str, dict]) -
             "domains": list(router.tls.domains) if router.tls else [],
         },
         "status": status,
+        "error": error,
         "source": router.source,
     }
 
@@ -185,6 +190,8 @@ def _problems(
                 message += " (serving its last good state)"
             found.append(_problem("error", f"discovery {status.name}", message))
     for router in routers:
+        if router["error"]:
+            found.append(_problem("error", router["name"], router["error"]))
         if router["service"] not in services:
             found.append(
                 _problem(
@@ -222,8 +229,14 @@ def overview(snapshot: Snapshot, config: Config, facts: Facts) -> dict:
     services = {
         s.name: _service_view(s, facts, used_by.get(s.name, [])) for s in snapshot.services
     }
-    routers = [_router_view(r, config, services) for r in snapshot.routers]
+    routers = [
+        _router_view(r, config, services, facts.router_errors.get(r.name, "")) for r in snapshot.routers
+    ]
     problems = _problems(snapshot, routers, services, facts.statuses)
+    for listener in facts.listeners:
+        if listener["state"] != "listening":
+            problems.insert(0, _problem("error", f"listener {listener['name']}", listener["error"]))
+    listening = {l["name"]: l for l in facts.listeners if l["kind"] in ("http", "https")}
     targets = [t for s in services.values() for t in s["targets"]]
     return {
         "version": facts.version,
@@ -242,9 +255,17 @@ def overview(snapshot: Snapshot, config: Config, facts: Facts) -> dict:
         },
         "problems": problems,
         "entrypoints": [
-            {"name": ep.name, "address": ep.address, "tls": ep.tls, "redirect_to": ep.redirect_to}
+            {
+                "name": ep.name,
+                "address": ep.address,
+                "tls": ep.tls,
+                "redirect_to": ep.redirect_to,
+                "state": listening[ep.name]["state"] if ep.name in listening else "unknown",
+                "error": listening[ep.name]["error"] if ep.name in listening else "",
+            }
             for ep in config.entrypoints
         ],
+        "listeners": list(facts.listeners),
         "routers": routers,
         "services": list(services.values()),
         "dns": {

@@ -115,22 +115,27 @@ class MetricsResource(_Leaf):
 
 
 class HealthResource(_Leaf):
-    """200 while the reactor is serving; the container health check asks this.
+    """200 while every configured listener listens; the container health check asks this.
 
-    Discovery trouble is reported in the body but does not fail the check:
-    edge keeps routing with its last good snapshot, and a restart would only
-    throw that away.
+    A listener that is not listening (a port lost after start-up, an address
+    a reload could not bind) fails the check with 503: that node serves less
+    than it was configured to.  Discovery trouble is reported in the body but
+    does not fail the check: edge keeps routing with its last good snapshot,
+    and a restart would only throw that away.
     """
 
     def render_GET(self, request: Request) -> bytes:
         view = self.state.overview()
+        down = [l for l in view["listeners"] if l["state"] != "listening"]
         return _json(
             request,
             {
-                "status": "ok",
+                "status": "fail" if down else "ok",
                 "generation": view["generation"],
                 "discovery": {d["name"]: d["connected"] for d in view["discovery"]},
+                "listeners_down": [f"{l['name']} ({l['address']}): {l['error']}" for l in down],
             },
+            503 if down else 200,
         )
 
     render_HEAD = render_GET

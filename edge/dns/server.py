@@ -42,7 +42,15 @@ from edge.dns.wire import (
 )
 from edge.snapshot import EMPTY, Snapshot
 
-__all__ = ["Responder", "DNSDatagramServer", "DNSStreamFactory", "DNSService", "make_dns_service"]
+__all__ = [
+    "Responder",
+    "DNSDatagramServer",
+    "DNSStreamFactory",
+    "DNSService",
+    "make_dns_service",
+    "ThrottledWarning",
+    "LISTEN_BACKLOG",
+]
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 _OPT = opt_record(False)
@@ -60,8 +68,41 @@ _QTYPES = {
 }
 
 
+LISTEN_BACKLOG = 511
+"""The TCP listen queue (Twisted's default is 50; nginx uses 511): bursts of
+connections wait in the kernel instead of being dropped and retried."""
+
+
 def _empty_table() -> AnswerTable:
     return AnswerTable({}, {}, None, 5, 0)
+
+
+class ThrottledWarning:
+    """
+    One warning per ``interval`` for events a client can repeat at will.
+
+    The first occurrence is logged at once, later ones as a count in the next
+    line after ``interval`` seconds, so a flood costs a log line per
+    interval rather than one per packet or connection.
+    """
+
+    def __init__(self, log: Logger, clock, interval: float, format: str):
+        self._log = log
+        self._clock = clock
+        self.interval = interval
+        self._format = format + " ({count} since the last report, {total} in all)"
+        self.total = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def __call__(self, **fields) -> None:
+        self.total += 1
+        self._unlogged += 1
+        now = self._clock.seconds()
+        if self._logged_at is None or now - self._logged_at >= self.interval:
+            self._log.warn(self._format, count=self._unlogged, total=self.total, **fields)
+            self._unlogged = 0
+            self._logged_at = now
 
 
 class Responder:
@@ -85,9 +126,9 @@ class Responder:
         self.set_allow_recursion(config.allow_recursion)
         self._counts: dict[tuple[int, int, str], int] = {}
         self._cache_hits = 0
-        self.bad_packets = 0
-        self._bad_unlogged = 0
-        self._bad_logged_at: float | None = None
+        self._bad_warning = ThrottledWarning(
+            self._log, reactor, self.BAD_LOG_INTERVAL, "Malformed DNS packet from {client}: {reason}"
+        )
 
     def set_allow_recursion(self, cidrs) -> None:
         self._networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
@@ -266,23 +307,14 @@ class Responder:
             + opt_record(False, ext_rcode=1)
         )
 
+    @property
+    def bad_packets(self) -> int:
+        return self._bad_warning.total
+
     def _bad(self, host: str, reason: str) -> None:
         """Count a malformed packet; log the first and then one summary line per interval."""
-        self.bad_packets += 1
         metrics.dns_bad_packets.inc()
-        self._bad_unlogged += 1
-        now = self._reactor.seconds()
-        if self._bad_logged_at is None or now - self._bad_logged_at >= self.BAD_LOG_INTERVAL:
-            self._log.warn(
-                "Malformed DNS packet from {client}: {reason} ({count} since the last report,"
-                " {total} in all)",
-                client=host,
-                reason=reason,
-                count=self._bad_unlogged,
-                total=self.bad_packets,
-            )
-            self._bad_unlogged = 0
-            self._bad_logged_at = now
+        self._bad_warning(client=host, reason=reason)
 
     # -- policy and counting ------------------------------------------------
 
@@ -375,24 +407,35 @@ class DNSDatagramServer(DatagramProtocol):
 
 
 class DNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
-    """DNS over TCP (RFC 7766): length-prefixed messages, answered as they complete."""
+    """
+    DNS over TCP (RFC 7766): length-prefixed messages, answered as they complete.
+
+    Back-pressure: the protocol is its transport's streaming producer, so once
+    the answers a client has not read fill the transport's buffer, edge stops
+    reading that connection and stops answering the queries already read
+    (``Int16StringReceiver`` holds them while ``paused``) until the client
+    catches up; forwarded questions in flight are capped the same way.  A
+    client that never reads is closed by the idle timeout.  Output per
+    connection stays near the transport's buffer size plus what is in flight.
+    """
 
     _log = Logger()
     _counted = False
+    _write_full = False
+    _in_flight = 0
+    _receiving = False
 
     def connectionMade(self) -> None:
         factory = self.factory
         if factory.open >= factory.max_connections:
-            self._log.warn(
-                "Refusing DNS TCP connection from {client}: {open} already open",
-                client=self.transport.getPeer().host,
-                open=factory.open,
-            )
+            metrics.dns_tcp_refused.inc()
+            factory.refused(client=self.transport.getPeer().host, open=factory.open)
             self.transport.abortConnection()
             return
         factory.open += 1
         self._counted = True
         self._host = self.transport.getPeer().host
+        self.transport.registerProducer(self, True)
         self.setTimeout(factory.idle_timeout)
 
     def stringReceived(self, data: bytes) -> None:
@@ -409,11 +452,52 @@ class DNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
         elif type(out) is bytes:
             self.sendString(out)
         else:
+            self._in_flight += 1
             out.addCallback(self._send)
+            self._reading()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._receiving = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._receiving = False
 
     def _send(self, out: bytes | None) -> None:
+        self._in_flight -= 1
         if out is not None and self.transport.connected:
             self.sendString(out)
+        self._reading()
+
+    # -- back-pressure: IPushProducer for the transport -------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: the client is not reading."""
+        self._write_full = True
+        self._reading()
+
+    def resumeProducing(self) -> None:
+        self._write_full = False
+        self._reading()
+
+    def stopProducing(self) -> None:
+        self._write_full = True
+
+    def _reading(self) -> None:
+        """Read and answer only while the client keeps up."""
+        stop = self._write_full or self._in_flight >= self.factory.max_in_flight
+        if stop and not self.paused:
+            self.paused = True
+            metrics.dns_tcp_paused.inc()
+            self.factory.paused(client=self._host)
+            if self.transport.connected:
+                self.transport.pauseProducing()
+        elif not stop and self.paused:
+            self.paused = False
+            if self.transport.connected:
+                self.transport.resumeProducing()
+                if not self._receiving:  # else the frame loop on the stack goes on
+                    self.dataReceived(b"")  # the queries read before the pause
 
     def timeoutConnection(self) -> None:
         self.transport.abortConnection()
@@ -428,6 +512,8 @@ class DNSStreamProtocol(Int16StringReceiver, TimeoutMixin):
 class DNSStreamFactory(Factory):
     protocol = DNSStreamProtocol
     noisy = False
+    _log = Logger()
+    LOG_INTERVAL = 10.0
 
     def __init__(
         self,
@@ -435,12 +521,23 @@ class DNSStreamFactory(Factory):
         reactor,
         max_connections: int = 256,
         idle_timeout: float = 10.0,
+        max_in_flight: int = 32,
     ):
         self.responder = responder
         self.reactor = reactor
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        # Forwarded questions one connection may have waiting upstream.
+        self.max_in_flight = max_in_flight
         self.open = 0
+        self.refused = ThrottledWarning(
+            self._log, reactor, self.LOG_INTERVAL,
+            "Refusing DNS TCP connection from {client}: {open} already open",
+        )
+        self.paused = ThrottledWarning(
+            self._log, reactor, self.LOG_INTERVAL,
+            "DNS TCP client {client} is not reading its answers; not reading its queries until it does",
+        )
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
@@ -473,6 +570,8 @@ class DNSService(MultiService):
         self._problems: set[str] = set()
         self._serial = 0
         self._ports: list = []
+        # (protocol, interface) -> port, for edge.listeners.ListenerBoard.
+        self.listening_ports: dict[tuple[str, str], object] = {}
         self._unsubscribe = None
         self._loops: list[LoopingCall] = []
 
@@ -609,15 +708,27 @@ class DNSService(MultiService):
         self._unsubscribe = self._publisher.subscribe(self._on_snapshot)
         tcp = DNSStreamFactory(self.responder, self._reactor)
         for interface in self.config.interfaces:
+            protocol = "UDP"
             try:
                 udp = DNSDatagramServer(self.responder)
                 self._ports.append(self._reactor.listenUDP(self.config.port, udp, interface=interface))
-                self._ports.append(self._reactor.listenTCP(self.config.port, tcp, interface=interface))
-            except Exception:
+                self.listening_ports[("udp", interface)] = self._ports[-1]
+                protocol = "TCP"
+                self._ports.append(self._reactor.listenTCP(
+                    self.config.port, tcp, interface=interface, backlog=LISTEN_BACKLOG
+                ))
+                self.listening_ports[("tcp", interface)] = self._ports[-1]
+            except Exception as e:
                 for port in self._ports:
                     port.stopListening()
                 self._ports = []
-                raise
+                self.listening_ports = {}
+                from edge.listeners import ListenError, describe_error
+
+                raise ListenError(
+                    f"DNS cannot listen on {interface} port {self.config.port} ({protocol}):"
+                    f" {describe_error(e)}"
+                ) from None
             self._log.info(
                 "DNS listening on {interface} port {port} (UDP and TCP)",
                 interface=interface,
@@ -643,6 +754,7 @@ class DNSService(MultiService):
             self._unsubscribe = None
         self.responder.flush_metrics()
         ports, self._ports = self._ports, []
+        self.listening_ports = {}
         stops = [defer.maybeDeferred(p.stopListening) for p in ports]
         return defer.gatherResults(stops).addCallback(lambda _: super(DNSService, self).stopService())
 

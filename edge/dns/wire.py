@@ -44,6 +44,7 @@ MAX_UDP = 1232
 _HEADER_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
 _U16 = struct.Struct("!H")
 _RR_FIXED = struct.Struct("!HHIH")
+_COUNTS = struct.Struct("!4H")
 
 
 class BadPacket(ValueError):
@@ -139,9 +140,21 @@ def parse_slow(data: bytes) -> Query:
     opcode = (data[2] >> 3) & 0x0F
     if opcode != dns.OP_QUERY:
         raise NotImplementedOpcode(opcode)
-    message = dns._EDNSMessage()
+    plain = dns.Message()
     try:
-        message.fromStr(data)
+        plain.fromStr(data)
+    except Exception as e:
+        raise BadPacket(f"cannot parse: {type(e).__name__}: {e}") from None
+    # twisted.names stops quietly where the packet ends, so a header that
+    # claims more records than the packet holds would still be answered.
+    claimed = _COUNTS.unpack_from(data, 4)
+    found = (len(plain.queries), len(plain.answers), len(plain.authority), len(plain.additional))
+    if claimed != found:
+        raise BadPacket(
+            "header counts {}/{}/{}/{} records, the packet holds {}/{}/{}/{}".format(*claimed, *found)
+        )
+    try:
+        message = dns._EDNSMessage._fromMessage(plain)
     except Exception as e:
         raise BadPacket(f"cannot parse: {type(e).__name__}: {e}") from None
     if len(message.queries) != 1:

@@ -106,7 +106,8 @@ function renderRouters(data) {
       : [pill("tls", "TLS on " + r.tls.entrypoints.join(", "))];
     return el("tr", { "data-filter": [r.name, r.rule, r.service, ...r.hosts].join(" ").toLowerCase() },
       el("td", {}, pill(r.status, r.status)),
-      el("td", {}, el("b", { text: r.name }), el("div", { class: "muted", text: "priority " + r.priority })),
+      el("td", {}, el("b", { text: r.name }), el("div", { class: "muted", text: "priority " + r.priority }),
+        r.error ? el("div", { class: "error", text: r.error }) : null),
       el("td", {}, el("div", { class: "rule", text: r.rule }), hosts.length ? el("div", {}, ...hosts.flatMap((h, i) => i ? [" ", h] : [h])) : null),
       el("td", {}, ...r.entrypoints.map((e) => pill("plain", e))),
       el("td", {}, ...tls),
@@ -144,7 +145,8 @@ function renderDNS(dns) {
 function renderTables(data) {
   fill("entrypoints", data.entrypoints.map((e) =>
     el("tr", {}, el("td", { text: e.name }), el("td", {}, el("code", { text: e.address })),
-      el("td", {}, e.tls ? pill("tls", "TLS") : e.redirect_to ? pill("plain", "→ " + e.redirect_to) : pill("plain", "plain")))));
+      el("td", {}, e.tls ? pill("tls", "TLS") : e.redirect_to ? pill("plain", "→ " + e.redirect_to) : pill("plain", "plain"),
+        e.state === "not listening" ? pill("error", "not listening: " + e.error) : null))));
   fill("nodes", data.nodes.map((n) =>
     el("tr", {}, el("td", {}, n.hostname, n.leader ? el("span", { class: "muted", text: " (leader)" }) : null),
       el("td", { text: n.role }), el("td", {}, el("code", { text: n.address })),
