@@ -32,13 +32,13 @@ test-deps: $(BIN)/python
 # for the images the tests make.
 system-deps:
 	@missing=""; \
-	for tool in dockerd dig dnsmasq curl busybox nsenter ip openssl chromium debootstrap; do \
+	for tool in dockerd dig dnsmasq curl busybox nsenter ip openssl chromium debootstrap pebble named; do \
 		command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages for:$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 			docker.io busybox-static dnsutils dnsmasq-base curl iproute2 util-linux openssl \
-			chromium debootstrap; \
+			chromium debootstrap pebble bind9; \
 	fi
 
 testbed-up:

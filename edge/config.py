@@ -27,6 +27,8 @@ __all__ = [
     "HTTPConfig",
     "TLSConfig",
     "StaticRoute",
+    "ACMEResolver",
+    "ACME_DIRECTORIES",
     "LogConfig",
     "Config",
     "load",
@@ -200,6 +202,50 @@ class StaticRoute:
     strip_prefixes: tuple[str, ...] = ()
     basic_auth: tuple[str, ...] = ()
     allow_ips: tuple[str, ...] = ()
+    # Name of an [acme.<name>] resolver that obtains this route's certificate.
+    cert_resolver: str = ""
+
+
+# Named ACME directories for [acme.<name>] ca.
+ACME_DIRECTORIES = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+
+
+@dataclass(frozen=True)
+class ACMEResolver:
+    """One ACME certificate resolver (Traefik's certificatesResolvers.<name>)."""
+
+    name: str
+    # Contact address given to the CA (expiry mail); "" = none.
+    email: str = ""
+    # "letsencrypt" | "letsencrypt-staging" | an https:// directory URL.
+    ca: str = "letsencrypt"
+    # PEM bundle to verify the CA's own HTTPS with ("" = the system's).
+    ca_bundle: str = ""
+    # "ec256" | "ec384" | "rsa2048" | "rsa4096": the certificates' key type.
+    key_type: str = "ec256"
+    # "http-01" | "tls-alpn-01" | "dns-01"
+    challenge: str = "http-01"
+    # Also order for Traefik v1 routers' Host rules (Traefik 1.7 onHostRule).
+    on_host_rule: bool = False
+    # External account binding (ZeroSSL, Google...): key id and base64url HMAC key.
+    eab_kid: str = ""
+    eab_hmac_key: str = ""
+    # DNS-01 by RFC 2136: the primary server ADDR[:PORT] and a TSIG key.
+    dns_server: str = ""
+    tsig_key_name: str = ""
+    tsig_secret: str = ""
+    tsig_algorithm: str = "hmac-sha256"
+    # DNS-01 by a program: called as `hook present|cleanup FQDN VALUE`.
+    dns_hook: str = ""
+    # Seconds to wait after publishing a DNS-01 record before asking the CA.
+    dns_propagation_delay: float = 0.0
+    # Renew when less than this fraction of the lifetime is left (ARI first).
+    renew_fraction: float = 0.3333
+    # Give up one order after this many seconds.
+    order_timeout: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -223,6 +269,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     routes: tuple[StaticRoute, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
+    acme: tuple[ACMEResolver, ...] = ()
     # Where the config came from, for messages.
     source: str = ""
 
@@ -364,6 +411,17 @@ def parse(document: dict, source: str = "") -> Config:
             parsed.append(reader.table(f"routes.{name}", StaticRoute, table, name=name))
         kwargs["routes"] = tuple(parsed)
 
+    acme = document.pop("acme", None)
+    if acme is not None:
+        if not isinstance(acme, dict):
+            reader.fail("acme", "expected a table of named resolvers, e.g. [acme.le]")
+        resolvers = []
+        for name, table in acme.items():
+            if not isinstance(table, dict):
+                reader.fail(f"acme.{name}", "expected a table")
+            resolvers.append(reader.table(f"acme.{name}", ACMEResolver, table, name=name))
+        kwargs["acme"] = tuple(resolvers)
+
     rest = reader.table("", Config, document)
     config = dataclasses.replace(rest, **kwargs)
     _check(config, reader)
@@ -436,6 +494,41 @@ def _check(config: Config, reader: _Reader) -> None:
         _check_cidrs(reader, f"routes.{route.name}.allow_ips", route.allow_ips)
         _check_route(reader, route, names)
     _check_docker_url(reader, config.docker.url)
+    _check_acme(config, reader)
+
+
+_ACME_CHOICES = {
+    "key_type": ("ec256", "ec384", "rsa2048", "rsa4096"),
+    "challenge": ("http-01", "tls-alpn-01", "dns-01"),
+    "tsig_algorithm": ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha1"),
+}
+
+
+def _check_acme(config: Config, reader: _Reader) -> None:
+    resolvers = {r.name for r in config.acme}
+    for r in config.acme:
+        key = f"acme.{r.name}"
+        for option, choices in _ACME_CHOICES.items():
+            if getattr(r, option) not in choices:
+                reader.fail(f"{key}.{option}", f"expected one of {', '.join(choices)}, got {getattr(r, option)!r}")
+        if r.ca not in ACME_DIRECTORIES and not r.ca.startswith(("https://", "http://")):
+            reader.fail(f"{key}.ca", f"expected {', '.join(ACME_DIRECTORIES)} or a directory URL, got {r.ca!r}")
+        if bool(r.eab_kid) != bool(r.eab_hmac_key):
+            reader.fail(f"{key}.eab_kid", "eab_kid and eab_hmac_key go together")
+        if r.challenge == "dns-01" and not (r.dns_server or r.dns_hook):
+            reader.fail(f"{key}.challenge", "dns-01 needs dns_server (RFC 2136) or dns_hook")
+        if r.dns_server and not (r.tsig_key_name and r.tsig_secret):
+            reader.fail(f"{key}.dns_server", "RFC 2136 updates need tsig_key_name and tsig_secret")
+        if not 0.0 < r.renew_fraction < 1.0:
+            reader.fail(f"{key}.renew_fraction", f"expected a number between 0 and 1, got {r.renew_fraction}")
+        if r.order_timeout <= 0:
+            reader.fail(f"{key}.order_timeout", "expected a positive number of seconds")
+    for route in config.routes:
+        if route.cert_resolver and route.cert_resolver not in resolvers:
+            reader.fail(
+                f"routes.{route.name}.cert_resolver",
+                f"no [acme.{route.cert_resolver}] resolver is configured",
+            )
 
 
 def _check_route(reader: _Reader, route: StaticRoute, entrypoints: set[str]) -> None:

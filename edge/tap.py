@@ -190,11 +190,16 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
                     lambda key=(protocol, interface): dns.listening_ports.get(key),
                 )
     # TLS: certificates for the TLS entry points (root.tls feeds the HTTP service).
-    root.tls = root.h2 = None
+    root.tls = root.h2 = root.acme = None
     if any(ep.tls for ep in config.entrypoints):
         from edge.tls.service import make_tls_service
 
-        root.tls = make_tls_service(config, publisher, reactor)
+        if config.acme:  # ACME certificates ([acme.<name>]), served by the TLS service
+            from edge.acme.service import make_acme_service
+
+            root.acme = make_acme_service(config, publisher, reactor)
+            root.acme.setServiceParent(root)
+        root.tls = make_tls_service(config, publisher, reactor, acme=root.acme)
         root.tls.setServiceParent(root)
         if config.tls.http2:
             from edge.http.h2 import H2Bridge
@@ -210,7 +215,10 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
             root.h2.setServiceParent(root)
     from edge.http import make_http_service
 
-    http = make_http_service(config, publisher, reactor, tls_context=root.tls, h2_handler=root.h2)
+    http = make_http_service(
+        config, publisher, reactor, tls_context=root.tls, h2_handler=root.h2,
+        challenges=root.acme.board if root.acme is not None else None,  # ACME HTTP-01
+    )
     http.setServiceParent(root)
     for ep in config.entrypoints:
         listeners.expect(

@@ -16,6 +16,7 @@ SECTIONS = {
     "http": config.HTTPConfig,
     "tls": config.TLSConfig,
     "routes.NAME": config.StaticRoute,
+    "acme.NAME": config.ACMEResolver,
     "log": config.LogConfig,
 }
 

@@ -106,7 +106,7 @@ def _route(route: StaticRoute, source: str) -> tuple[Router | None, BackendServi
         entry_points=tuple(route.entry_points),
         priority=route.priority,
         middlewares=tuple(middlewares),
-        tls=RouterTLS() if route.tls else None,
+        tls=RouterTLS(cert_resolver=route.cert_resolver) if route.tls or route.cert_resolver else None,
         provider=PROVIDER,
         source=source,
     )

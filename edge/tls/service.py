@@ -85,6 +85,7 @@ class TLSService(Service):
         publisher,
         reactor,
         issuer: ICertificateIssuer | None = None,
+        acme=None,
         poll_interval: float = 2.0,
         handle_sighup: bool = False,
         now: Callable[[], datetime.datetime] = _utcnow,
@@ -93,6 +94,8 @@ class TLSService(Service):
         self._publisher = publisher
         self._reactor = reactor
         self.issuer = issuer
+        # edge.acme.service.ACMEService: lookup(name), board.alpn_certificate(name).
+        self.acme = acme
         self._poll_interval = poll_interval
         self._handle_sighup = handle_sighup
         self._now = now
@@ -109,6 +112,7 @@ class TLSService(Service):
             self.select,
             None,
             TLSSettings(min_version=config.min_version, http2=config.http2),
+            acme_tls=acme.board.alpn_certificate if acme is not None else None,
         )
         self._rescan(force=True)
 
@@ -128,8 +132,10 @@ class TLSService(Service):
         return self.issuer.root_certificate_pem() if self.issuer is not None else None
 
     def select(self, name: str) -> CertifiedKey | None:
-        """The certificate for SNI ``name``: directory first, then the issuer."""
+        """The certificate for SNI ``name``: directory first, then ACME, then the issuer."""
         found = self.index.lookup(name)
+        if found is None and self.acme is not None:
+            found = self.acme.lookup(name)
         if found is not None or self.issuer is None:
             return found
         if name in self.allowed:
@@ -335,7 +341,7 @@ def make_tls_service(config, publisher, reactor, **kwargs) -> TLSService:
             " once it appears",
             path=tls.certificates,
         )
-    if not (tls.certificates or tls.internal_ca or tls.default_certificate):
+    if not (tls.certificates or tls.internal_ca or tls.default_certificate or kwargs.get("acme")):
         TLSService._log.warn(
             "TLS entry points are configured but there are no certificates"
             " (set tls.certificates or tls.internal_ca): every handshake will fail"

@@ -80,8 +80,21 @@ class TLSSettings:
         return (b"h2", b"http/1.1") if self.http2 else (b"http/1.1",)
 
 
-def make_context(settings: TLSSettings, certified: CertifiedKey | None) -> SSL.Context:
-    """An OpenSSL server context for one certificate (or none), fully configured."""
+# RFC 8737: the protocol an ACME CA offers, alone, to validate TLS-ALPN-01.
+ACME_TLS_ALPN = b"acme-tls/1"
+
+
+def make_context(
+    settings: TLSSettings, certified: CertifiedKey | None, acme_tls: Selector | None = None
+) -> SSL.Context:
+    """
+    An OpenSSL server context for one certificate (or none), fully configured.
+
+    ``acme_tls(name)`` gives the TLS-ALPN-01 certificate for a name being
+    validated: a client offering ``acme-tls/1`` gets it instead of the
+    usual one (chosen here, in the ALPN callback, because the SNI callback
+    runs before the client's ALPN list is known).
+    """
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(_VERSIONS[settings.min_version])
     context.set_options(
@@ -97,6 +110,14 @@ def make_context(settings: TLSSettings, certified: CertifiedKey | None) -> SSL.C
     offered = settings.alpn
 
     def select(connection, protocols):
+        if acme_tls is not None and ACME_TLS_ALPN in protocols:
+            raw = connection.get_servername()
+            challenge = acme_tls(normalize_name(raw.decode("ascii", "replace"))) if raw else None
+            if challenge is None:
+                return SSL.NO_OVERLAPPING_PROTOCOLS
+            connection.use_certificate(challenge.leaf)
+            connection.use_privatekey(challenge.key)
+            return ACME_TLS_ALPN
         for protocol in offered:
             if protocol in protocols:
                 return protocol
@@ -129,9 +150,11 @@ class SNIConnectionCreator:
         select: Selector,
         default: CertifiedKey | None = None,
         settings: TLSSettings = TLSSettings(),
+        acme_tls: Selector | None = None,
     ):
         self._select = select
         self._settings = settings
+        self._acme_tls = acme_tls
         self._contexts: "weakref.WeakKeyDictionary[CertifiedKey, SSL.Context]" = (
             weakref.WeakKeyDictionary()
         )
@@ -149,7 +172,7 @@ class SNIConnectionCreator:
 
     def set_default(self, default: CertifiedKey | None) -> None:
         """Replace the certificate served without SNI or for unknown names."""
-        base = make_context(self._settings, default)
+        base = make_context(self._settings, default, self._acme_tls)
         base.set_tlsext_servername_callback(self._servername)
         self._default = default
         self._base = base
@@ -157,7 +180,7 @@ class SNIConnectionCreator:
     def context_for(self, certified: CertifiedKey) -> SSL.Context:
         context = self._contexts.get(certified)
         if context is None:
-            context = make_context(self._settings, certified)
+            context = make_context(self._settings, certified, self._acme_tls)
             self._contexts[certified] = context
         return context
 

@@ -1,0 +1,120 @@
+"""
+ACME end to end: real pebble (Let's Encrypt's test CA) validating against a
+real ``twistd edge`` on loopback, resolving the test names through edge's own
+DNS server; curl checks the chain edge serves against pebble's roots only.
+"""
+
+import os
+import shutil
+import ssl
+import socket
+import time
+
+import pytest
+from cryptography import x509
+
+from tests.acme_harness import Backend, EdgePorts, EdgeProcess, Named, Pebble, curl, wait_until
+
+pytestmark = pytest.mark.skipif(shutil.which("pebble") is None, reason="Debian's pebble is not installed (make system-deps)")
+
+ISSUE_DEADLINE = 90.0  # bounded polling, not a speed assertion
+
+
+def _route(name, rule, backend, resolver="pebble"):
+    return (
+        f'[routes.{name}]\nrule = "{rule}"\nbackends = ["http://127.0.0.1:{backend.port}"]\n'
+        f'cert_resolver = "{resolver}"\n'
+    )
+
+
+def _resolver(pebble, challenge, extra=""):
+    return (
+        f'[acme.pebble]\nca = "{pebble.directory_url}"\nca_bundle = "{pebble.listener_ca}"\n'
+        f'challenge = "{challenge}"\nemail = "ops@example.com"\n{extra}'
+    )
+
+
+def _served_certificate(port, name):
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """Start pebble/edge/backends on demand; stop them all afterwards."""
+    started = []
+
+    class Lab:
+        backend = Backend()
+        ports = EdgePorts()
+
+        def pebble(self, dns=None, **kwargs):
+            pebble = Pebble(str(tmp_path / f"pebble{len(started)}"), self.ports.http, self.ports.https,
+                            dns or f"127.0.0.1:{self.ports.dns}", **kwargs)
+            started.append(pebble)
+            return pebble
+
+        def edge(self, text, name="edge", **kwargs):
+            edge = EdgeProcess(str(tmp_path / name), self.ports,
+                               f'[tls]\nstate_dir = "{tmp_path / "state"}"\n' + text, **kwargs)
+            started.append(edge)
+            return edge
+
+        def named(self, zone):
+            named = Named(str(tmp_path / "named"), zone)
+            started.append(named)
+            return named
+
+    lab = Lab()
+    started.append(lab.backend)
+    yield lab
+    for thing in reversed(started):
+        thing.stop()
+
+
+def _wait_served(lab, pebble, edge, host, deadline=ISSUE_DEADLINE):
+    trust = pebble.trust_file()
+    url = f"https://{host}:{lab.ports.https}/"
+    result = wait_until(lambda: (r := curl(url, host, lab.ports.https, trust)).returncode == 0 and r, deadline)
+    assert result, f"never served a pebble certificate for {host}:\n{edge.log()[-3000:]}\n{pebble.log()[-2000:]}"
+    return result
+
+
+@pytest.mark.parametrize("challenge", ["tls-alpn-01", "http-01"])
+def test_issue_and_serve_by_sni(lab, challenge):
+    pebble = lab.pebble()
+    edge = lab.edge(_resolver(pebble, challenge) + _route("app", "Host(`app.test`)", lab.backend))
+    result = _wait_served(lab, pebble, edge, "app.test")
+    assert result.stdout == "hello from the backend\n"
+    served = _served_certificate(lab.ports.https, "app.test")
+    assert "Pebble Intermediate CA" in served.issuer.rfc4514_string()
+    assert pebble.orders() == 1
+    log = edge.log()
+    assert f"Answered the {challenge.upper()} challenge for app.test" in log
+
+
+
+def test_dns01_wildcard_through_rfc2136_to_named(lab):
+    if shutil.which("named") is None:
+        pytest.skip("Debian's bind9 is not installed (make system-deps)")
+    named = lab.named("dns01.test")
+    # A CA checks DNS-01 at the zone's authoritative servers, never at edge
+    # (edge answers *.wild.dns01.test itself, which covers the TXT owner).
+    pebble = lab.pebble(dns=named.address)
+    extra = (
+        f'dns_server = "{named.address}"\ntsig_key_name = "{named.KEY_NAME}"\ntsig_secret = "{named.secret}"\n'
+    )
+    rule = "Host(`wild.dns01.test`) || HostRegexp(`{sub:[a-z0-9-]+}.wild.dns01.test`)"
+    # edge forwards the names it does not own (the TXT records) to named.
+    edge = lab.edge(_resolver(pebble, "dns-01", extra) + _route("wild", rule, lab.backend), upstream=named.address)
+    result = _wait_served(lab, pebble, edge, "any.wild.dns01.test")
+    assert result.stdout == "hello from the backend\n"
+    served = _served_certificate(lab.ports.https, "any.wild.dns01.test")
+    names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert sorted(names) == ["*.wild.dns01.test", "wild.dns01.test"]
+    assert "updating zone 'dns01.test/IN': adding an RR at '_acme-challenge.wild.dns01.test' TXT" in named.log()
+    assert "deleting an RR at _acme-challenge.wild.dns01.test TXT" in named.log()
