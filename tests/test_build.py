@@ -260,15 +260,16 @@ def test_ingress_network_label_is_refused():
     assert [(s, lvl) for s, lvl, m in problems(snap) if "ingress" in m] == [("web", "error")]
 
 
-def test_unknown_network_label_is_an_error_naming_the_networks():
+def test_unknown_network_label_warns_naming_the_networks_and_falls_back():
+    # Traefik: "Could not find network named ... Defaulting to first available network."
     state = swarm_state(
         [service("web", "s1", {"traefik.port": "80", "traefik.docker.network": "nope"})],
         [task("t1", "s1", NODE1, {FRONTEND: "10.0.1.5"})],
     )
     snap = build(state, ON_FRONTEND, domain="d.test")
-    assert targets(snap, "web@docker") == set()
+    assert targets(snap, "web@docker") == {("t1", "10.0.1.5", 80, NODE1)}
     ((source, level, message),) = problems(snap)
-    assert (source, level) == ("web", "error") and "'nope'" in message and "frontend" in message
+    assert (source, level) == ("web", "warning") and "'nope'" in message and "frontend" in message
 
 
 def test_port_from_the_single_published_target_port():
@@ -292,7 +293,8 @@ def test_no_port_is_a_problem_saying_why(ports, why):
         [task("t1", "s1", NODE1, {FRONTEND: "10.0.1.5"})],
     )
     snap = build(state, ON_FRONTEND)
-    assert targets(snap, "web@docker") == set()
+    # As in Traefik: no usable port, no router and no service (a 404, not a 503).
+    assert snap.routers == () and snap.services == ()
     assert any(why in m and lvl == "error" for _, lvl, m in problems(snap)), problems(snap)
 
 
@@ -377,16 +379,25 @@ def test_nodes_in_snapshot():
     ]
 
 
-def test_same_service_name_from_two_sources_is_a_problem():
-    def reader(source, labels, **kw):
-        return LabelConfig(True, (), (ServiceSpec(name="shared@docker", port=80),), ())
+def test_same_service_name_from_two_sources_merges_when_equal_and_drops_when_not():
+    # Traefik's provider.Merge: equal definitions share the servers,
+    # different ones drop the service.
+    def reader(pass_host):
+        def read(source, labels, **kw):
+            host = pass_host or source == "a"
+            return LabelConfig(True, (), (ServiceSpec(name="shared@docker", port=80, pass_host_header=host),), ())
+
+        return read
 
     state = swarm_state(
         [service("a", "s1", ports=[HOST_80]), service("b", "s2", ports=[HOST_80])],
         [task("t1", "s1", NODE1, host_ports=[(80, 1)]), task("t2", "s2", NODE1, host_ports=[(80, 2)])],
     )
-    snap = build_snapshot(state, DockerConfig(), ON_HOST, read_labels=reader)
-    assert targets(snap, "shared@docker") == {("t1", "192.0.2.1", 1, NODE1)}
+    snap = build_snapshot(state, DockerConfig(), ON_HOST, read_labels=reader(True))
+    assert targets(snap, "shared@docker") == {("t1", "192.0.2.1", 1, NODE1), ("t2", "192.0.2.1", 2, NODE1)}
+    assert problems(snap) == []
+    snap = build_snapshot(state, DockerConfig(), ON_HOST, read_labels=reader(False))
+    assert snap.services == ()
     assert [(s, lvl) for s, lvl, _ in problems(snap)] == [("b", "error")]
 
 

@@ -161,3 +161,162 @@ def test_two_projects_with_a_web_service_are_never_merged(labels, hosts):
     assert sorted(by_router.values(), key=sorted) == [{"10.0.1.7"}, {"10.0.1.8"}]
     if "traefik.enable" in labels:
         assert {r.name for r in snap.routers} == {"web-shop@docker", "web-blog@docker"}
+
+
+# -- 4. only TCP/UDP labels: no HTTP router (v2/v3 docker provider buildConfiguration) --
+
+
+@pytest.mark.parametrize(
+    "labels, routed",
+    [
+        ({"traefik.tcp.routers.db.rule": "HostSNI(`*`)", "traefik.tcp.services.db.loadbalancer.server.port": "5432"}, False),
+        ({"traefik.udp.services.dns.loadbalancer.server.port": "53"}, False),
+        ({"traefik.tcp.routers.db.rule": "HostSNI(`*`)", "traefik.http.routers.web.rule": "Host(`w.test`)"}, True),
+        ({"traefik.enable": "true"}, True),
+    ],
+)
+def test_tcp_or_udp_only_labels_make_no_http_router(labels, routed):
+    config = read_labels("db", labels, domain="example.com")
+    assert bool(config.routers) is routed
+
+
+# -- 5, 9, 10: ports, health, networks of containers (v2/v3 docker provider) --
+
+
+def _container(labels, ports=(), status="Up 5 minutes", networks=None, cid="c1", name="app"):
+    return {
+        "Id": cid,
+        "Names": [f"/{name}"],
+        "Labels": labels,
+        "State": "running",
+        "Status": status,
+        "HostConfig": {"NetworkMode": "default"},
+        "Ports": [{"PrivatePort": p, "Type": t} for p, t in ports],
+        "NetworkSettings": {
+            "Networks": networks or {"frontend": {"NetworkID": FRONTEND, "IPAddress": "10.0.1.7"}}
+        },
+    }
+
+
+def _build(*containers, **config):
+    state = DockerState(info={}, containers_read=True, networks=NETWORKS, containers=list(containers))
+    return build_snapshot(state, DockerConfig(url="unix:///x.sock", domain="d.test", **config), ON_FRONTEND)
+
+
+def _targets(snap):
+    return {(s.name, t.host, t.port) for s in snap.services for t in s.targets}
+
+
+@pytest.mark.parametrize(
+    "labels, ports, expected",
+    [
+        # getPort: the lowest exposed port when no label names one
+        ({"traefik.enable": "true"}, [(8080, "tcp"), (443, "tcp"), (9000, "tcp")], {("app@docker", "10.0.1.7", 443)}),
+        ({"traefik.port": "8080"}, [(8080, "tcp"), (443, "tcp")], {("app@docker", "10.0.1.7", 8080)}),
+        ({"traefik.http.services.s.loadbalancer.server.port": "9000"}, [(80, "tcp")], {("s@docker", "10.0.1.7", 9000)}),
+        # the number of the lowest exposed port, whatever its protocol, as Traefik
+        ({"traefik.enable": "true"}, [(80, "tcp"), (53, "udp")], {("app@docker", "10.0.1.7", 53)}),
+    ],
+)
+def test_port_is_the_label_or_the_lowest_exposed_one(labels, ports, expected):
+    snap = _build(_container(labels, ports))
+    assert _targets(snap) == expected
+    assert snap.routers
+
+
+def test_no_usable_port_means_no_router_not_one_without_targets():
+    snap = _build(_container({"traefik.enable": "true"}))
+    assert snap.routers == () and snap.services == ()
+    assert any(p.level == "error" and p.label == "port" for p in snap.problems)
+
+
+@pytest.mark.parametrize(
+    "status, health, routed",
+    [
+        ("Up 5 minutes", None, True),
+        ("Up 5 minutes (healthy)", None, True),
+        ("Up 5 minutes (unhealthy)", None, False),
+        ("Up 2 seconds (health: starting)", None, False),
+        ("Up 5 minutes", "unhealthy", False),
+        ("Up 5 minutes", "starting", False),
+        ("Up 5 minutes", "healthy", True),
+    ],
+)
+def test_only_healthy_or_unchecked_containers_are_routed(status, health, routed):
+    raw = _container({"traefik.port": "80"}, status=status)
+    if health:
+        raw["Health"] = {"Status": health}
+    snap = _build(raw)
+    assert bool(snap.routers) is routed
+    assert bool(_targets(snap)) is routed
+
+
+def test_malformed_label_disables_the_container():
+    config = read_labels("app", {"traefik.http.services.x": "", "traefik.http.routers.r.rule": "Host(`a.test`)"})
+    assert config.routers == () and config.services == ()
+    assert [p.label for p in errors(config)] == ["traefik.http.services.x"]
+
+
+@pytest.mark.parametrize(
+    "networks, expected",
+    [
+        # the named network is missing: warn and fall back to the container's network
+        ({"other": {"NetworkID": "otherid", "IPAddress": "172.20.0.5"}}, {("app@docker", "172.20.0.5", 80)}),
+        # an IPv6-only network: the container's IPv6 address
+        (
+            {"frontend": {"NetworkID": FRONTEND, "IPAddress": "", "GlobalIPv6Address": "fd00::7"}},
+            {("app@docker", "fd00::7", 80)},
+        ),
+    ],
+)
+def test_network_fallback_and_ipv6_only_networks(networks, expected):
+    labels = {"traefik.port": "80", "traefik.docker.network": "missing"}
+    if "frontend" in networks:
+        del labels["traefik.docker.network"]
+    snap = _build(_container(labels, networks=networks), backend_addressing="task")
+    assert _targets(snap) == expected
+    assert [p for p in snap.problems if p.level == "error"] == []
+
+
+# -- 8. one element defined differently by several containers is dropped (provider.Merge) --
+
+
+def test_router_defined_differently_by_two_containers_is_dropped():
+    a = _container({"traefik.http.routers.r.rule": "Host(`a.test`)", "traefik.http.routers.r.service": "s",
+                    "traefik.http.services.s.loadbalancer.server.port": "80"}, cid="c1", name="one")
+    b = _container({"traefik.http.routers.r.rule": "Host(`b.test`)", "traefik.http.routers.r.service": "s",
+                    "traefik.http.services.s.loadbalancer.server.port": "80"}, cid="c2", name="two")
+    snap = _build(a, b)
+    assert [r.name for r in snap.routers] == []
+    assert any(p.level == "error" and p.label == "router" for p in snap.problems)
+    # the same router twice, equal: kept once, servers merged
+    b["Labels"]["traefik.http.routers.r.rule"] = "Host(`a.test`)"
+    snap = _build(a, b)
+    assert [r.name for r in snap.routers] == ["r@docker"]
+    assert len(snap.service("s@docker").targets) == 2
+
+
+def test_service_defined_differently_drops_it_and_its_routers():
+    common = {"traefik.http.routers.r.rule": "Host(`a.test`)", "traefik.http.services.s.loadbalancer.server.port": "80"}
+    a = _container(dict(common), cid="c1", name="one")
+    b = _container({**common, "traefik.http.services.s.loadbalancer.passhostheader": "false"}, cid="c2", name="two")
+    snap = _build(a, b)
+    assert snap.service("s@docker") is None
+    assert snap.routers == ()
+    assert any(p.level == "error" and p.label == "service" for p in snap.problems)
+
+
+def test_middleware_defined_differently_drops_the_routers_using_it():
+    def labels(users):
+        return {
+            "traefik.http.routers.r.rule": "Host(`a.test`)",
+            "traefik.http.routers.r.middlewares": "auth",
+            "traefik.http.middlewares.auth.basicauth.users": users,
+            "traefik.http.services.s.loadbalancer.server.port": "80",
+        }
+
+    snap = _build(_container(labels("a:h"), cid="c1", name="one"), _container(labels("b:h"), cid="c2", name="two"))
+    assert snap.routers == ()
+    assert any(p.level == "error" and p.label == "middleware" for p in snap.problems)
+    snap = _build(_container(labels("a:h"), cid="c1", name="one"), _container(labels("a:h"), cid="c2", name="two"))
+    assert [r.name for r in snap.routers] == ["r@docker"]

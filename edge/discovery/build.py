@@ -17,7 +17,7 @@ warning :class:`Problem` instead of silently having no targets.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from edge.config import DockerConfig
@@ -92,6 +92,33 @@ def _compose_source(labels: dict, fallback: str) -> str:
     from edge.discovery.labels import compose_source as name
 
     return name(labels, fallback)
+
+
+def _conflict():
+    from edge.discovery.labels import CONFLICT
+
+    return CONFLICT
+
+
+def container_health(raw: dict) -> str:
+    """
+    A listed container's health: "" (no health check), "healthy", "unhealthy"
+    or "starting", from ``Health.Status`` or else the ``Status`` text
+    (``Up 5 minutes (unhealthy)``, ``Up 2 seconds (health: starting)``).
+    """
+    status = _get(raw, "Health", "Status", default="")
+    if isinstance(status, str) and status and status != "none":
+        return status
+    text = raw.get("Status") or ""
+    if not isinstance(text, str):
+        return ""
+    if "(health: starting)" in text:
+        return "starting"
+    if "(unhealthy)" in text:
+        return "unhealthy"
+    if "(healthy)" in text:
+        return "healthy"
+    return ""
 
 
 def _default_middleware_reader() -> LabelReader:
@@ -249,7 +276,8 @@ class _Builder:
         self.networks = _Networks.of(state.networks)
         self.routers: list[Router] = []
         self.services: dict[str, BackendService] = {}
-        self.service_origin: dict[str, str] = {}
+        self.service_origin: dict[str, list[str]] = {}
+        self.service_conflicts: set[str] = set()
         self.swarm_services: dict[str, SwarmService] = {}
         self.problems: list[Problem] = list(state.problems)
         self.nodes: dict[str, Node] = {}
@@ -278,7 +306,6 @@ class _Builder:
         self.problems.extend(config.problems)
         if not config.enabled:
             return None
-        self.routers.extend(config.routers)
         return config
 
     def collect_middlewares(self) -> None:
@@ -297,11 +324,25 @@ class _Builder:
                 for c in self.state.containers
                 if SWARM_TASK_LABEL not in (c.get("Labels") or {})
             ]
+        seen: dict = {}
         for source, labels in sorted(sources, key=lambda pair: pair[0]):
             if not any(".middlewares." in key for key in labels):
                 continue
             for name, middleware in self._read_middlewares(source, labels, provider="docker").items():
-                self.shared_middlewares.setdefault(name, middleware)
+                previous = seen.setdefault(name, (middleware, source))
+                if previous[0] != middleware:
+                    # Traefik drops a middleware defined differently twice, and
+                    # with it every router that uses it.
+                    self.problem(
+                        source,
+                        f"middleware {name} is defined differently by {previous[1]} and {source};"
+                        " it is not used",
+                        level="error",
+                        label="middleware",
+                    )
+                    self.shared_middlewares[name] = _conflict()
+                else:
+                    self.shared_middlewares.setdefault(name, middleware)
 
     # -- nodes
 
@@ -347,9 +388,12 @@ class _Builder:
             config = self.routing_labels(name, labels)
             if config is None:
                 continue
+            if any(self.target_port(name, spec, ports) is None for spec in config.services):
+                continue  # as in Traefik: no usable port, no router (404, not 503)
+            self.routers.extend(config.routers)
             for spec in config.services:
                 targets = self.service_targets(name, raw, stack, spec, tasks, ports)
-                self.add_service(name, spec, targets, mergeable=False)
+                self.add_service(name, spec, targets)
 
     def service_network(self, source: str, raw: dict, stack: str, wanted: str) -> tuple[str | None, bool]:
         """(network ID to use or None, whether a failure was already reported)."""
@@ -373,16 +417,16 @@ class _Builder:
                 )
                 return None, True
             found = self.networks.match(wanted, usable, stack)
-            if found is None:
-                on = ", ".join(sorted(self.networks.name(n) for n in usable)) or "none"
-                self.problem(
-                    source,
-                    f"network {wanted!r} is not one of the service's networks ({on})",
-                    level="error",
-                    label="network",
-                )
-                return None, True
-            return found, False
+            if found is not None:
+                return found, False
+            # Traefik warns and falls back to an available network.
+            on = ", ".join(sorted(self.networks.name(n) for n in usable)) or "none"
+            self.problem(
+                source,
+                f"network {wanted!r} is not one of the service's networks ({on});"
+                " falling back as if no network were named",
+                label="network",
+            )
         if len(usable) == 1:
             return usable[0], False
         shared = [n for n in usable if n in self.me.network_ids]
@@ -575,6 +619,11 @@ class _Builder:
             # Traefik's name for a compose container is <service>_<project>:
             # two projects' "web" services must stay two load balancers.
             source = _compose_source(labels, names[0].lstrip("/"))
+            health = container_health(raw)
+            if health not in ("", "healthy"):
+                # Traefik routes a container with a health check only when healthy.
+                self.problem(source, f"container {names[0].lstrip('/')} is {health}; not routed", label="health")
+                continue
             config = self.routing_labels(source, labels)
             if config is None:
                 continue
@@ -611,25 +660,31 @@ class _Builder:
                 node_ids=(self.local_node_id,) if self.local_node_id else (),
                 replicas_running=merged_counts[source],
             )
+            port_of = {spec.name: self.container_port(source, spec, own_ports) for spec in config.services}
+            if None in port_of.values():
+                continue  # as in Traefik: no usable port, no router (404, not 503)
+            self.routers.extend(config.routers)
             for spec in config.services:
-                targets = self.container_targets(source, raw, labels, spec, own_ports)
-                self.add_service(source, spec, targets, mergeable=True)
+                targets = self.container_targets(source, raw, labels, spec, port_of[spec.name])
+                self.add_service(source, spec, targets)
 
-    def container_targets(self, source, raw, labels, spec, ports) -> tuple[Target, ...]:
-        port = spec.port
-        if not port:
-            private = sorted({p.target_port for p in ports if p.protocol == "tcp"})
-            if len(private) != 1:
-                self.problem(
-                    source,
-                    f"no port for {spec.name}: the container "
-                    + ("exposes no port" if not private else "exposes several ports")
-                    + "; set traefik.port or traefik.http.services.<name>.loadbalancer.server.port",
-                    level="error",
-                    label="port",
-                )
-                return ()
-            port = private[0]
+    def container_port(self, source, spec, ports) -> int | None:
+        """The label's port, else the lowest exposed port (Traefik's getPort)."""
+        if spec.port:
+            return spec.port
+        exposed = sorted({p.target_port for p in ports})
+        if exposed:
+            return exposed[0]
+        self.problem(
+            source,
+            f"no port for {spec.name}: the container exposes no port, so it is not routed;"
+            " set traefik.port or traefik.http.services.<name>.loadbalancer.server.port",
+            level="error",
+            label="port",
+        )
+        return None
+
+    def container_targets(self, source, raw, labels, spec, port) -> tuple[Target, ...]:
         cid = raw.get("Id", "")
         if _get(raw, "HostConfig", "NetworkMode") == "host":
             return (Target(cid, self.state.engine_host, port, spec.scheme, spec.weight, self.local_node_id),)
@@ -651,18 +706,18 @@ class _Builder:
                     None,
                 )
             if nid is None:
+                # Traefik warns and falls back to an available network.
                 self.problem(
                     source,
                     f"network {wanted!r} is not one of the container's networks"
-                    f" ({', '.join(sorted(n for n, _ in by_id.values())) or 'none'})",
-                    level="error",
+                    f" ({', '.join(sorted(n for n, _ in by_id.values())) or 'none'});"
+                    " falling back as if no network were named",
                     label="network",
                 )
-                return ()
             chosen = nid
-        elif len(by_id) == 1:
+        if chosen is None and len(by_id) == 1:
             chosen = next(iter(by_id))
-        else:
+        elif chosen is None:
             shared = sorted(n for n in by_id if n in self.me.network_ids)
             if shared:
                 chosen = shared[0]
@@ -678,7 +733,8 @@ class _Builder:
             )
             mode = "task" if chosen and (chosen in self.me.network_ids or reachable_bridge) else "published"
         if mode == "task" and chosen:
-            ip = by_id[chosen][1].get("IPAddress", "")
+            # An IPv6-only network leaves IPAddress empty.
+            ip = by_id[chosen][1].get("IPAddress", "") or by_id[chosen][1].get("GlobalIPv6Address", "")
             if ip:
                 return (Target(cid, ip, port, spec.scheme, spec.weight, self.local_node_id),)
         # IPv4 bindings first: the same port is listed once per address family.
@@ -698,51 +754,59 @@ class _Builder:
 
     # -- assembling
 
-    def add_service(self, source: str, spec, targets: tuple[Target, ...], mergeable: bool) -> None:
-        existing = self.services.get(spec.name)
-        if existing is None:
-            self.services[spec.name] = BackendService(
-                name=spec.name,
-                targets=targets,
-                pass_host_header=spec.pass_host_header,
-                sticky=spec.sticky,
-                health_check=spec.health_check,
-            )
-            self.service_origin[spec.name] = source
-            return
-        if mergeable and self.service_origin[spec.name] == source:
-            # Several containers of one compose service share one load balancer.
-            self.services[spec.name] = BackendService(
-                name=existing.name,
-                targets=existing.targets + targets,
-                pass_host_header=existing.pass_host_header,
-                sticky=existing.sticky,
-                health_check=existing.health_check,
-            )
-            return
-        self.problem(
-            source,
-            f"service {spec.name} is already defined by {self.service_origin[spec.name]};"
-            " this definition is ignored",
-            level="error",
-            label="service",
+    def add_service(self, source: str, spec, targets: tuple[Target, ...]) -> None:
+        """
+        Traefik's merge: definitions of one service name that agree (all but
+        their servers) share one load balancer; ones that differ drop it.
+        """
+        service = BackendService(
+            name=spec.name,
+            targets=targets,
+            pass_host_header=spec.pass_host_header,
+            sticky=spec.sticky,
+            health_check=spec.health_check,
         )
+        existing = self.services.get(spec.name)
+        origins = self.service_origin.setdefault(spec.name, [])
+        if source not in origins:
+            origins.append(source)
+        if existing is None:
+            self.services[spec.name] = service
+        elif replace(existing, targets=()) == replace(service, targets=()):
+            self.services[spec.name] = replace(existing, targets=existing.targets + targets)
+        else:
+            self.service_conflicts.add(spec.name)
 
     def unique_routers(self) -> list[Router]:
+        """Traefik's merge for routers: one kept when all agree, none when they differ."""
         chosen: dict[str, Router] = {}
+        sources: dict[str, list[str]] = defaultdict(list)
+        conflicts: set[str] = set()
         for router in self.routers:
-            previous = chosen.get(router.name)
-            if previous is None:
-                chosen[router.name] = router
-            elif previous != router:
-                self.problem(
-                    router.source or router.name,
-                    f"router {router.name} is defined twice with different settings;"
-                    f" keeping the one from {previous.source or 'the first source'}",
-                    level="error",
-                    label="router",
-                )
-        return list(chosen.values())
+            sources[router.name].append(router.source)
+            previous = chosen.setdefault(router.name, router)
+            if replace(previous, source="") != replace(router, source=""):
+                conflicts.add(router.name)
+        for name in sorted(self.service_conflicts):
+            self.problem(
+                self.service_origin[name][-1],
+                f"service {name} is defined differently by {', '.join(self.service_origin[name])};"
+                " it is dropped with its routers, as Traefik does",
+                level="error",
+                label="service",
+            )
+            del self.services[name]
+        for name in sorted(conflicts):
+            self.problem(
+                sources[name][-1] or name,
+                f"router {name} is defined differently by {', '.join(dict.fromkeys(sources[name]))};"
+                " it is dropped, as Traefik does",
+                level="error",
+                label="router",
+            )
+        return [
+            r for name, r in chosen.items() if name not in conflicts and r.service not in self.service_conflicts
+        ]
 
     def snapshot(self) -> Snapshot:
         self.read_nodes()

@@ -56,6 +56,7 @@ __all__ = [
     "normalize_name",
     "default_host",
     "compose_source",
+    "CONFLICT",
 ]
 
 _log = Logger()
@@ -126,6 +127,11 @@ class _Broken:
 
 
 _SKIP = object()  # a middleware edge does not implement but that is safe to leave out
+
+# In ``shared_middlewares``: a name several services define differently.
+# Traefik drops such a middleware, so routers using it are dropped too, even
+# when their own service defines one by that name.
+CONFLICT = _Broken("several services define it differently", True)
 
 
 class _Reader:
@@ -419,6 +425,8 @@ class _V2Labels:
     middlewares: dict[str, dict[str, dict[str, tuple[str, str, str]]]] = field(default_factory=dict)
     network: tuple[str, str] | None = None
     lb_swarm: tuple[str, str] | None = None
+    tcp_or_udp: bool = False  # traefik.tcp/udp routers or services are defined
+    malformed: str = ""  # a label Traefik's decoder refuses, which disables the container
 
 
 def _collect_v2(reader: _Reader, entries, prefix: str) -> _V2Labels:
@@ -434,6 +442,10 @@ def _collect_v2(reader: _Reader, entries, prefix: str) -> _V2Labels:
             if rest[1] == "lbswarm":
                 found.lb_swarm = (label, value)
                 continue
+        if rest[:1] == ["http"] and (len(rest) < 4 or not rest_written[2]) and not found.malformed:
+            # traefik.http.services.x=... gives a value to a section.
+            found.malformed = label
+            continue
         if rest[:1] == ["http"] and len(rest) >= 4 and rest_written[2]:
             section, name = rest[1], rest_written[2]
             opt = ".".join(rest[3:])
@@ -455,6 +467,7 @@ def _collect_v2(reader: _Reader, entries, prefix: str) -> _V2Labels:
                 continue
         if rest[:1] in (["tcp"], ["udp"]):
             reader.unsupported(label, "edge routes HTTP only")
+            found.tcp_or_udp = found.tcp_or_udp or rest[1:2] in (["routers"], ["services"])
             continue
         reader.unknown(label)
     return found
@@ -568,7 +581,9 @@ def _resolve_middlewares(
     for ref in _list(value):
         name, _, provider = ref.partition("@")
         found: object = None
-        if not provider or provider == reader.provider:
+        if shared.get(f"{name}@{provider or reader.provider}") is CONFLICT:
+            found = CONFLICT
+        elif not provider or provider == reader.provider:
             found = local.get(name)
         if found is None:
             qualified = f"{name}@{provider or reader.provider}"
@@ -608,6 +623,16 @@ def _read_v2(
 ) -> tuple[list[Router], list[ServiceSpec]]:
     provider = reader.provider
     found = _collect_v2(reader, entries, prefix)
+    if found.malformed:
+        reader.error(
+            found.malformed,
+            f"label {found.malformed} gives a value to a section, which Traefik refuses;"
+            f" {source} is not routed",
+        )
+        return [], []
+    if found.tcp_or_udp and not (found.routers or found.services or found.middlewares):
+        # Traefik makes no HTTP router for a container with only TCP/UDP labels.
+        return [], []
     network = found.network[1].strip() if found.network else ""
     lb_swarm = reader.boolean(found.lb_swarm[0], found.lb_swarm[1], False) if found.lb_swarm else False
     local = _v2_middlewares(reader, found)
