@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ __all__ = [
     "validate",
     "default_docker_url",
     "check_endpoint",
+    "LISTEN_BACKLOG",
+    "listen_address",
 ]
 
 
@@ -307,6 +310,27 @@ def check_endpoint(description: str) -> None:
     from twisted.internet.testing import MemoryReactor
 
     serverFromString(MemoryReactor(), description)
+
+
+LISTEN_BACKLOG = 511
+"""Listen queue for edge's TCP listeners (Twisted's default is 50; nginx uses
+511): a burst of new connections waits in the kernel instead of being dropped
+and retried by clients a second or more later."""
+
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
+
+def listen_address(description: str) -> str:
+    """
+    ``description`` with ``backlog=LISTEN_BACKLOG`` added, for the endpoint
+    types that take one, unless it names its own ``backlog=``.
+    """
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0].strip().lower() not in _BACKLOG_TYPES:
+        return description
+    if any(p.startswith("backlog=") for p in parts[1:]):
+        return description
+    return f"{description}:backlog={LISTEN_BACKLOG}"
 
 
 def _type_name(hint: Any) -> str:

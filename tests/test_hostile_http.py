@@ -697,3 +697,35 @@ def test_a_bad_chunk_after_the_head_was_forwarded_never_completes_a_request(fram
         assert strict_requests(bytes(conn.received), partial_tail=True) == []
         assert conn.requests == []
     assert served(edge.port, "f.test")
+
+
+# -- item 8: the listen backlog --------------------------------------------------------------
+
+
+def _listen_backlog(port: int) -> set[int]:
+    """Send-Q of the listening TCP sockets on ``port``: their accept backlog."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[2]) for line in out.splitlines() if line.strip()}
+
+
+def test_http_entry_points_listen_with_a_backlog_of_511(framing_rig):
+    edge, _ = framing_rig
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert _listen_backlog(edge.port) == {min(511, somaxconn)}
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("tcp:8080", "tcp:8080:backlog=511"),
+    ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=511"),
+    ("tcp6:443:interface=\\:\\:", "tcp6:443:interface=\\:\\::backlog=511"),
+    ("unix:/run/edge.sock", "unix:/run/edge.sock:backlog=511"),
+    ("tcp:8080:backlog=4096", "tcp:8080:backlog=4096"),
+    ("tcp:port=8080:backlog=10:interface=127.0.0.1", "tcp:port=8080:backlog=10:interface=127.0.0.1"),
+    ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+])
+def test_listen_address_adds_the_backlog_unless_given(address, expected):
+    from edge.config import check_endpoint, listen_address
+
+    assert listen_address(address) == expected
+    if not address.startswith("systemd"):
+        check_endpoint(listen_address(address))

@@ -26,7 +26,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 
 from edge import metrics
-from edge.config import DNSConfig
+from edge.config import LISTEN_BACKLOG, DNSConfig
 from edge.dns.forward import SERVFAIL, Cache, Forwarder, parse_upstream, resolv_conf_servers
 from edge.dns.hosts import HostEntry, parse_hosts
 from edge.dns.table import AnswerTable, Entry, build_table
@@ -49,7 +49,6 @@ __all__ = [
     "DNSService",
     "make_dns_service",
     "ThrottledWarning",
-    "LISTEN_BACKLOG",
 ]
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00"
@@ -66,11 +65,6 @@ _QTYPES = {
     t: dns.QUERY_TYPES.get(t) or dns.EXT_QUERIES.get(t)
     for t in (1, 2, 5, 6, 12, 15, 16, 28, 33, 35, 43, 46, 48, 64, 65, 255)
 }
-
-
-LISTEN_BACKLOG = 511
-"""The TCP listen queue (Twisted's default is 50; nginx uses 511): bursts of
-connections wait in the kernel instead of being dropped and retried."""
 
 
 def _empty_table() -> AnswerTable:

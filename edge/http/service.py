@@ -20,7 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from edge import metrics
-from edge.config import Config, EntryPoint
+from edge.config import Config, EntryPoint, listen_address
 from edge.http.accesslog import open_access_log
 from edge.http.balancer import HealthChecks, HealthRegistry, build_balancers, target_key
 from edge.http.pool import BackendPool
@@ -265,7 +265,7 @@ class HTTPService(Service):
                 listening = _ProxyProtocolChooser(
                     listening, Proxy(self._reactor, None, None, None, ep.proxy_protocol)
                 )
-            endpoint = serverFromString(self._reactor, ep.address)
+            endpoint = serverFromString(self._reactor, listen_address(ep.address))
             d = endpoint.listen(listening)
             d.addCallbacks(self._listening, self._listen_failed,
                            callbackArgs=(ep,), errbackArgs=(ep,))
