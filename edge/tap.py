@@ -157,6 +157,15 @@ class EdgeService(MultiService):
         except ListenError as e:
             raise SystemExit(f"edge: {e}") from None
 
+    def startService(self):
+        super().startService()
+        # The config file's routes were reported as discovery started: publish
+        # them now, before the reactor runs and the listeners accept anything,
+        # so no request for a known route meets an empty routing table.
+        publisher = getattr(self, "publisher", None)
+        if publisher is not None:
+            publisher.flush()
+
     def setServiceParent(self, parent):
         # twistd's AppLogger.start() asks the application for an ILogObserver.
         if self.observer is not None and hasattr(parent, "setComponent"):

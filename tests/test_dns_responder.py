@@ -557,10 +557,16 @@ def test_servfail_or_refused_from_one_upstream_moves_on_to_the_next(rig):
     )
     assert [r.to_text() for r in rig.ask("www.example.org").answer[0]] == ["192.0.2.7"]
     assert rig.upstream.udp == second.udp == [("www.example.org", tdns.A)]
-    # When every upstream fails that way, the client sees the last one's answer.
+    # When every upstream fails that way, the client gets SERVFAIL, never an
+    # upstream's REFUSED (that is about edge, not the name; dnsmasq does the same).
     rig.upstream.answers[("b.example.org", tdns.A)] = upstream_message("b.example.org", rcode=tdns.ESERVER)
     second.answers[("b.example.org", tdns.A)] = upstream_message("b.example.org", rcode=tdns.EREFUSED)
-    assert rig.ask("b.example.org").rcode() == dns.rcode.REFUSED
+    assert rig.ask("b.example.org").rcode() == dns.rcode.SERVFAIL
+
+
+def test_an_upstream_refused_reaches_the_client_as_servfail(rig):
+    rig.upstream.answers[("c.example.org", tdns.A)] = upstream_message("c.example.org", rcode=tdns.EREFUSED)
+    assert rig.ask("c.example.org").rcode() == dns.rcode.SERVFAIL
 
 
 # -- hostile clients (issue 9) ---------------------------------------------------------

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import client, dns
+from twisted.names.error import DNSQueryTimeoutError
 
 from edge.dns.table import Entry
 from edge.dns.wire import QNAME_POINTER, encode_name, name_bytes, rdata, rr
@@ -181,6 +182,10 @@ class Cache:
         self._items.clear()
 
 
+class UpstreamRefused(Exception):
+    """Every upstream refused the question."""
+
+
 class Forwarder:
     """
     Ask the upstream servers, one query in flight per question.
@@ -245,17 +250,25 @@ class Forwarder:
                 refusal = message
                 continue
             return message
-        if refusal is not None:
+        if refusal is not None and refusal.rCode == dns.ESERVER:
             return refusal
+        if refusal is not None:
+            # An upstream's REFUSED is about edge, not about the name: the
+            # client gets SERVFAIL (as from dnsmasq), so it tries its next server.
+            raise UpstreamRefused("every upstream answered REFUSED")
         raise error or OSError("no upstream")
 
     def _failed(self, failure, query: dns.Query):
         self.failures += 1
+        if failure.check(DNSQueryTimeoutError, defer.TimeoutError):
+            reason = f"no answer within {self._timeout:g}s"
+        else:
+            reason = failure.getErrorMessage() or failure.type.__name__
         self._log.warn(
-            "No upstream answered {name} {type}: {error}",
+            "No upstream answered {name} {type}: {error}; the client gets SERVFAIL",
             name=query.name.name.decode("ascii", "replace"),
             type=dns.QUERY_TYPES.get(query.type, query.type),
-            error=failure.getErrorMessage() or failure.type.__name__,
+            error=reason,
         )
         return None
 

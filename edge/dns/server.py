@@ -36,6 +36,7 @@ from edge.dns.wire import (
     BadVersion,
     NotImplementedOpcode,
     Query,
+    name_bytes,
     opt_record,
     parse_query,
     parse_slow,
@@ -69,6 +70,22 @@ _QTYPES = {
 
 def _empty_table() -> AnswerTable:
     return AnswerTable({}, {}, None, 5, 0)
+
+
+_TAILSCALE = ipaddress.ip_network("100.64.0.0/10")
+
+
+def refusal_hint(host: str) -> str:
+    """Why a client an admin expects to be allowed may not be, in the default policy."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return ""
+    if ip.version == 4 and ip in _TAILSCALE:
+        return " (a Tailscale/CGNAT 100.64.0.0/10 address: add it to dns.allow_recursion)"
+    if ip.version == 6 and ip.is_global:
+        return " (a global IPv6 address: add your prefix to dns.allow_recursion)"
+    return ""
 
 
 class ThrottledWarning:
@@ -109,6 +126,7 @@ class Responder:
 
     _log = Logger()
     BAD_LOG_INTERVAL = 10.0
+    REFUSED_LOG_INTERVAL = 60.0
 
     def __init__(self, config: DNSConfig, reactor, forwarder: Forwarder):
         self._reactor = reactor
@@ -122,6 +140,10 @@ class Responder:
         self._cache_hits = 0
         self._bad_warning = ThrottledWarning(
             self._log, reactor, self.BAD_LOG_INTERVAL, "Malformed DNS packet from {client}: {reason}"
+        )
+        self._refused_warning = ThrottledWarning(
+            self._log, reactor, self.REFUSED_LOG_INTERVAL,
+            "Refused to forward {name} for {client}: not in dns.allow_recursion{hint}",
         )
 
     def set_allow_recursion(self, cidrs) -> None:
@@ -248,6 +270,9 @@ class Responder:
     def _forward(self, q: Query, host: str, tcp: bool):
         if not self._recursion(host):
             self._count(q.qtype, dns.EREFUSED, "refused")
+            self._refused_warning(
+                client=host, name=name_bytes(q.name).decode("ascii", "replace"), hint=refusal_hint(host)
+            )
             return self._build(q, _REFUSED, b"", False, tcp)
         entry = self.cache.get(q.key)
         if entry is not None:

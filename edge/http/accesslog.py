@@ -84,7 +84,7 @@ class AccessLog:
 
     def close(self) -> None:
         self.flush()
-        if self._stream is not sys.stdout:
+        if self._stream is not sys.__stdout__:
             self._stream.close()
 
 
@@ -93,5 +93,8 @@ def open_access_log(path: str, format: str) -> AccessLog | None:
     if not path:
         return None
     if path == "-":
-        return AccessLog(sys.stdout, format)
+        # The process's own standard output, not twistd's logging stand-in
+        # for sys.stdout: an access line stays a line of its own, not a
+        # "[stdout#info]" message inside the log.
+        return AccessLog(sys.__stdout__, format)
     return AccessLog(open(path, "a", buffering=1 << 16, encoding="utf-8"), format)
