@@ -187,8 +187,18 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     root.publisher = publisher
     root.listeners = listeners = ListenerBoard()
     make_discovery_service(config, publisher, reactor).setServiceParent(root)
+    # ACME certificates ([acme.<name>]) for the TLS entry points; the admin API lists them.
+    root.acme = None
+    if config.acme and any(ep.tls for ep in config.entrypoints):
+        from edge.acme.service import make_acme_service
+
+        root.acme = make_acme_service(config, publisher, reactor)
+        root.acme.setServiceParent(root)
     # Front ends: each adds one line here.
-    make_admin_service(config, publisher, reactor, listeners).setServiceParent(root)
+    make_admin_service(
+        config, publisher, reactor, listeners,
+        certificates=root.acme.certificates if root.acme is not None else None,
+    ).setServiceParent(root)
     if config.dns.enabled:
         dns = make_dns_service(config, publisher, reactor)
         dns.setServiceParent(root)
@@ -199,15 +209,10 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
                     lambda key=(protocol, interface): dns.listening_ports.get(key),
                 )
     # TLS: certificates for the TLS entry points (root.tls feeds the HTTP service).
-    root.tls = root.h2 = root.acme = None
+    root.tls = root.h2 = None
     if any(ep.tls for ep in config.entrypoints):
         from edge.tls.service import make_tls_service
 
-        if config.acme:  # ACME certificates ([acme.<name>]), served by the TLS service
-            from edge.acme.service import make_acme_service
-
-            root.acme = make_acme_service(config, publisher, reactor)
-            root.acme.setServiceParent(root)
         root.tls = make_tls_service(config, publisher, reactor, acme=root.acme)
         root.tls.setServiceParent(root)
         if config.tls.http2:

@@ -85,11 +85,12 @@ def wait_port(port: int, deadline: float = 20.0, proc=None) -> None:
 class Pebble:
     """pebble on loopback; validates against ``http_port``/``tls_port`` and resolves through ``dns``."""
 
-    def __init__(self, directory: str, http_port: int, tls_port: int, dns: str, validity: int = 0, env=None):
+    def __init__(self, directory: str, http_port: int, tls_port: int, dns: str, validity: int = 0, env=None,
+                 ports: tuple[int, int] | None = None):
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.listener_ca = write_pebble_tls(directory)
-        self.port, self.management = free_port(), free_port()
+        self.port, self.management = ports or (free_port(), free_port())
         settings = {
             "listenAddress": f"127.0.0.1:{self.port}",
             "managementListenAddress": f"127.0.0.1:{self.management}",

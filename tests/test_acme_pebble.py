@@ -95,6 +95,9 @@ def test_issue_and_serve_by_sni(lab, challenge):
     assert pebble.orders() == 1
     log = edge.log()
     assert f"Answered the {challenge.upper()} challenge for app.test" in log
+    (row,) = edge.api("/api/certificates")["certificates"]
+    assert row["names"] == ["app.test"] and row["resolver"] == "pebble" and row["challenge"] == challenge
+    assert "Pebble Intermediate CA" in row["issuer"] and row["not_after"] and row["last_error"] == ""
 
 
 
@@ -118,3 +121,50 @@ def test_dns01_wildcard_through_rfc2136_to_named(lab):
     assert sorted(names) == ["*.wild.dns01.test", "wild.dns01.test"]
     assert "updating zone 'dns01.test/IN': adding an RR at '_acme-challenge.wild.dns01.test' TXT" in named.log()
     assert "deleting an RR at _acme-challenge.wild.dns01.test TXT" in named.log()
+
+
+def test_renewal_replaces_a_short_lived_certificate(lab):
+    pebble = lab.pebble(validity=30)  # seconds: renewal falls due after 20
+    edge = lab.edge(_resolver(pebble, "tls-alpn-01") + _route("app", "Host(`app.test`)", lab.backend))
+    _wait_served(lab, pebble, edge, "app.test")
+    first = _served_certificate(lab.ports.https, "app.test").serial_number
+    renewed = wait_until(lambda: _served_certificate(lab.ports.https, "app.test").serial_number != first, 60)
+    assert renewed, edge.log()[-3000:]
+    assert pebble.orders() == 2
+    assert "Ordering a certificate for app.test from ACME resolver pebble (renewal)" in edge.log()
+
+
+def test_ca_down_serves_the_internal_ca_and_reports_the_error(lab, tmp_path):
+    from tests.ports import free_port
+
+    closed = free_port()
+    edge = lab.edge(
+        'internal_ca = true\n'
+        f'[acme.pebble]\nca = "https://127.0.0.1:{closed}/dir"\nchallenge = "tls-alpn-01"\n'
+        + _route("app", "Host(`app.test`)", lab.backend)
+    )
+    rows = wait_until(lambda: [r for r in edge.api("/api/certificates")["certificates"] if r["last_error"]], 30)
+    assert rows, edge.log()[-2000:]
+    assert "Connection refused" in rows[0]["last_error"] or "ConnectionError" in rows[0]["last_error"]
+    assert rows[0]["not_after"] is None and rows[0]["next_attempt"]
+    ca = tmp_path / "state" / "ca" / "edge-ca.crt"
+    result = curl(f"https://app.test:{lab.ports.https}/", "app.test", lab.ports.https, str(ca))
+    assert result.returncode == 0 and result.stdout == "hello from the backend\n", result.stderr
+
+
+def test_an_account_the_ca_no_longer_knows_is_replaced(lab):
+    pebble = lab.pebble()
+    edge = lab.edge(_resolver(pebble, "tls-alpn-01") + _route("app", "Host(`app.test`)", lab.backend))
+    _wait_served(lab, pebble, edge, "app.test")
+    edge.stop()
+    pebble.stop()
+    # A new pebble at the same URL forgets every account: the saved one is now unknown to the CA.
+    fresh = lab.pebble(ports=(pebble.port, pebble.management))
+    edge = lab.edge(
+        _resolver(fresh, "tls-alpn-01")
+        + _route("app", "Host(`app.test`)", lab.backend) + _route("two", "Host(`two.test`)", lab.backend),
+        name="edge2",
+    )
+    _wait_served(lab, fresh, edge, "two.test")
+    assert fresh.orders() == 1  # app.test's saved certificate was reused, not ordered again
+    assert "The ACME account of resolver pebble is no longer valid" in edge.log()

@@ -105,8 +105,10 @@ class AdminService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: Config, publisher, reactor, listeners: ListenerBoard | None = None):
+    def __init__(self, config: Config, publisher, reactor, listeners: ListenerBoard | None = None,
+                 certificates=None):
         super().__init__()
+        self._certificates = certificates if certificates is not None else list
         self.config = config
         self.publisher = publisher
         self.reactor = reactor
@@ -130,6 +132,7 @@ class AdminService(MultiService):
             ca_certificate=self.ca_certificate,
             users=lambda: self.config.admin.users,
             check_password=self._passwords,
+            certificates=self._certificates,
         )
 
     def _root(self) -> IService:
@@ -289,8 +292,11 @@ class AdminService(MultiService):
 
 
 def make_admin_service(config: Config, publisher, reactor,
-                       listeners: ListenerBoard | None = None) -> MultiService:
-    """The admin service, or an empty one when ``[admin] address`` is ""."""
+                       listeners: ListenerBoard | None = None, certificates=None) -> MultiService:
+    """
+    The admin service, or an empty one when ``[admin] address`` is "".
+    ``certificates()`` lists the ACME-managed certificates (``/api/certificates``).
+    """
     if not config.admin.address:
         return MultiService()
-    return AdminService(config, publisher, reactor, listeners)
+    return AdminService(config, publisher, reactor, listeners, certificates)

@@ -35,6 +35,7 @@ class AdminState:
         ca_certificate: Callable[[], bytes | None],
         users: Callable[[], tuple[str, ...]],
         check_password: Callable[[tuple[str, ...], str, str], bool],
+        certificates: Callable[[], list] = lambda: [],
     ):
         self.overview = overview
         self.snapshot_json = snapshot_json
@@ -42,6 +43,8 @@ class AdminState:
         self.ca_certificate = ca_certificate
         self.users = users
         self.check_password = check_password
+        # ACME-managed certificates (edge.acme.service.ACMEService.certificates).
+        self.certificates = certificates
 
 
 def _json(request: Request, value: object, code: int = 200) -> bytes:
@@ -72,6 +75,8 @@ class APIResource(resource.Resource):
             return _Section(self.state, None)
         if name == "snapshot":
             return _Snapshot(self.state)
+        if name == "certificates":
+            return _Certificates(self.state)
         if name in SECTIONS:
             return _Section(self.state, name)
         return _NotFound(f"no API section {name!r}; try /api/overview")
@@ -92,6 +97,13 @@ class _Section(_Leaf):
 class _Snapshot(_Leaf):
     def render_GET(self, request: Request) -> bytes:
         return _json(request, self.state.snapshot_json())
+
+
+class _Certificates(_Leaf):
+    """``/api/certificates``: each ACME certificate, its expiry and its last order's error."""
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(request, {"certificates": self.state.certificates()})
 
 
 class _NotFound(resource.Resource):
