@@ -209,28 +209,16 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
                     lambda key=(protocol, interface): dns.listening_ports.get(key),
                 )
     # TLS: certificates for the TLS entry points (root.tls feeds the HTTP service).
-    root.tls = root.h2 = None
+    root.tls = None
     if any(ep.tls for ep in config.entrypoints):
         from edge.tls.service import make_tls_service
 
         root.tls = make_tls_service(config, publisher, reactor, acme=root.acme)
         root.tls.setServiceParent(root)
-        if config.tls.http2:
-            from edge.http.h2 import H2Bridge
-
-            http = config.http
-            root.h2 = H2Bridge(
-                reactor,
-                pool_size=http.backend_pool_size,
-                connect_timeout=http.backend_connect_timeout,
-                response_timeout=http.backend_response_timeout,
-                idle_timeout=http.client_idle_timeout,
-            )
-            root.h2.setServiceParent(root)
     from edge.http import make_http_service
 
     http = make_http_service(
-        config, publisher, reactor, tls_context=root.tls, h2_handler=root.h2,
+        config, publisher, reactor, tls_context=root.tls,
         challenges=root.acme.board if root.acme is not None else None,  # ACME HTTP-01
     )
     http.setServiceParent(root)

@@ -95,27 +95,18 @@ def test_json_access_log_line():
 
 
 def test_h2_connections_are_handed_over_with_their_first_bytes():
+    """ALPN h2: the HTTP/2 framing takes the transport, the connection stays counted and timed."""
+    from hyperframe.frame import Frame, SettingsFrame
+
     _, service, server, client = setup()
     client.negotiatedProtocol = b"h2"
-    seen = []
-
-    class H2:
-        def dataReceived(self, data):
-            seen.append(("more", data))
-
-        def connectionLost(self, reason):
-            seen.append(("lost", None))
-
-    def handler(transport, data):
-        seen.append(("first", data))
-        return H2()
-
-    server.factory.h2_handler = handler
     server.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-    server.dataReceived(b"\x00\x00")
+    frame, _ = Frame.parse_frame_header(memoryview(client.value()[:9]))
+    assert isinstance(frame, SettingsFrame)  # the server preface, not an HTTP/1.1 answer
+    assert client.producer is server._h2  # HTTP/2 paces the socket itself
+    assert server in service.factories["http"].connections
     server.connectionLost(None)
-    assert seen == [("first", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), ("more", b"\x00\x00"), ("lost", None)]
-    assert client.value() == b""  # the HTTP/1.1 side wrote nothing
+    assert server not in service.factories["http"].connections
 
 
 def test_a_full_client_buffer_pauses_the_backend_and_the_reverse():
@@ -192,7 +183,12 @@ def test_lean_dispatch_serves_requests_on_a_real_epoll_reactor():
 
     from twisted.internet.epollreactor import EPollReactor
 
-    from edge.http.proxy import lean_dispatch
+    from edge.http.backend import BackendProtocol
+    from edge.http.http1 import ServerProtocol
+    from edge.http.speedups import lean_dispatch as _lean
+
+    def lean_dispatch(r):
+        return _lean(r, (ServerProtocol, BackendProtocol))
 
     assert not lean_dispatch(Clock())
     reactor = EPollReactor()

@@ -3,7 +3,7 @@ HTTPS through edge's proxy: SNI per host, HTTP/2 to clients, HTTP/1.1 to a
 loopback backend, the global HTTP->HTTPS redirect and HSTS.
 
 edge's real HTTP service (``edge.http.service``) listens with the TLS
-service and the HTTP/2 bridge wired in as ``edge/tap.py`` does; the clients
+service wired in as ``edge/tap.py`` does; the clients
 are curl (``--http2``, ``--resolve``, ``--cacert``).  Everything is on
 127.0.0.1.
 """
@@ -25,7 +25,6 @@ from twisted.web import resource, server
 
 from edge.config import Config, EntryPoint, HTTPConfig, TLSConfig
 from edge.discovery.publisher import SnapshotPublisher
-from edge.http.h2 import H2Bridge
 from edge.http.service import make_http_service
 from edge.rules import Host
 from edge.snapshot import BackendService, Headers, Router, RouterTLS, Snapshot, Target
@@ -107,10 +106,7 @@ class ProxyTests(TestCase):
             config.tls, publisher, reactor,
             issuer=InternalCAIssuer(ca, os.path.join(self.tmp, "issued")),
         )
-        self.h2 = H2Bridge(reactor, connect_timeout=2.0)
-        self.http = make_http_service(
-            config, publisher, reactor, tls_context=self.tls, h2_handler=self.h2
-        )
+        self.http = make_http_service(config, publisher, reactor, tls_context=self.tls)
         web = BackendService("web@test", (Target("t1", "127.0.0.1", backend.getHost().port),))
         down = BackendService("down@test", (Target("d1", "127.0.0.1", dead),))
 
@@ -132,7 +128,7 @@ class ProxyTests(TestCase):
                 services=[web, down],
             ),
         )
-        for service in (self.tls, self.h2, self.http):
+        for service in (self.tls, self.http):
             service.startService()
         self.addCleanup(self._stop)
         yield self.http.listening
@@ -140,7 +136,6 @@ class ProxyTests(TestCase):
     @defer.inlineCallbacks
     def _stop(self):
         yield self.http.stopService()
-        yield self.h2.stopService()
         self.tls.stopService()
         # Let aborted client connections finish closing.
         yield deferLater(reactor, 0.05, lambda: None)

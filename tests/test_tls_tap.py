@@ -1,4 +1,4 @@
-"""edge/tap.py builds the TLS service and the HTTP/2 bridge for TLS entry points."""
+"""edge/tap.py builds the TLS service for TLS entry points (HTTP/2 is part of the HTTP service)."""
 
 import os
 
@@ -6,7 +6,6 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from edge.config import Config, EntryPoint, TLSConfig
-from edge.http.h2 import H2Bridge
 from edge.tap import build_service, makeService
 from edge.tls.service import TLSService
 
@@ -21,24 +20,25 @@ def _config(tmp_path, **tls):
     )
 
 
-def test_tls_entry_point_gets_tls_service_and_h2_bridge(tmp_path):
+def test_tls_entry_point_gets_tls_service(tmp_path):
     root = build_service(_config(tmp_path, internal_ca=True), MemoryReactorClock())
     assert isinstance(root.tls, TLSService)
-    assert isinstance(root.h2, H2Bridge)
-    assert root.tls in list(root) and root.h2 in list(root)
+    assert root.tls in list(root)
     assert root.tls.root_certificate_pem().startswith(b"-----BEGIN CERTIFICATE-----")
+    # No second HTTP/2 stack beside the HTTP service.
+    assert [s.name for s in root if s.name in ("http2", "h2")] == []
 
 
-def test_http2_off_means_no_bridge(tmp_path):
+def test_http2_off_means_alpn_offers_http11_only(tmp_path):
     root = build_service(_config(tmp_path, http2=False), MemoryReactorClock())
     assert isinstance(root.tls, TLSService)
-    assert root.h2 is None
+    assert root.tls.creator._settings.alpn == (b"http/1.1",)
 
 
 def test_no_tls_entry_point_no_tls_service(tmp_path):
     config = Config(entrypoints=(EntryPoint("http", "tcp:0:interface=127.0.0.1"),))
     root = build_service(config, MemoryReactorClock())
-    assert root.tls is None and root.h2 is None
+    assert root.tls is None
 
 
 def test_missing_shared_ca_stops_start_up_with_one_line(tmp_path):

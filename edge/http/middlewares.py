@@ -12,11 +12,11 @@ header lists the proxy applies to the backend's response head.
 from __future__ import annotations
 
 import base64
-import ipaddress
 from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
+from edge.cidr import Networks
 from edge.http import htpasswd
 from edge.snapshot import BasicAuth, Headers, IPAllowList, RedirectScheme, StripPrefix
 
@@ -173,20 +173,11 @@ class _BasicAuth:
 
 
 def _ip_allow(mw: IPAllowList):
-    networks = tuple(ipaddress.ip_network(r, strict=False) for r in mw.source_ranges)
+    networks = Networks(mw.source_ranges)
     forbidden = Reply(403, b"Forbidden", [(b"Content-Type", b"text/plain; charset=utf-8")], b"403 Forbidden\n")
 
     def ip_allow(request):
-        try:
-            ip = ipaddress.ip_address(request.client_ip)
-        except ValueError:
-            return forbidden
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        for network in networks:
-            if ip.version == network.version and ip in network:
-                return None
-        return forbidden
+        return None if request.client_ip in networks else forbidden
 
     return ip_allow
 

@@ -11,13 +11,13 @@ routers whose rule names no host), already in Traefik's priority order.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from twisted.logger import Logger
 
 from edge import rules as R
+from edge.cidr import Networks, parse_address
 from edge.http.balancer import Balancer, HealthRegistry, build_balancers
 from edge.http.middlewares import Chain, compile_middlewares
 from edge.http.target import decode_path
@@ -51,11 +51,9 @@ class MatchContext:
         ]
 
     def ip(self):
+        """The client address (IPv4-mapped IPv6 as IPv4), or False."""
         if self._ip is None:
-            try:
-                self._ip = ipaddress.ip_address(self.client_ip)
-            except ValueError:
-                self._ip = False
+            self._ip = parse_address(self.client_ip) or False
         return self._ip
 
 
@@ -111,11 +109,11 @@ def compile_rule(rule: R.Rule) -> Matcher:
 
         return query
     if isinstance(rule, R.ClientIP):
-        networks = tuple(ipaddress.ip_network(r, strict=False) for r in rule.ranges)
+        networks = Networks(rule.ranges)
 
         def client_ip(c: MatchContext) -> bool:
             ip = c.ip()
-            return bool(ip) and any(ip.version == n.version and ip in n for n in networks)
+            return bool(ip) and ip in networks
 
         return client_ip
     if isinstance(rule, R.And):

@@ -24,7 +24,10 @@ from edge.config import Config, EntryPoint, listen_address
 from edge.http.accesslog import open_access_log
 from edge.http.balancer import HealthChecks, HealthRegistry, build_balancers, target_key
 from edge.http.pool import BackendPool
-from edge.http.proxy import BackendProtocol, Proxy, ProxyFactory, lean_dispatch
+from edge.http import speedups
+from edge.http.backend import BackendProtocol
+from edge.http.http1 import ServerProtocol
+from edge.http.proxy import Proxy, ProxyFactory
 from edge.http.routing import RoutingTable
 from edge.snapshot import Snapshot
 
@@ -134,7 +137,7 @@ class HTTPService(Service):
     name = "http"
 
     def __init__(self, config: Config, publisher, reactor, *, tls_context=None,
-                 h2_handler=None, challenges=None, tick: float = 1.0):
+                 challenges=None, tick: float = 1.0):
         self.config = config
         self._publisher = publisher
         self._reactor = reactor
@@ -162,7 +165,6 @@ class HTTPService(Service):
         for ep in config.entrypoints:
             factory = ProxyFactory(self.proxy, ep.name, "https" if ep.tls else "http",
                                    endpoint_port(ep.address) or "")
-            factory.h2_handler = h2_handler
             if not ep.tls:
                 factory.challenges = challenges
             factory.redirect = self._redirect_for(ep)
@@ -221,7 +223,7 @@ class HTTPService(Service):
         # Everything imported so far lives as long as the process: keep the
         # cyclic collector from re-scanning it on the request path.
         gc.freeze()
-        lean_dispatch(self._reactor)
+        speedups.lean_dispatch(self._reactor, (ServerProtocol, BackendProtocol))
         http = self.config.http
         try:
             self.access_log = open_access_log(http.access_log, http.access_log_format)
@@ -327,7 +329,7 @@ class HTTPService(Service):
                            count=left, grace=grace)
         for factory in self.factories.values():
             for conn in list(factory.connections):
-                conn._close(abort=True)
+                conn.close(abort=True)
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self.checks.stop()
@@ -386,7 +388,7 @@ class _ProbeEndpoints:
 
 
 def make_http_service(config: Config, publisher, reactor, *, tls_context=None,
-                      h2_handler=None, challenges=None) -> HTTPService:
+                      challenges=None) -> HTTPService:
     """The HTTP front end; TLS entry points need ``tls_context`` from the TLS layer."""
-    return HTTPService(config, publisher, reactor, tls_context=tls_context, h2_handler=h2_handler,
+    return HTTPService(config, publisher, reactor, tls_context=tls_context,
                        challenges=challenges)

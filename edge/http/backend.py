@@ -1,0 +1,391 @@
+"""
+The backend side of an exchange: one pooled HTTP/1.1 connection to a target.
+
+:class:`BackendProtocol` writes nothing of its own to the client.  It parses
+the backend's response with httptools and hands each piece to the client
+side it is attached to (an HTTP/1.1 connection or one HTTP/2 stream: an
+:class:`ExchangeSide`), which frames it for its client.  The backend alone
+decides whether the connection can go back to the pool.
+
+States (``_state``), in the style of twisted.web's ``_newclient``:
+
+``IDLE``
+    In the pool, or just connected; no exchange.  Any byte from the
+    backend now is unsolicited: the connection is dropped.
+``WAITING``
+    Attached to a side; the request head was written; no response head yet.
+    Interim (1xx other than 101) heads are skipped.
+``RELAYING``
+    The response head went to the side; body bytes follow.
+``TUNNEL``
+    A 101 answered an Upgrade request: raw bytes both ways until one closes.
+``CLOSED``
+    The connection is gone or abandoned; never reused.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import httptools
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from edge.http.speedups import write as _write
+
+__all__ = ["BackendProtocol", "PeerReads", "IDEMPOTENT"]
+
+IDLE, WAITING, RELAYING, TUNNEL, CLOSED = "IDLE", "WAITING", "RELAYING", "TUNNEL", "CLOSED"
+
+# Response headers edge never relays as received: hop-by-hop and framing.
+_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
+    }
+)
+RESP_DROP = _HOP | {b"content-length"}
+_RESP_LENGTHS = frozenset(len(n) for n in RESP_DROP)
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+@implementer(IPushProducer)
+class PeerReads:
+    """Registered on one side's transport: a full write buffer pauses the other side's reads."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner):
+        self._owner = owner
+
+    def pauseProducing(self):
+        self._owner.peer_full(True)
+
+    def resumeProducing(self):
+        self._owner.peer_full(False)
+
+    def stopProducing(self):
+        pass
+
+
+class _BadResponse(Exception):
+    """A backend response edge will not relay (answered with 502)."""
+
+
+class ResponseHead:
+    """What the side needs of a backend response head to frame it."""
+
+    __slots__ = ("status", "reason", "headers", "kept", "content_length", "chunked",
+                 "connection_tokens", "keep_alive")
+
+    def __init__(self, status, reason, headers, kept, content_length, chunked,
+                 connection_tokens, keep_alive):
+        self.status = status
+        self.reason = reason
+        # Every (name, value) pair as received, in order.
+        self.headers = headers
+        # The relayable header lines already serialised for HTTP/1.1
+        # (``name: value\r\n``), or None when connection tokens name more
+        # headers to drop; sides without such a fast path use ``relayable()``.
+        self.kept = kept
+        self.content_length = content_length
+        self.chunked = chunked
+        self.connection_tokens = connection_tokens
+        self.keep_alive = keep_alive
+
+    def relayable(self, keep=frozenset()) -> list:
+        """The (name, value) pairs a proxy may pass on (``keep``: names to keep anyway)."""
+        drop = RESP_DROP - keep
+        tokens = self.connection_tokens
+        if tokens:
+            drop = drop | (tokens - keep)
+        return [(n, v) for n, v in self.headers if n.lower() not in drop]
+
+
+class BackendProtocol(Protocol):
+    """One connection to a backend target, reused across exchanges."""
+
+    _log = Logger()
+
+    def __init__(self, key, pool):
+        self.key = key
+        self._pool = pool
+        self.side = None
+        self.req = None
+        self.transport = None
+        self.connected = False
+        self.idle_since = 0.0
+        self.reused = False
+        self._state = IDLE
+        self._parser = None
+        self._reading_paused = False
+        # Our socket buffer is full (a side attached now must not send more yet).
+        self.write_full = False
+
+    def connectionMade(self):
+        self.connected = True
+        self.transport.registerProducer(PeerReads(self), True)
+        self.factory.connected(self)
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def head_sent(self) -> bool:
+        """Whether the response head reached the side (a failure now cannot be a 502)."""
+        return self._state == RELAYING or self._state == TUNNEL
+
+    # -- hand-offs with the client side ----------------------------------
+
+    def peer_full(self, full: bool):
+        """Our write buffer filled or drained: the side pauses or resumes its client."""
+        self.write_full = full
+        side = self.side
+        if side is not None:
+            side.backend_full(full)
+
+    def pause_reading(self):
+        """The client cannot take more: stop reading the backend."""
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def resume_reading(self):
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def attach(self, side, req, reused: bool):
+        """Start an exchange for ``side``; the side writes the request with :meth:`send`."""
+        self.side = side
+        self.req = req
+        self.reused = reused
+        self._state = WAITING
+        self.got_bytes = False
+        self._done = False
+        self._extra = False
+        self._status = 0
+        self._head = None
+        if self._parser is None:
+            # A fresh parser only when the last exchange left it mid-message
+            # (a HEAD answer with a length); llhttp parses one response after another.
+            self._parser = httptools.HttpResponseParser(self)
+
+    def send(self, data: bytes):
+        """Request bytes for the backend (the side frames them)."""
+        _write(self.transport, data)
+
+    def _detach(self):
+        side = self.side
+        self.side = None
+        self.req = None
+        if self._reading_paused and self.connected:
+            # Paused for that client's sake; the pool needs it reading (to see a close).
+            self.resume_reading()
+        if side is not None:
+            side.backend_detached(self)
+
+    def close_tunnel(self):
+        self.side = None
+        self._state = CLOSED
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
+        self.transport.loseConnection()
+
+    def abandon(self):
+        """The client went away or timed out: this connection's state is unknown."""
+        self.side = None
+        self.req = None
+        self._state = CLOSED
+        if self.transport is not None:
+            try:
+                self.transport.unregisterProducer()
+            except Exception:
+                pass
+            self.transport.abortConnection()
+
+    # -- input -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes):
+        side = self.side
+        if side is None:
+            # Unsolicited bytes on an idle connection: it cannot be trusted.
+            self.abandon()
+            return
+        if self._state == TUNNEL:
+            side.tunnel_data(data)
+            return
+        self.got_bytes = True
+        side.touch()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            offset = e.args[0] if e.args else len(data)
+            if self._status == 101 and self.req is not None and self.req.upgrade:
+                self._start_tunnel(data[offset:])
+                return
+            self._extra = True
+        except httptools.HttpParserError as e:
+            cause = e.__cause__ or e.__context__
+            why = str(cause) if isinstance(cause, _BadResponse) else f"malformed response: {e}"
+            self._fail(f"{why} (from {self.req.target_url if self.req else '?'})")
+            return
+        if self._done:
+            self._complete()
+        else:
+            side.flush()
+
+    def _fail(self, cause: str):
+        side, req = self.side, self.req
+        head_sent = self.head_sent
+        self.abandon()
+        if side is not None and req is not None:
+            side.backend_failed(req, cause, head_sent)
+
+    # -- httptools callbacks ---------------------------------------------
+
+    def on_message_begin(self):
+        if self._state == RELAYING:
+            self._extra = True
+        self._informational = False
+        self._reason = b""
+        self._headers = []
+        self._kept = []
+        self._cl = None
+        self._te = False
+        self._tokens = None
+
+    def on_status(self, reason: bytes):
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes):
+        if self._state == RELAYING:
+            return  # trailers: dropped
+        self._headers.append((name, value))
+        if len(name) in _RESP_LENGTHS:
+            lower = name.lower()
+            if lower in RESP_DROP:
+                if lower == b"content-length":
+                    self._cl = value
+                elif lower == b"transfer-encoding":
+                    self._te = True
+                elif lower == b"connection":
+                    tokens = {t.strip().lower() for t in value.split(b",")} - {b"keep-alive", b"close", b""}
+                    if tokens:
+                        self._tokens = (self._tokens or set()) | tokens
+                return
+        self._kept += (name, b": ", value, b"\r\n")
+
+    def on_headers_complete(self):
+        if self._done or self._state == RELAYING:
+            self._extra = True
+            return
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200 and status != 101:
+            self._informational = True
+            self._reason = b""
+            return
+        req = self.req
+        if status == 101 and not req.upgrade:
+            # Only an Upgrade request may be switched to a tunnel.
+            raise _BadResponse("101 Switching Protocols to a request that asked for no upgrade")
+        self._status = status
+        self._keep_alive = parser.should_keep_alive()
+        req.status = status
+        head = ResponseHead(status, self._reason or b"-", self._headers,
+                            None if self._tokens else self._kept,
+                            self._cl, self._te, self._tokens, self._keep_alive)
+        self._head = head
+        self._state = RELAYING
+        no_body = self.side.response_head(req, head)
+        if no_body and status != 101:
+            self._done = True
+            if req.method == b"HEAD":
+                self._parser = None
+
+    def on_body(self, data: bytes):
+        if self._done:
+            return
+        self.side.response_body(self.req, data)
+
+    def on_message_complete(self):
+        if self._informational:
+            self._informational = False
+            return
+        if self._state == RELAYING:
+            self._done = True
+
+    # -- end of an exchange ----------------------------------------------
+
+    def _complete(self, closed: bool = False):
+        side, req = self.side, self.req
+        reusable = (
+            not closed
+            and not self._extra
+            and req.body_done
+            and not req.upgrade
+            and self._keep_alive
+        )
+        self._detach()
+        req.conn = None
+        if reusable:
+            self._state = IDLE
+            self._pool.put(self)
+        else:
+            self._state = CLOSED
+            if not closed:
+                try:
+                    self.transport.unregisterProducer()
+                except Exception:
+                    pass
+                self.transport.loseConnection()
+        side.response_end(req)
+
+    def _start_tunnel(self, rest: bytes):
+        self._state = TUNNEL
+        self.side.start_tunnel(self, self.req, rest)
+
+    def connectionLost(self, reason=None):
+        self.connected = False
+        self._pool.forget(self)
+        side, req = self.side, self.req
+        state = self._state
+        self._state = CLOSED
+        if side is None:
+            return
+        if state == TUNNEL:
+            self.side = None
+            side.tunnel_closed()
+            return
+        head = self._head
+        if state == RELAYING and head.content_length is None and not head.chunked and not self._done:
+            # A body delimited by the connection's end: this is its end.
+            self._done = True
+            self._complete(closed=True)
+            return
+        self.side = None
+        self.req = None
+        req.conn = None
+        if (
+            not self.got_bytes
+            and self.reused
+            and not req.retried
+            and req.method in IDEMPOTENT
+            and req.content_length in (None, 0)
+            and not req.chunked
+        ):
+            # A pooled connection the backend had closed: try again on a fresh one.
+            req.retried = True
+            req.tried.clear()
+            side.backend_detached(self)
+            side.retry(req)
+            return
+        side.backend_detached(self)
+        cause = reason.getErrorMessage() if reason is not None else "connection lost"
+        side.backend_failed(req, f"{req.target_url} closed the connection: {cause}", state == RELAYING)

@@ -1,0 +1,768 @@
+"""
+HTTP/2 from clients, on the ``h2`` package's sans-IO ``H2Connection``.
+
+:class:`HTTP2Connection` runs on the TLS transport the HTTP/1.1 protocol
+handed over when ALPN picked ``h2``.  It turns frames into requests, one
+:class:`_Stream` per request, and each stream goes through the same
+exchange as an HTTP/1.1 request (:mod:`edge.http.exchange`): the same
+target normalisation, routing, middlewares, balancer, backend pool and
+HTTP/1.1 backend connection (:class:`~edge.http.backend.BackendProtocol`),
+access log and metrics.  Only the framing differs.
+
+Flow control is tied to the backend connection both ways:
+
+* request bodies: a DATA frame's bytes are acknowledged
+  (``acknowledge_received_data``) only once they are written to a backend
+  whose socket buffer is not full, so a slow backend holds the client's
+  stream window shut, and bytes that arrive before a backend is attached
+  stay within the window edge advertised (:data:`STREAM_WINDOW`);
+* response bodies: what the stream's send window (or a full client socket
+  buffer) does not take is held and the backend's reads are paused until a
+  WINDOW_UPDATE (or a drained socket) lets it go on.
+
+Connection states (``_state``):
+
+``OPEN``
+    Serving streams.
+``DRAINING``
+    A GOAWAY naming the last stream edge will serve went out (shutdown);
+    streams up to it finish, newer ones are refused; the connection closes
+    when none is left, or at the shutdown grace.
+``CLOSED``
+    The transport is gone or closing.
+
+Stream states (``_Stream._state``):
+
+``ROUTING``
+    Head received; in the exchange (middlewares, connecting).
+``FORWARDING``
+    Attached to a backend connection; the request is being sent or answered.
+``DONE``
+    Answered completely (or reset); nothing more goes out.
+"""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from edge.http import exchange
+from edge.http.exchange import REASONS, TEXT, Request
+from edge.http.forwarding import request_head
+from edge.http.middlewares import Reply
+from edge.http.target import BadTarget, split_target
+
+__all__ = ["HTTP2Connection", "STREAM_WINDOW", "MAX_CONCURRENT_STREAMS"]
+
+OPEN, DRAINING, CLOSED = "OPEN", "DRAINING", "CLOSED"
+ROUTING, FORWARDING, DONE = "ROUTING", "FORWARDING", "DONE"
+
+# Request body bytes a stream may have in flight before edge acknowledges
+# them, and the connection's total: they bound what edge holds per stream
+# and per connection while a backend is slow or not yet connected.
+STREAM_WINDOW = 256 * 1024
+CONNECTION_WINDOW = 1024 * 1024
+MAX_CONCURRENT_STREAMS = 100
+MAX_REQUEST_LINE = 8192
+# Streams a client may reset before edge answered them, beyond those it let
+# finish, before the connection is closed (rapid reset, CVE-2023-44487: each
+# such stream costs a route and maybe a backend connect, the client nothing).
+RESET_LIMIT = 200
+
+_NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
+_CANCEL = h2.errors.ErrorCodes.CANCEL
+_INTERNAL = h2.errors.ErrorCodes.INTERNAL_ERROR
+_REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
+
+_RequestReceived = h2.events.RequestReceived
+_DataReceived = h2.events.DataReceived
+_StreamEnded = h2.events.StreamEnded
+_StreamReset = h2.events.StreamReset
+_WindowUpdated = h2.events.WindowUpdated
+_ConnectionTerminated = h2.events.ConnectionTerminated
+_TrailersReceived = h2.events.TrailersReceived
+
+
+
+def _config():
+    return h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_inbound_headers=True,
+        normalize_inbound_headers=True,
+        # edge builds response headers itself from a parsed HTTP/1.1 head
+        # (no CR/LF/NUL possible, hop-by-hop dropped, names lower-cased).
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
+
+
+class _Stream:
+    """One request on an HTTP/2 connection: the exchange's side for it."""
+
+    __slots__ = ("conn", "stream_id", "req", "factory", "proxy", "peer", "backend", "_state",
+                 "_out", "_out_end", "_unacked", "_backend_full", "_since", "_ended_in")
+
+    def __init__(self, conn: "HTTP2Connection", stream_id: int, req: Request):
+        self.conn = conn
+        self.stream_id = stream_id
+        self.req = req
+        self.factory = conn.factory
+        self.proxy = conn.proxy
+        self.peer = conn.peer
+        self.backend = None
+        self._state = ROUTING
+        self._out: list = []  # response body bytes the send window did not take yet
+        self._out_end = False
+        self._unacked = 0  # request body bytes received, not yet acknowledged
+        self._backend_full = False
+        self._since = conn.reactor.seconds()
+        self._ended_in = False  # the client's END_STREAM arrived
+
+    # -- ExchangeSide: called by the exchange -------------------------------
+
+    def gone(self, req) -> bool:
+        return self._state == DONE or req.replied or self.conn._state == CLOSED
+
+    def pause(self, reason: str) -> None:
+        # Unacknowledged DATA already bounds a stream's input; other streams go on.
+        pass
+
+    def resume(self, reason: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        if self._out:
+            self.send_pending()
+        self.conn.flush()
+
+    def reply(self, req: Request, reply: Reply) -> None:
+        """Answer ``req`` from edge itself."""
+        if self._state == DONE:
+            return
+        req.replied = True
+        req.status = reply.status
+        headers = [(b":status", b"%d" % reply.status)]
+        for name, value in reply.headers:
+            headers.append((name.lower(), value))
+        if req.set_cookie is not None and reply.status < 500:
+            headers.append((b"set-cookie", req.set_cookie))
+        headers.append((b"content-length", b"%d" % len(reply.body)))
+        body = reply.body if req.method != b"HEAD" else b""
+        req.sent_bytes = len(reply.body)
+        h2c = self.conn.h2
+        try:
+            h2c.send_headers(self.stream_id, headers, end_stream=not body)
+        except h2.exceptions.StreamClosedError:
+            self._finish(reset=None)
+            return
+        if body:
+            self._out.append(body)
+            self._out_end = True
+            self.send_pending()
+        else:
+            self._finish(reset=None)
+        if self.backend is not None:
+            backend, self.backend = self.backend, None
+            req.conn = None
+            backend.abandon()
+
+    def attach(self, req: Request, conn, reused: bool) -> None:
+        """A backend connection is ours: send the head and what body arrived so far."""
+        self._state = FORWARDING
+        self._since = self.conn.reactor.seconds()
+        req.conn = conn
+        self.backend = conn
+        self._backend_full = conn.write_full
+        conn.attach(self, req, reused)
+        head = request_head(req, self.peer)
+        if req.pending:
+            body = req.pending
+            req.pending = []
+            req.pending_bytes = 0
+            if req.chunked:
+                body = [b"%x\r\n%s\r\n" % (len(b), b) for b in body]
+            head = head + b"".join(body)
+        if req.body_done and req.chunked:
+            head += b"0\r\n\r\n"
+        conn.send(head)
+        if self.conn._write_paused or self._out:
+            conn.pause_reading()
+        self._ack()
+
+    # -- ExchangeSide: called by the backend connection -----------------------
+
+    def touch(self) -> None:
+        self._since = self.conn.reactor.seconds()
+
+    def backend_full(self, full: bool) -> None:
+        self._backend_full = full
+        if not full:
+            self._ack()
+            self.conn.flush()
+
+    def backend_detached(self, conn) -> None:
+        if self.backend is conn:
+            self.backend = None
+
+    def response_head(self, req: Request, head) -> bool:
+        status = head.status
+        no_body = req.method == b"HEAD" or status == 204 or status == 304
+        pairs = head.relayable()
+        chain = req.route.middlewares
+        if not chain.empty:
+            pairs = chain.response_headers(pairs, req.scheme)
+        headers = [(b":status", b"%d" % status)]
+        for name, value in pairs:
+            headers.append((name.lower(), value))
+        if head.content_length is not None and not head.chunked and status != 204:
+            headers.append((b"content-length", head.content_length))
+        if req.set_cookie is not None:
+            headers.append((b"set-cookie", req.set_cookie))
+        req.replied = True
+        try:
+            self.conn.h2.send_headers(self.stream_id, headers, end_stream=no_body)
+        except h2.exceptions.StreamClosedError:
+            self._abandon_backend()
+            self._finish(reset=None)
+        return no_body
+
+    def response_body(self, req: Request, data: bytes) -> None:
+        if self._state == DONE:
+            return
+        req.sent_bytes += len(data)
+        # Sent at the backend's flush() or with the end, so a body that ends
+        # in this read goes out with END_STREAM on its last DATA frame.
+        self._out.append(data)
+
+    def response_end(self, req: Request) -> None:
+        if self._state == DONE:
+            return
+        if req.method == b"HEAD" or req.status in (204, 304):
+            self._finish(reset=None)  # the head went out with END_STREAM
+            return
+        self._out_end = True
+        self.send_pending()
+        self.conn.flush()
+
+    def backend_failed(self, req: Request, cause: str, head_sent: bool) -> None:
+        self.backend = None
+        if self._state == DONE:
+            return
+        if head_sent:
+            req.error = cause
+            self.conn._log.warn("Router {router}: {cause}", router=req.route.router, cause=cause)
+            self._finish(reset=_INTERNAL)
+        else:
+            exchange.error(self, req, 502, cause)
+        self.conn.flush()
+
+    def retry(self, req: Request) -> None:
+        exchange.dispatch(self, req)
+        self.conn.flush()
+
+    def tunnel_data(self, data: bytes) -> None:  # no Upgrade over HTTP/2
+        pass
+
+    def start_tunnel(self, backend, req, rest: bytes) -> None:
+        self.backend_failed(req, "101 Switching Protocols over HTTP/2", True)
+
+    def tunnel_closed(self) -> None:
+        pass
+
+    # -- request body ----------------------------------------------------------
+
+    def data(self, data: bytes, flow_length: int, ended: bool) -> None:
+        req = self.req
+        if self._state == DONE or req.replied and req.conn is None:
+            # Answered already: let the bytes go (the window must not stall others).
+            self.conn.ack(flow_length, self.stream_id)
+            return
+        req.body_bytes += len(data)
+        limit = self.conn.limits.max_body_bytes
+        if limit and req.body_bytes > limit:
+            self.conn.ack(flow_length, self.stream_id)
+            self.too_large()
+            return
+        if req.content_length is not None and req.body_bytes > req.content_length:
+            self.conn.ack(flow_length, self.stream_id)
+            self._protocol_reset("request body longer than its content-length")
+            return
+        self._unacked += flow_length
+        conn = req.conn
+        if conn is not None and conn.req is req:
+            if req.chunked:
+                conn.send(b"%x\r\n%s\r\n" % (len(data), data) if data else b"")
+            else:
+                conn.send(data)
+            self._ack()
+        else:
+            req.pending.append(data)
+            req.pending_bytes += len(data)
+        if ended:
+            self.end_of_request()
+
+    def end_of_request(self) -> None:
+        self._ended_in = True
+        req = self.req
+        if req.body_done:
+            return
+        if req.content_length is not None and req.body_bytes != req.content_length:
+            self._protocol_reset("request body shorter than its content-length")
+            return
+        req.body_done = True
+        conn = req.conn
+        if req.chunked and conn is not None and conn.req is req:
+            conn.send(b"0\r\n\r\n")
+        if self._state == DONE:
+            self.conn.forget(self)
+
+    def _ack(self) -> None:
+        """Hand back the window of bytes a backend took, unless its socket buffer is full."""
+        if self._unacked and not self._backend_full:
+            n, self._unacked = self._unacked, 0
+            self.conn.ack(n, self.stream_id)
+
+    def too_large(self) -> None:
+        req = self.req
+        self.conn._log.info("Client {client}: HTTP/2 request body too large", client=req.client_ip)
+        if req.replied:
+            self._abandon_backend()
+            self._finish(reset=_CANCEL)
+        else:
+            self._abandon_backend()
+            req.error = "request body too large"
+            self.reply(req, Reply(413, REASONS[413], [TEXT], b"413 request body too large\n"))
+
+    def _protocol_reset(self, why: str) -> None:
+        req = self.req
+        req.error = why
+        req.status = req.status or 400
+        self._abandon_backend()
+        self.conn._log.info("Client {client}: {why}; stream reset", client=req.client_ip, why=why)
+        self._finish(reset=h2.errors.ErrorCodes.PROTOCOL_ERROR)
+
+    # -- response body -----------------------------------------------------------
+
+    def send_pending(self) -> None:
+        """Send held response bytes as far as the windows allow; pause the backend if not all."""
+        if self._state == DONE:
+            return
+        conn = self.conn
+        h2c = conn.h2
+        out = self._out
+        sid = self.stream_id
+        if conn._write_paused:
+            if out and self.backend is not None:
+                self.backend.pause_reading()
+            return
+        try:
+            while out:
+                window = h2c.local_flow_control_window(sid)
+                if window <= 0:
+                    break
+                chunk = out[0]
+                size = min(window, h2c.max_outbound_frame_size)
+                if len(chunk) <= size:
+                    out.pop(0)
+                    last = self._out_end and not out
+                    h2c.send_data(sid, chunk, end_stream=last)
+                    if last:
+                        self._finish(reset=None, ended=True)
+                        return
+                else:
+                    out[0] = chunk[size:]
+                    h2c.send_data(sid, chunk[:size])
+            else:
+                if self._out_end:
+                    h2c.end_stream(sid)
+                    self._finish(reset=None, ended=True)
+                    return
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self._abandon_backend()
+            self._finish(reset=None)
+            return
+        backend = self.backend
+        if backend is not None:
+            if out:
+                backend.pause_reading()
+            else:
+                backend.resume_reading()
+
+    # -- ending -----------------------------------------------------------------------
+
+    def _abandon_backend(self) -> None:
+        backend = self.backend
+        if backend is not None:
+            self.backend = None
+            self.req.conn = None
+            backend.abandon()
+
+    def _finish(self, reset, ended: bool = False) -> None:
+        """The stream is done: reset it if asked, log the request, let the connection forget it."""
+        if self._state == DONE:
+            return
+        self._state = DONE
+        self._out = []
+        self.conn._answered += 1
+        req = self.req
+        h2c = self.conn.h2
+        if reset is None and not self._ended_in and req.replied:
+            # A complete answer before the whole request: ask the client to stop (RFC 9113 8.1).
+            reset = _NO_ERROR
+        if reset is not None:
+            try:
+                h2c.reset_stream(self.stream_id, reset)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                pass
+            self._ended_in = True
+        self.proxy.record(self, req)
+        self.conn.forget(self)
+
+    def client_reset(self) -> None:
+        """The client reset the stream (or the connection went)."""
+        req = self.req
+        self._ended_in = True
+        self._abandon_backend()
+        if self._state != DONE:
+            self._state = DONE
+            if not req.replied:
+                req.status = 499
+                req.error = "client reset the stream"
+            self.proxy.record(self, req)
+        self.conn.forget(self)
+
+    def check_timeout(self, now: float, limits) -> None:
+        if self._state != FORWARDING or self.backend is None:
+            return
+        if self._out or self.conn._write_paused or self._backend_full:
+            return  # waiting on the client, not the backend
+        if now - self._since <= limits.backend_response_timeout:
+            return
+        backend = self.backend
+        req = self.req
+        head_sent = backend.head_sent
+        self._abandon_backend()
+        if head_sent:
+            req.error = "backend stopped sending"
+            self._finish(reset=_INTERNAL)
+        else:
+            exchange.error(self, req, 504, f"{req.target_url} did not answer in time")
+
+
+@implementer(IPushProducer)
+class HTTP2Connection:
+    """
+    One client connection speaking HTTP/2, after the hand-off from HTTP/1.1.
+
+    ``factory`` is the entry point (routing table, redirect, name), ``proxy``
+    the shared state (pool, health, limits, logs), ``peer`` who the client
+    is (:class:`~edge.http.forwarding.Peer`).
+    """
+
+    _log = Logger()
+
+    def __init__(self, factory, proxy, peer, transport, reactor):
+        self.factory = factory
+        self.proxy = proxy
+        self.peer = peer
+        self.transport = transport
+        self.reactor = reactor
+        self.limits = proxy.limits
+        self.h2 = h2.connection.H2Connection(config=_config())
+        self._streams: dict[int, _Stream] = {}
+        self._state = OPEN
+        self._write_paused = False
+        self._last_stream = None  # set by shutdown(): the last stream served
+        self._since = reactor.seconds()
+        self._on_close = None
+        self._resets = 0  # streams the client reset before their answer
+        self._answered = 0  # streams answered completely
+
+    def start(self, first_bytes: bytes, on_close=None) -> None:
+        """Take over the transport: our SETTINGS, then the client's first bytes."""
+        self._on_close = on_close
+        h2c = self.h2
+        limits = self.limits
+        h2c.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            # The HPACK decoder's own bound (a connection error past it, so a
+            # header bomb costs little): twice the 431 limit, so ordinary
+            # excess gets an answer on its stream.
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 2 * (limits.max_header_bytes + MAX_REQUEST_LINE),
+        })
+        h2c.initiate_connection()
+        h2c.decoder.max_header_list_size = 2 * (limits.max_header_bytes + MAX_REQUEST_LINE)
+        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
+        self.transport.registerProducer(self, True)
+        if first_bytes:
+            self.dataReceived(first_bytes)
+        else:
+            self.flush()
+
+    # -- IPushProducer (the client's socket buffer) -------------------------------
+
+    def pauseProducing(self):
+        self._write_paused = True
+        for stream in self._streams.values():
+            if stream.backend is not None:
+                stream.backend.pause_reading()
+
+    def resumeProducing(self):
+        self._write_paused = False
+        for stream in list(self._streams.values()):
+            stream.send_pending()
+        self.flush()
+
+    def stopProducing(self):
+        pass
+
+    # -- input -----------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._state == CLOSED:
+            return
+        self._since = self.reactor.seconds()
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._log.info("Client {client}: HTTP/2 protocol error: {error}",
+                           client=self.peer.client_ip, error=e)
+            self.flush()
+            self._close(abort=False)
+            return
+        streams = self._streams
+        for event in events:
+            cls = event.__class__
+            if cls is _RequestReceived:
+                self._request(event)
+            elif cls is _DataReceived:
+                stream = streams.get(event.stream_id)
+                if stream is None:
+                    self.ack(event.flow_controlled_length, event.stream_id)
+                else:
+                    stream.data(event.data, event.flow_controlled_length, event.stream_ended is not None)
+            elif cls is _StreamEnded:
+                stream = streams.get(event.stream_id)
+                if stream is not None and not stream._ended_in:
+                    stream.end_of_request()
+            elif cls is _WindowUpdated:
+                if event.stream_id:
+                    stream = streams.get(event.stream_id)
+                    if stream is not None and stream._out:
+                        stream.send_pending()
+                else:
+                    for stream in list(streams.values()):
+                        if stream._out:
+                            stream.send_pending()
+            elif cls is _StreamReset:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    if stream._state != DONE:
+                        self._resets += 1
+                    stream.client_reset()
+                    if self._resets > RESET_LIMIT + self._answered:
+                        self._calm_down()
+                        return
+            elif cls is _TrailersReceived:
+                pass  # dropped, as on HTTP/1.1; StreamEnded follows
+            elif cls is _ConnectionTerminated:
+                self._drain_then_close()
+        self.flush()
+
+    def ack(self, size: int, stream_id: int) -> None:
+        if size:
+            try:
+                self.h2.acknowledge_received_data(size, stream_id)
+            except (h2.exceptions.ProtocolError, ValueError):
+                pass
+
+    def _request(self, event) -> None:
+        sid = event.stream_id
+        h2c = self.h2
+        ended = event.stream_ended is not None
+        if self._last_stream is not None and sid > self._last_stream:
+            h2c.reset_stream(sid, _REFUSED)  # after our GOAWAY: the client retries elsewhere
+            return
+        req = Request(self.peer.scheme, self.peer.client_ip)
+        req.version = "2.0"
+        req.started = self.reactor.seconds()
+        stream = _Stream(self, sid, req)
+        self._streams[sid] = stream
+        limits = self.limits
+        method = target = authority = None
+        headers = req.headers
+        cookies = None
+        count = 0
+        size = 0
+        for name, value in event.headers:
+            count += 1
+            size += len(name) + len(value) + 4
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    target = value
+                elif name == b":authority":
+                    authority = value
+                continue
+            if name == b"cookie":
+                # Split across fields in HTTP/2; one field for HTTP/1.1 (RFC 9113 8.2.3).
+                cookies = value if cookies is None else cookies + b"; " + value
+                continue
+            if name == b"host":
+                if authority is None:
+                    authority = value
+                continue
+            if name == b"content-length":
+                try:
+                    req.content_length = int(value)
+                except ValueError:
+                    req.content_length = -1
+            headers.append((name, value))
+        if cookies is not None:
+            headers.append((b"cookie", cookies))
+        req.method = method or b""
+        req.target = target or b""
+        req.host = authority or b""
+        req.head_done = True
+        if ended:
+            stream._ended_in = True
+            req.body_done = True
+        elif req.content_length is None:
+            req.chunked = True  # a body of unknown length: chunked to the backend
+        elif req.content_length == 0:
+            req.body_done = True
+        why = None
+        status = 0
+        if count > limits.max_header_count:
+            status, why = 431, "too many header fields"
+        elif size > limits.max_header_bytes + MAX_REQUEST_LINE:
+            status, why = 431, "header fields too large"
+        elif len(req.target) > MAX_REQUEST_LINE:
+            status, why = 414, "request target too long"
+        elif req.method == b"CONNECT":
+            status, why = 405, "CONNECT is not supported"
+        elif req.content_length is not None and req.content_length < 0:
+            status, why = 400, "invalid content-length"
+        elif limits.max_body_bytes and req.content_length is not None and req.content_length > limits.max_body_bytes:
+            status, why = 413, "request body too large"
+        elif not req.host:
+            status, why = 400, "missing :authority"
+        if status == 0:
+            try:
+                authority, req.target = split_target(req.method, req.target, self.proxy.allowed_encoded)
+            except BadTarget as e:
+                status, why = 400, str(e)
+            else:
+                if authority is not None:
+                    req.host = authority
+        if status:
+            self._log.info("Rejected HTTP/2 request from {client}: {status} {why}",
+                           client=req.client_ip, status=status, why=why)
+            req.error = why
+            stream.reply(req, Reply(status, REASONS[status], [TEXT], f"{status} {why}\n".encode()))
+            return
+        challenges = self.factory.challenges
+        if challenges is not None and req.target.startswith(b"/.well-known/acme-challenge/"):
+            reply = challenges.respond(req.host, req.target)
+            if reply is not None:
+                req.error = "ACME challenge"
+                stream.reply(req, reply)
+                return
+        exchange.route(stream, req)
+
+    # -- output ------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self._state != CLOSED:
+            self.transport.write(data)
+
+    def _calm_down(self) -> None:
+        """Too many streams reset before their answer: GOAWAY and close."""
+        self._log.warn("Client {client}: {count} HTTP/2 streams reset before their answer; closing",
+                       client=self.peer.client_ip, count=self._resets)
+        try:
+            self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        except h2.exceptions.ProtocolError:
+            pass
+        self.flush()
+        self._close()
+
+    def forget(self, stream: _Stream) -> None:
+        if self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+            self._since = self.reactor.seconds()
+        if self._state == DRAINING and not self._streams:
+            self.flush()
+            self._close()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _drain_then_close(self) -> None:
+        """The client said GOAWAY: finish what is in flight, then close."""
+        if self._state == OPEN:
+            self._state = DRAINING
+            self._last_stream = self.h2.highest_inbound_stream_id
+        if not self._streams:
+            self._close()
+
+    def shutdown(self) -> None:
+        """GOAWAY naming the last stream edge serves; the connection closes once they finish."""
+        if self._state != OPEN:
+            return
+        self._state = DRAINING
+        last = self._last_stream = self.h2.highest_inbound_stream_id
+        self.flush()
+        # Written by hand: h2's close_connection() would end the streams in flight too.
+        self.transport.write(GoAwayFrame(stream_id=0, last_stream_id=last, error_code=0).serialize())
+        if not self._streams:
+            self._close()
+
+    def check_timeouts(self, now: float) -> None:
+        if self._state == CLOSED:
+            return
+        limits = self.limits
+        for stream in list(self._streams.values()):
+            stream.check_timeout(now, limits)
+        if not self._streams and now - self._since > limits.client_idle_timeout:
+            self.shutdown()
+        self.flush()
+
+    def close(self, abort: bool = False) -> None:
+        self._close(abort)
+
+    def _close(self, abort: bool = False) -> None:
+        if self._state == CLOSED:
+            return
+        self._state = CLOSED
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        self._state = CLOSED
+        for stream in list(self._streams.values()):
+            stream.client_reset()
+        self._streams.clear()
+        if self._on_close is not None:
+            self._on_close()
