@@ -518,6 +518,7 @@ def _check(config: Config, reader: _Reader) -> None:
         _check_cidrs(reader, f"routes.{route.name}.allow_ips", route.allow_ips)
         _check_route(reader, route, names)
     _check_docker_url(reader, config.docker.url)
+    _check_dns_addresses(reader, config.dns)
     _check_acme(config, reader)
 
 
@@ -577,7 +578,31 @@ def _check_route(reader: _Reader, route: StaticRoute, entrypoints: set[str]) -> 
     try:
         parse_users(route.basic_auth)
     except UnsupportedHash as e:
-        reader.fail(f"{key}.basic_auth", f"{e}; make entries with `python -m edge.passwd USER`")
+        from edge.redact import redact_text
+
+        reader.fail(f"{key}.basic_auth", f"{redact_text(str(e))}; make entries with `python -m edge.passwd USER`")
+
+
+def _check_dns_addresses(reader: _Reader, dns: DNSConfig) -> None:
+    for interface in dns.interfaces:
+        try:
+            ipaddress.ip_address(interface)
+        except ValueError:
+            reader.fail(
+                "dns.interfaces",
+                f"expected IP addresses such as 127.0.0.1, 0.0.0.0 or ::, got {interface!r}",
+            )
+    from edge.dns.forward import parse_upstream
+
+    for upstream in dns.upstream:
+        try:
+            parse_upstream(upstream)
+        except ValueError:
+            reader.fail(
+                "dns.upstream",
+                f"expected ADDR or ADDR:PORT with an IP address (e.g. 192.168.1.1 or"
+                f" [2001:db8::1]:53), got {upstream!r}",
+            )
 
 
 _DOCKER_SCHEMES = ("unix", "tcp", "http", "https", "ssh")
@@ -611,6 +636,12 @@ def _check_cidrs(reader: _Reader, key: str, values: tuple[str, ...]) -> None:
             reader.fail(key, f"expected an address or CIDR, got {value!r}")
 
 
+def document_line(path: str, offset: int) -> int:
+    """The 1-based line of byte ``offset`` in the file at ``path``."""
+    with open(path, "rb") as f:
+        return f.read(offset).count(b"\n") + 1
+
+
 def load(path: str | None) -> Config:
     """Read and validate the config file at ``path``; ``None`` gives the defaults."""
     if path is None:
@@ -622,4 +653,9 @@ def load(path: str | None) -> Config:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        line = document_line(path, e.start)
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
     return parse(document, source=path)

@@ -27,6 +27,8 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from edge.redact import redact_text
+
 __all__ = ["make_observer", "event_as_json", "demote_noise"]
 
 _LEVELS = {
@@ -92,7 +94,7 @@ def event_as_json(event: dict) -> str:
         "time": _rfc3339(event.get("log_time")),
         "level": level.name,
         "namespace": event.get("log_namespace") or "-",
-        "message": formatEvent(event),
+        "message": redact_text(formatEvent(event)),
     }
     failure = event.get("log_failure")
     if failure is not None:
@@ -105,13 +107,14 @@ def event_as_json(event: dict) -> str:
     for key, value in event.items():
         if key.startswith("log_") or key in record or (legacy and key in _LEGACY):
             continue
-        record[key] = _plain(value)
+        value = _plain(value)
+        record[key] = redact_text(value) if isinstance(value, str) else value
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
 
 
 def _text(event: dict) -> str | None:
     text = eventAsText(event, includeSystem=True)
-    return text + "\n" if text else None
+    return redact_text(text) + "\n" if text else None
 
 
 @implementer(ILogObserver)

@@ -38,6 +38,12 @@ class Options(usage.Options):
         " Endpoint options take Twisted endpoint strings, e.g. tcp:80 or"
         " tcp:8080:interface=127.0.0.1."
     )
+    optFlags = [
+        ["check", None,
+         "Validate the config (and the labels of the swarm, when reachable), print the"
+         " routers and DNS names edge would serve, and exit (0 ok, 1 config error,"
+         " 3 routers that would not serve)."],
+    ]
     optParameters = [
         ["config", "c", None, "Configuration file (TOML). Default: built-in defaults."],
         ["docker-url", None, None,
@@ -231,9 +237,29 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     return root
 
 
+def _os_error(error: OSError, config: _config.Config) -> str:
+    """One line for a file edge could not create or write, naming the setting behind it."""
+    import os
+
+    path = error.filename or ""
+    message = f"{path}: {error.strerror or error}" if path else str(error)
+    state = os.path.abspath(config.tls.state_dir) if config.tls.state_dir else ""
+    if path and state and (os.path.abspath(path) + os.sep).startswith(state + os.sep) or (
+        path and state and state.startswith(os.path.abspath(path) + os.sep)
+    ):
+        message += f" (tls.state_dir is {config.tls.state_dir!r}: edge keeps its CA and certificates there)"
+    return message
+
+
 def makeService(options) -> EdgeService:
     from twisted.internet import reactor
 
+    if options.get("check"):
+        import sys
+
+        from edge.check import run_check
+
+        raise SystemExit(run_check(lambda: apply_flags(_config.load(options.get("config")), options), sys.stdout))
     try:
         config = apply_flags(_config.load(options.get("config")), options)
     except _config.ConfigError as e:
@@ -242,6 +268,8 @@ def makeService(options) -> EdgeService:
         root = build_service(config, reactor)
     except _config.ConfigError as e:  # e.g. the TLS CA files named but missing
         raise SystemExit(f"edge: configuration error: {e}")
+    except OSError as e:  # a directory edge must write, e.g. tls.state_dir
+        raise SystemExit(f"edge: cannot start: {_os_error(e, config)}")
     from edge.lifecycle import ReloadService  # SIGHUP: re-read the file, flags laid over it again
 
     ReloadService(lambda: apply_flags(_config.load(options.get("config")), options), reactor).setServiceParent(root)

@@ -54,15 +54,17 @@ def test_a_port_in_use_stops_start_up_in_one_line(tmp_path, which, kind, words):
     assert words in lines[0] and "Address already in use" in lines[0], lines
 
 
-def test_a_bad_dns_interface_is_one_line(tmp_path):
+def test_a_dns_interface_this_host_does_not_have_is_one_line(tmp_path):
     ports = Ports()
     path = tmp_path / "edge.toml"
-    path.write_text(ports.config().replace('interfaces = ["127.0.0.1"]', 'interfaces = ["no-such-host.invalid"]'))
+    # 192.0.2.0/24 is TEST-NET-1: no interface here has it.
+    path.write_text(ports.config().replace('interfaces = ["127.0.0.1"]', 'interfaces = ["192.0.2.77"]'))
     done = run_to_exit(path)
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     assert "Traceback" not in output, output
-    assert "DNS cannot listen on no-such-host.invalid" in output, output
+    assert "DNS cannot listen on 192.0.2.77 port" in output, output
+    assert "Cannot assign requested address" in output, output
 
 
 class _Port:

@@ -28,8 +28,23 @@ def check(url: str, timeout: float = 3.0) -> tuple[bool, str]:
 
 
 def main(argv: list[str]) -> int:
-    url = argv[1] if len(argv) > 1 else os.environ.get("EDGE_HEALTHCHECK_URL") or DEFAULT_URL
-    ok, message = check(url)
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m edge.admin.healthcheck",
+        description="Exit 0 when edge's /healthz answers 200, 1 otherwise (the image's HEALTHCHECK).",
+    )
+    parser.add_argument(
+        "url", nargs="?",
+        help=f"the /healthz URL (default: $EDGE_HEALTHCHECK_URL, else {DEFAULT_URL})",
+    )
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    args = parser.parse_args(argv[1:])
+    url = args.url or os.environ.get("EDGE_HEALTHCHECK_URL") or DEFAULT_URL
+    if not url.startswith(("http://", "https://")):
+        print(f"unhealthy: {url}: expected an http:// URL")
+        return 1
+    ok, message = check(url, args.timeout)
     print(("healthy: " if ok else "unhealthy: ") + message)
     return 0 if ok else 1
 

@@ -22,6 +22,7 @@ from edge.admin.view import Facts, overview
 from edge.admin.web import AdminRoot, AdminState
 from edge.config import Config
 from edge.listeners import ListenError, ListenerBoard, describe_error
+from edge.redact import redact_snapshot_data
 from edge.snapshot import Snapshot, Target
 
 __all__ = ["AdminService", "routed_names", "walk"]
@@ -204,13 +205,8 @@ class AdminService(MultiService):
     def snapshot_json(self) -> object:
         from edge.discovery.jsonview import snapshot_to_data
 
-        data = snapshot_to_data(self.publisher.current)
-        # Password hashes stay inside edge, as on the dashboard.
-        for router in data["routers"]:
-            for middleware in router.get("middlewares", ()):
-                if "users" in middleware:
-                    middleware["users"] = [u.partition(":")[0] + ":<hidden>" for u in middleware["users"]]
-        return data
+        # Password hashes and header secrets stay inside edge, as on the dashboard.
+        return redact_snapshot_data(snapshot_to_data(self.publisher.current))
 
     def update_metrics(self) -> None:
         """Refresh the gauges that are read off the publisher at scrape time."""

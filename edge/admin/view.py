@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from edge.config import Config
+from edge.redact import redact_text
 from edge.discovery.publisher import ProviderStatus
 from edge.snapshot import (
     BasicAuth,
@@ -151,7 +152,7 @@ def _router_view(router: Router, config: Config, services: Mapping[str, dict], e
             "domains": list(router.tls.domains) if router.tls else [],
         },
         "status": status,
-        "error": error,
+        "error": redact_text(error),
         "source": router.source,
     }
 
@@ -170,7 +171,7 @@ def _status_view(status: ProviderStatus, now: float) -> dict:
 
 
 def _problem(level: str, source: str, message: str, label: str = "") -> dict:
-    return {"level": level, "source": source, "message": message, "label": label}
+    return {"level": level, "source": source, "message": redact_text(message), "label": label}
 
 
 def _problems(

@@ -20,7 +20,13 @@ from twisted.internet import defer, task
 from twisted.logger import globalLogBeginner
 
 from edge import config as _config
-from edge.discovery.jsonview import snapshot_to_data
+from edge.discovery.jsonview import snapshot_to_data as _snapshot_to_data
+from edge.redact import redact_snapshot_data
+
+
+def snapshot_to_data(snapshot) -> dict:
+    """The snapshot as printed: password hashes and header secrets hidden (docs/security.md)."""
+    return redact_snapshot_data(_snapshot_to_data(snapshot))
 from edge.logs import make_observer
 
 
