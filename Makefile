@@ -11,7 +11,7 @@ export EDGE_TEST_ROOT := $(TEST_ROOT)
 CONFIG ?= config/edge.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test test-image venv test-deps system-deps testbed-up testbed-down unit bench clean
+.PHONY: run test test-image test-cluster venv test-deps system-deps testbed-up testbed-down unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,14 @@ test-image: system-deps test-deps testbed-up
 	image=$$(DOCKER_HOST=$(TEST_DOCKER) bash tests/testbed/image.sh) && \
 	DOCKER_HOST=$(TEST_DOCKER) EDGE_TEST_NETNS=$(NETNS) EDGE_IMAGE=$$image \
 		ip netns exec $(NETNS) $(BIN)/python -m pytest tests/test_image.py $(PYTEST_ARGS)
+
+# A multi-node swarm (3 managers + 1 worker, each engine in its own network
+# namespace: tests/testbed/cluster.sh) is started, the cluster tests run on it,
+# and it is stopped again. EDGE_CLUSTER_PREFIX / EDGE_CLUSTER_SUBNET pick names.
+test-cluster: system-deps test-deps
+	bash tests/testbed/cluster.sh up
+	EDGE_CLUSTER_REQUIRED=1 $(BIN)/python -m pytest -m cluster tests/test_cluster*.py $(PYTEST_ARGS); \
+		status=$$?; bash tests/testbed/cluster.sh down; exit $$status
 
 unit: test-deps
 	$(BIN)/python -m pytest -m 'not swarm' $(PYTEST_ARGS)
