@@ -694,3 +694,70 @@ def test_refused_tcp_connections_are_logged_once_per_interval_and_counted(rig):
     warnings = [e for e in seen if e.get("log_level") == LogLevel.warn and "Refusing" in e.get("log_format", "")]
     assert [w["count"] for w in warnings] == [1, 5]
     assert metrics.REGISTRY.get_sample_value("edge_dns_tcp_refused_total") == before + 6
+
+
+tcp_actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.lists(st.sampled_from(["big", "small", "bad", "nx"]), min_size=1, max_size=12),
+                  st.integers(min_value=1, max_value=300)),
+        st.tuples(st.just("drain"), st.just([]), st.just(0)),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=tcp_actions, limit=st.integers(min_value=0, max_value=6000))
+def test_fuzz_tcp_back_pressure_answers_each_query_once_in_order_within_a_bound(rig, actions, limit):
+    """
+    Queries arrive in arbitrary pieces while the client reads at arbitrary
+    moments: unread output never exceeds the buffer plus one answer, and in
+    the end every query is answered exactly once, in order.
+    """
+    factory = DNSStreamFactory(rig.responder, rig.clock)
+    proto = factory.buildProtocol(None)
+    transport = FillingTransport(limit=limit)
+    proto.makeConnection(transport)
+    make = {
+        "big": lambda: dns.message.make_query("big.home", "TXT").to_wire(),
+        "small": lambda: dns.message.make_query("small.home", "A").to_wire(),
+        "nx": lambda: dns.message.make_query("nothing.swarm.home", "A").to_wire(),
+        # A question that runs off the end: FORMERR, in its turn.
+        "bad": lambda: b"\x55\x66\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example",
+    }
+    sent_ids = []
+    biggest = len(rig.raw(make["big"](), tcp=True)) + 2
+    for kind, names, piece in actions:
+        if kind == "drain":
+            transport.drain()
+            continue
+        wires = [make[n]() for n in names]
+        sent_ids += [w[:2] for w in wires]
+        stream = b"".join(struct.pack("!H", len(w)) + w for w in wires)
+        for i in range(0, len(stream), piece):
+            proto.dataReceived(stream[i : i + piece])
+            assert len(transport.value()) <= limit + biggest
+    for _ in range(len(sent_ids) + 1):  # the client reads to the end; bounded
+        transport.drain()
+        if not transport.full:
+            break
+    transport.drain()
+    assert [f[:2] for f in frames(transport.read)] == sent_ids
+    proto.connectionLost(None)
+    assert factory.open == 0
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    more=st.tuples(*[st.integers(min_value=0, max_value=3)] * 4).filter(any),
+    edns=st.booleans(),
+    cookie=st.booleans(),
+)
+def test_fuzz_a_header_counting_records_that_are_not_there_always_gets_formerr(rig, more, edns, cookie):
+    options = [dns.edns.GenericOption(10, b"12345678")] if cookie else []
+    q = dns.message.make_query("small.home", "A", use_edns=0 if edns else False, options=options)
+    wire = bytearray(q.to_wire())
+    counts = struct.unpack_from("!4H", wire, 4)
+    struct.pack_into("!4H", wire, 4, *(c + m for c, m in zip(counts, more)))
+    response = dns.message.from_wire(rig.raw(bytes(wire)))
+    assert response.rcode() == dns.rcode.FORMERR and response.id == q.id and not response.answer
