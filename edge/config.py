@@ -29,6 +29,7 @@ __all__ = [
     "TLSConfig",
     "StaticRoute",
     "ACMEResolver",
+    "ClusterConfig",
     "ACME_DIRECTORIES",
     "LogConfig",
     "Config",
@@ -217,6 +218,25 @@ ACME_DIRECTORIES = {
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several edge instances sharing one ACME account and its certificates (docs/tls.md)."""
+
+    # This instance's name; the live instance with the lowest name orders. "" = the host name.
+    name: str = ""
+    # Endpoint for traffic between instances, e.g. "tcp:8444"; "" = a single instance.
+    listen: str = ""
+    # File holding the shared secret (a swarm secret); messages are sealed with it.
+    secret_file: str = ""
+    # Other instances, "host:port".
+    peers: tuple[str, ...] = ()
+    # A name resolving to every instance (tasks.<service> on the overlay), with their port.
+    peers_dns: str = ""
+    peers_port: int = 8444
+    # Seconds without an answer before an instance counts as gone.
+    peer_timeout: float = 3.0
+
+
+@dataclass(frozen=True)
 class ACMEResolver:
     """One ACME certificate resolver (Traefik's certificatesResolvers.<name>)."""
 
@@ -273,6 +293,7 @@ class Config:
     routes: tuple[StaticRoute, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
     acme: tuple[ACMEResolver, ...] = ()
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     # Where the config came from, for messages.
     source: str = ""
 
@@ -548,6 +569,19 @@ def _check_acme(config: Config, reader: _Reader) -> None:
             reader.fail(f"{key}.renew_fraction", f"expected a number between 0 and 1, got {r.renew_fraction}")
         if r.order_timeout <= 0:
             reader.fail(f"{key}.order_timeout", "expected a positive number of seconds")
+    cluster = config.cluster
+    if cluster.listen:
+        _check_endpoint(reader, "cluster.listen", cluster.listen)
+        if not cluster.secret_file:
+            reader.fail("cluster.secret_file", "instances authenticate each other with a shared secret; name its file")
+    if (cluster.peers or cluster.peers_dns) and not cluster.listen:
+        reader.fail("cluster.listen", "peers are configured but this instance does not listen for them")
+    if not 0 < cluster.peers_port < 65536:
+        reader.fail("cluster.peers_port", f"expected a port number 1-65535, got {cluster.peers_port}")
+    for peer in cluster.peers:
+        host, _, port = peer.rpartition(":")
+        if not host or not port.isdigit():
+            reader.fail("cluster.peers", f"expected host:port, got {peer!r}")
     for route in config.routes:
         if route.cert_resolver and route.cert_resolver not in resolvers:
             reader.fail(

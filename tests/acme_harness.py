@@ -188,7 +188,7 @@ class EdgePorts:
 class EdgeProcess:
     """``twistd -n edge`` with a config written from ``text``; Docker unreachable."""
 
-    def __init__(self, directory: str, ports: EdgePorts, text: str, upstream: str = "127.0.0.1:9"):
+    def __init__(self, directory: str, ports: EdgePorts, text: str, upstream: str = "127.0.0.1:9", wait: bool = True):
         os.makedirs(directory, exist_ok=True)
         self.ports = ports
         self.directory = directory
@@ -209,7 +209,11 @@ class EdgeProcess:
             [TWISTD, "-n", "--pidfile=", "edge", "--config", self.config_path],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
         )
-        wait_port(ports.admin, deadline=30, proc=self.proc)
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        wait_port(self.ports.admin, deadline=30, proc=self.proc)
 
     def api(self, path: str):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.admin}{path}", timeout=5) as r:

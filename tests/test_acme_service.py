@@ -145,3 +145,76 @@ def test_static_route_cert_resolver_orders(tmp_path):
     service, client, publisher, _ = _service(tmp_path)
     publisher.publish(static_snapshot(config))
     assert client.orders == [("r.example.com",)]
+
+
+class FakeCluster:
+    def __init__(self, orderer=False):
+        self.orderer = orderer
+        self.sent = []
+        self.elsewhere = set()
+
+    def may_order(self):
+        return self.orderer
+
+    def in_flight_elsewhere(self):
+        return self.elsewhere
+
+    def broadcast(self, path, value):
+        self.sent.append((path, value))
+
+    def send(self, address, path, value):
+        self.sent.append((address, path, value))
+
+
+def _clustered(tmp_path, orderer):
+    clock = Clock()
+    now = lambda: START + datetime.timedelta(seconds=clock.seconds())  # noqa: E731
+    client = FakeClient(now)
+    publisher = FakePublisher()
+    cluster = FakeCluster(orderer)
+    service = ACMEService(
+        {"le": ACMEResolver("le")}, {"le": client}, {"le": ResolverFiles(str(tmp_path), "le")}, publisher, clock,
+        ChallengeBoard(), pool=None, now=now, cluster=cluster,
+    )
+    service.startService()
+    return service, client, publisher, cluster
+
+
+def test_only_the_orderer_orders_and_it_sends_what_it_got(tmp_path):
+    follower, follower_client, follower_pub, _ = _clustered(tmp_path / "f", orderer=False)
+    orderer, orderer_client, orderer_pub, cluster = _clustered(tmp_path / "o", orderer=True)
+    routed = Snapshot.build(routers=[_router("a", "a.example.com")])
+    follower_pub.publish(routed)
+    orderer_pub.publish(routed)
+    assert follower_client.orders == [] and orderer_client.orders == [("a.example.com",)]
+    ((path, message),) = cluster.sent
+    assert path == "/v1/certificate" and message["names"] == ["a.example.com"]
+    assert follower.accept_certificate(message) == {"kept": True}
+    assert follower.lookup("a.example.com").not_after == orderer.lookup("a.example.com").not_after
+    assert follower.accept_certificate(message) == {"kept": False}  # not newer
+    # A restarted follower finds it on disk.
+    again, client, publisher, _ = _clustered(tmp_path / "f", orderer=True)
+    publisher.publish(routed)
+    assert client.orders == [] and again.lookup("a.example.com") is not None
+
+
+def test_a_certificate_that_does_not_cover_its_names_is_refused(tmp_path):
+    import pytest
+
+    follower, _, publisher, _ = _clustered(tmp_path / "f", orderer=False)
+    orderer, _, orderer_pub, cluster = _clustered(tmp_path / "o", orderer=True)
+    orderer_pub.publish(Snapshot.build(routers=[_router("a", "a.example.com")]))
+    message = dict(cluster.sent[0][1], names=["bank.example.com"])
+    with pytest.raises(ValueError):
+        follower.accept_certificate(message)
+    assert follower.lookup("bank.example.com") is None
+
+
+def test_an_order_in_flight_at_another_instance_is_left_alone(tmp_path):
+    service, client, publisher, cluster = _clustered(tmp_path, orderer=True)
+    cluster.elsewhere = {("le", "a.example.com")}
+    publisher.publish(Snapshot.build(routers=[_router("a", "a.example.com")]))
+    assert client.orders == []
+    cluster.elsewhere = set()
+    service.tick()
+    assert client.orders == [("a.example.com",)]

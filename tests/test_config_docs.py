@@ -17,6 +17,7 @@ SECTIONS = {
     "tls": config.TLSConfig,
     "routes.NAME": config.StaticRoute,
     "acme.NAME": config.ACMEResolver,
+    "cluster": config.ClusterConfig,
     "log": config.LogConfig,
 }
 

@@ -126,6 +126,7 @@ class ACMEClient:
         files: ResolverFiles,
         board,
         dns_publisher=None,
+        on_account: Callable[[dict], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         timeout: int = 30,
     ):
@@ -133,6 +134,8 @@ class ACMEClient:
         self.files = files
         self.board = board
         self.dns = dns_publisher
+        # Called (in this worker thread) with a new account's data, to share it.
+        self.on_account = on_account
         self.sleep = sleep
         self.timeout = timeout
         self.url = directory_url(resolver.ca)
@@ -183,7 +186,10 @@ class ACMEClient:
                 external_account_binding=eab,
             )
             regr = acme.new_account(registration)
-            self.files.write_account({"directory": self.url, "key": key.json_dumps(), "uri": regr.uri})
+            data = {"directory": self.url, "key": key.json_dumps(), "uri": regr.uri}
+            self.files.write_account(data)
+            if self.on_account is not None:
+                self.on_account(data)
             self._log.info(
                 "Created an ACME account for resolver {resolver} at {url}",
                 resolver=self.resolver.name,

@@ -16,9 +16,9 @@ from __future__ import annotations
 import datetime
 from typing import Callable
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
+from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -28,7 +28,7 @@ from edge.acme.dns01 import publisher_for
 from edge.acme.files import ResolverFiles
 from edge.acme.names import Wanted, wanted_certificates
 from edge.acme.schedule import RETRY_BASE, RETRY_CAP, Managed, backoff
-from edge.tls.store import CertificateIndex, CertifiedKey, StoreError
+from edge.tls.store import CertificateIndex, CertifiedKey, StoreError, parse_bundle
 
 __all__ = ["ACMEService", "make_acme_service"]
 
@@ -37,8 +37,18 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-class ACMEService(Service):
-    """Orders, renews and serves ACME certificates for routed names."""
+def wire_key(wanted: Wanted) -> tuple:
+    """How instances name one certificate to each other: resolver, then sorted names."""
+    return (wanted.resolver, *sorted(wanted.names))
+
+
+class ACMEService(MultiService):
+    """
+    Orders, renews and serves ACME certificates for routed names.
+
+    With a ``cluster`` (:class:`edge.acme.peers.Cluster`) only the orderer
+    orders; every certificate it gets is sent to the others, which serve it.
+    """
 
     _log = Logger()
     name = "acme"
@@ -56,7 +66,13 @@ class ACMEService(Service):
         now: Callable[[], datetime.datetime] = _utcnow,
         retry_base: float = RETRY_BASE,
         retry_cap: float = RETRY_CAP,
+        cluster=None,
     ):
+        super().__init__()
+        self.cluster = cluster
+        if cluster is not None:
+            cluster.on_peer_up = self.push_all
+            cluster.ordering_keys = lambda: [list(wire_key(m.wanted)) for m in self.managed.values() if m.ordering]
         self.resolvers = resolvers
         self.clients = clients
         self.files = files
@@ -118,9 +134,9 @@ class ACMEService(Service):
     # -- service ----------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
         if self._pool is not None:
             self._pool.start()
+        super().startService()
         self._unsubscribe = self._publisher.subscribe(self.update)
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self._reactor
@@ -133,10 +149,14 @@ class ACMEService(Service):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._pool is not None:
-            # Waits for an order in progress; each CA request has a timeout.
-            self._pool.stop()
-        return super().stopService()
+        stopped = super().stopService()
+        if self._pool is None:
+            return stopped
+        # Wait for an order in progress (each CA request has a timeout) off
+        # the reactor thread, so the reactor still serves what the order
+        # waits for (a peer broadcast) and shutdown cannot deadlock.
+        pool, self._pool = self._pool, None
+        return deferToThread(pool.stop)
 
     # -- following the snapshot -------------------------------------------
 
@@ -181,11 +201,16 @@ class ACMEService(Service):
         """Start every due order whose resolver is idle."""
         if not self.running:
             return
+        if self.cluster is not None and not self.cluster.may_order():
+            return
+        elsewhere = self.cluster.in_flight_elsewhere() if self.cluster is not None else set()
         now = self._now()
         for managed in list(self.managed.values()):
             resolver = self.resolvers[managed.wanted.resolver]
             if managed.wanted.resolver in self._busy or not managed.due(now, resolver.renew_fraction):
                 continue
+            if wire_key(managed.wanted) in elsewhere:
+                continue  # the previous orderer is still at it
             self._start(managed, now)
 
     def _start(self, managed: Managed, now: datetime.datetime) -> None:
@@ -233,6 +258,8 @@ class ACMEService(Service):
             issuer=issued.certified.leaf.issuer.rfc4514_string(),
             not_after=issued.certified.not_after.isoformat(),
         )
+        if self.cluster is not None:
+            self.cluster.broadcast("/v1/certificate", self._certificate_message(managed))
 
     def _failed(self, failure, managed: Managed) -> None:
         error = failure.value
@@ -257,14 +284,129 @@ class ACMEService(Service):
         self._reindex()
 
 
+    # -- several instances -------------------------------------------------
+
+    def _certificate_message(self, managed: Managed) -> dict:
+        from edge.acme.files import certificate_pem
+
+        return {
+            "resolver": managed.wanted.resolver,
+            "names": list(managed.wanted.names),
+            "pem": certificate_pem(managed.certified).decode("ascii"),
+        }
+
+    def push_all(self, address: str) -> None:
+        """Everything this instance holds, to a peer that just (re)appeared."""
+        for managed in list(self.managed.values()):
+            if managed.serving(self._now()) is not None:
+                self.cluster.send(address, "/v1/certificate", self._certificate_message(managed)).addErrback(
+                    lambda f: None
+                )
+        for name, files in self.files.items():
+            data = files.read_account()
+            if data is not None:
+                self.cluster.send(address, "/v1/account", {"resolver": name, "data": data}).addErrback(lambda f: None)
+
+    def accept_certificate(self, value: dict) -> dict:
+        """A certificate from the orderer: kept if it is for our resolver and newer."""
+        resolver = str(value["resolver"])
+        names = tuple(str(n) for n in value["names"])[:100]
+        files = self.files.get(resolver)
+        if files is None or not names:
+            raise ValueError(f"no resolver {resolver!r} here")
+        certified = parse_bundle(str(value["pem"]).encode("ascii"), now=self._now(), source="acme (peer)")
+        if not set(names) <= certified.names:
+            raise ValueError("the certificate does not cover the names it is sent for")
+        managed = self.managed.get((resolver, frozenset(names)))
+        current = managed.certified if managed is not None else None
+        if current is not None and current.not_after >= certified.not_after:
+            return {"kept": False}
+        files.write_certificate(managed.wanted.names if managed is not None else names, certified)
+        if managed is not None:
+            managed.certified = certified
+            managed.last_error = ""
+            managed.failures = 0
+            managed.not_before_attempt = None
+            self._reindex()
+        self._log.info(
+            "Serving {names} as ordered by another instance, valid until {not_after}",
+            names=", ".join(names),
+            not_after=certified.not_after.isoformat(),
+        )
+        return {"kept": True}
+
+    def accept_account(self, value: dict) -> dict:
+        resolver = str(value["resolver"])
+        data = value["data"]
+        files = self.files.get(resolver)
+        if files is None or not isinstance(data, dict) or data.get("directory") != directory_url(self.resolvers[resolver].ca):
+            raise ValueError("an account for another resolver or CA")
+        if files.read_account() != data:
+            files.write_account(data)
+            self._log.info("Using the ACME account of resolver {resolver} another instance created", resolver=resolver)
+        return {"ok": True}
+
+
+def _cluster_for(config, reactor, board, pool):
+    """The peers, their listener and the board that replicates challenges, or Nones."""
+    import socket
+
+    from twisted.application import strports
+    from twisted.web.server import Site
+
+    from edge.acme.peers import Cluster, PeerClient, PeerResource, ReplicatedBoard, _resolve_all, apply_challenge
+    from edge.acme.seal import Sealer
+    from edge.config import ConfigError
+
+    settings = config.cluster
+    if not settings.listen:
+        return None, None, board
+    try:
+        sealer = Sealer.from_file(settings.secret_file)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cluster.secret_file {settings.secret_file}: {e}") from None
+    cluster = Cluster(
+        settings.name or socket.gethostname(),
+        settings.peers,
+        PeerClient(reactor, sealer, timeout=min(2.0, settings.peer_timeout)),
+        reactor,
+        peer_timeout=settings.peer_timeout,
+        peers_dns=settings.peers_dns,
+        peers_port=settings.peers_port,
+        resolve=lambda name: deferToThreadPool(reactor, pool, _resolve_all, name),
+    )
+    handlers = {"/v1/hello": cluster.hello, "/v1/challenge": lambda v: apply_challenge(board, v)}
+    site = Site(PeerResource(sealer, handlers))
+    site.noisy = False
+    listener = strports.service(settings.listen, site, reactor=reactor)
+    return cluster, (listener, handlers), ReplicatedBoard(board, cluster, reactor)
+
+
 def make_acme_service(config, publisher, reactor, board: ChallengeBoard | None = None) -> ACMEService:
     """The ACME service for ``config`` (a whole :class:`edge.config.Config`)."""
     board = board if board is not None else ChallengeBoard()
     resolvers = {r.name: r for r in config.acme}
     files = {name: ResolverFiles(config.tls.state_dir, name) for name in resolvers}
+    # One thread per resolver's order, one for resolving peers' names.
+    pool = ThreadPool(minthreads=0, maxthreads=max(1, min(4, len(resolvers))) + 1, name="edge-acme")
+    cluster, peer_side, ordering_board = _cluster_for(config, reactor, board, pool)
+    share = None
+    if cluster is not None:
+        share = lambda resolver: lambda data: reactor.callFromThread(  # noqa: E731
+            cluster.broadcast, "/v1/account", {"resolver": resolver, "data": data}
+        )
     clients = {
-        name: ACMEClient(r, files[name], board, dns_publisher=publisher_for(r))
+        name: ACMEClient(
+            r, files[name], ordering_board, dns_publisher=publisher_for(r),
+            on_account=share(name) if share is not None else None,
+        )
         for name, r in resolvers.items()
     }
-    pool = ThreadPool(minthreads=0, maxthreads=max(1, min(4, len(resolvers))), name="edge-acme")
-    return ACMEService(resolvers, clients, files, publisher, reactor, board, pool=pool)
+    service = ACMEService(resolvers, clients, files, publisher, reactor, board, pool=pool, cluster=cluster)
+    if cluster is not None:
+        listener, handlers = peer_side
+        handlers["/v1/certificate"] = service.accept_certificate
+        handlers["/v1/account"] = service.accept_account
+        cluster.setServiceParent(service)
+        listener.setServiceParent(service)
+    return service
