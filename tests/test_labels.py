@@ -183,7 +183,7 @@ def test_v1_full_service():
         network="proxy",
         lb_swarm=True,
         pass_host_header=False,
-        sticky=StickyCookie(name="jsticky"),
+        sticky=StickyCookie(name="jsticky", http_only=False),  # Traefik sets no HttpOnly
         health_check=HealthCheck(path="/login", interval=90.0, timeout=3.0, port=8081),
     )
 
@@ -227,9 +227,13 @@ def test_v1_segments():
     services = {s.name: s for s in config.services}
     assert services["app-web@docker"].port == 80
     assert services["app-api@docker"] == ServiceSpec(
-        name="app-api@docker", port=8080, scheme="https", sticky=StickyCookie()
+        name="app-api@docker", port=8080, scheme="https",
+        # no HttpOnly, as Traefik; a cookie name of the service's own
+        sticky=StickyCookie(name=services["app-api@docker"].sticky.name, http_only=False),
     )
     assert routers["app-api@docker"].service == "app-api@docker"
+    assert services["app-api@docker"].sticky.name.startswith("_")
+    assert services["app-api@docker"].sticky.name != StickyCookie().name
 
 
 def test_v1_redirect_to_other_entry_point_warns():

@@ -320,3 +320,242 @@ def test_middleware_defined_differently_drops_the_routers_using_it():
     assert any(p.level == "error" and p.label == "middleware" for p in snap.problems)
     snap = _build(_container(labels("a:h"), cid="c1", name="one"), _container(labels("a:h"), cid="c2", name="two"))
     assert [r.name for r in snap.routers] == ["r@docker"]
+
+
+# -- 6, 7: rules (Traefik v2.11 pkg/rules with gorilla/mux; v3 pkg/muxer/http) --
+
+from hypothesis import HealthCheck as HC  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from edge.discovery.rule_parser import RuleError, parse_v1, parse_v2  # noqa: E402
+from edge.http.routing import MatchContext, compile_rule, normalize_host  # noqa: E402
+
+
+def matches(rule, host="example.com", path="/", query="", headers=(), method="GET"):
+    context = MatchContext(method, normalize_host(host.encode()), path, query, headers, "192.0.2.1")
+    return compile_rule(rule)(context)
+
+
+RULE_CASES = [
+    # (syntax, rule, request, matches)
+    # 6. v2 HostRegexp without placeholders is a literal, anchored host
+    (None, "HostRegexp(`example.com`)", {"host": "example.com"}, True),
+    (None, "HostRegexp(`example.com`)", {"host": "notexample.com"}, False),
+    (None, "HostRegexp(`example.com`)", {"host": "example.com.evil.test"}, False),
+    (None, "HostRegexp(`example.com`)", {"host": "exampleXcom"}, False),
+    ("v2", "HostRegexp(`example.com`)", {"host": "notexample.com"}, False),
+    ("v2", "HostRegexp(`{sub:[a-z]+}.example.com`)", {"host": "api.example.com"}, True),
+    ("v2", "HostRegexp(`{sub:[a-z]+}.example.com`)", {"host": "api.example.com.evil.test"}, False),
+    ("v2", "HostRegexp(`{sub:[a-z]+}.Example.com`)", {"host": "api.example.com"}, True),
+    # v3: a Go regexp, searched (unanchored), on the lower-case host
+    ("v3", "HostRegexp(`example.com`)", {"host": "notexample.com"}, True),
+    ("v3", "HostRegexp(`example.com`)", {"host": "exampleXcom"}, True),
+    ("v3", r"HostRegexp(`^example\.com$`)", {"host": "EXAMPLE.com"}, True),
+    # Go regexps are case-sensitive: an upper-case pattern never meets a canonized host
+    ("v3", r"HostRegexp(`^API\.example\.com$`)", {"host": "API.example.com"}, False),
+    ("v3", r"HeaderRegexp(`X-Env`, `^prod$`)", {"headers": [(b"X-Env", b"PROD")]}, False),
+    ("v3", r"HeaderRegexp(`X-Env`, `^prod$`)", {"headers": [(b"X-Env", b"prod")]}, True),
+    (None, r"PathRegexp(`^/Admin`)", {"path": "/admin"}, False),
+    # 7. v3 one-value Query matches only an empty value; v2 pairs; v3.7 Host(`*`)
+    ("v3", "Query(`debug`)", {"query": "debug"}, True),
+    ("v3", "Query(`debug`)", {"query": "debug="}, True),
+    ("v3", "Query(`debug`)", {"query": "debug=1"}, False),
+    ("v3", "Query(`debug`)", {"query": ""}, False),
+    ("v3", "Query(`a`, `1`)", {"query": "a=1"}, True),
+    ("v2", "Query(`a=1`)", {"query": "a=1"}, True),
+    ("v2", "Query(`a=`)", {"query": "a=anything"}, True),
+    ("v2", "Query(`a=`)", {"query": "b=1"}, False),
+    ("v3", "Host(`*`)", {"host": "anything.example.org"}, True),
+    (None, "Host(`*`)", {"host": "x.test"}, True),
+]
+
+
+@pytest.mark.parametrize("syntax, text, request_, expected", RULE_CASES)
+def test_rule_and_request(syntax, text, request_, expected):
+    assert matches(parse_v2(text, syntax), **request_) is expected
+
+
+V1_RULE_CASES = [
+    ("HostRegexp:example.com", {"host": "notexample.com"}, False),
+    ("HostRegexp:example.com", {"host": "example.com"}, True),
+    ("HostRegexp:{sub:[a-z]+}.example.com", {"host": "API.example.com"}, True),
+    ("Query:a=1,b=", {"query": "a=1&b=x"}, True),
+    ("Query:a=1,b=", {"query": "a=1"}, False),
+]
+
+
+@pytest.mark.parametrize("text, request_, expected", V1_RULE_CASES)
+def test_v1_rule_and_request(text, request_, expected):
+    rule, _ = parse_v1(text)
+    assert matches(rule, **request_) is expected
+
+
+REJECTED = [
+    # (syntax, rule) Traefik's parser or matcher refuses
+    (None, "Header(`X-A`, ``)"),
+    (None, "Headers(`X-A`, ``)"),
+    (None, "HeaderRegexp(`X-A`, ``)"),
+    (None, "Query(`a`, ``)"),
+    (None, "HostRegexp(`exämple.com`)"),
+    (None, "Host(`exämple.com`)"),
+    ("v2", "Query(`debug`)"),
+    ("v2", "Query(`a=1`, `b`)"),
+    ("v2", "PathRegexp(`^/x`)"),
+    ("v2", "Header(`X-A`, `1`)"),
+    ("v2", "Host(`*`)"),
+    ("v3", "Host(`a.com`, `b.com`)"),
+    ("v3", "PathPrefix(`/a`, `/b`)"),
+    ("v3", "Method(`GET`, `POST`)"),
+    ("v3", "Headers(`X-A`, `1`)"),
+    ("v3", "Query(`a`, `b`, `c`)"),
+]
+
+
+@pytest.mark.parametrize("syntax, text", REJECTED)
+def test_rules_traefik_rejects_are_rejected(syntax, text):
+    with pytest.raises(RuleError):
+        parse_v2(text, syntax)
+
+
+@pytest.mark.parametrize("text", ["Query:a", "Query:a=1=2", "Query:a=1,b", "Headers:X-A,", "HostRegexp:exämple.com"])
+def test_v1_rules_traefik_rejects_are_rejected(text):
+    with pytest.raises(RuleError):
+        parse_v1(text)
+
+
+def test_rejected_rule_drops_the_router_with_an_error_naming_service_and_label():
+    config = read_labels("app", {"traefik.http.routers.r.rule": "Header(`X-A`, ``)"})
+    assert config.routers == ()
+    (problem,) = errors(config)
+    assert (problem.source, problem.label) == ("app", "traefik.http.routers.r.rule")
+
+
+def test_rulesyntax_label_selects_the_grammar():
+    base = {"traefik.http.routers.r.rule": "HostRegexp(`example.com`)"}
+    v3 = read_labels("app", {**base, "traefik.http.routers.r.rulesyntax": "v3"})
+    assert matches(only(v3.routers).rule, host="notexample.com")
+    v2 = read_labels("app", {**base, "traefik.http.routers.r.rulesyntax": "v2"})
+    assert not matches(only(v2.routers).rule, host="notexample.com")
+    plain = read_labels("app", base)
+    assert not matches(only(plain.routers).rule, host="notexample.com")
+
+
+def only(items):
+    (item,) = items
+    return item
+
+
+HOST_NAMES = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?(\.[a-z0-9]{1,8}){1,3}\Z")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HC.too_slow])
+@given(HOST_NAMES, st.sampled_from([None, "v2"]), st.from_regex(r"\A[.-]?[a-c][a-c.-]{0,3}[a-c]\Z"))
+def test_host_shaped_host_regexp_is_exactly_that_host(name, syntax, extra):
+    rule = parse_v2(f"HostRegexp(`{name}`)", syntax)
+    assert matches(rule, host=name)
+    assert matches(rule, host=name.upper())
+    assert not matches(rule, host=extra + name)
+    assert not matches(rule, host=name + extra)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HC.too_slow])
+@given(
+    st.sampled_from(["Host", "HostRegexp", "Path", "PathPrefix", "PathRegexp", "Method", "Header",
+                     "Headers", "HeaderRegexp", "Query", "ClientIP"]),
+    st.lists(st.text(alphabet="a=/.{}:*`^$[]ä -", max_size=6), max_size=3),
+    st.sampled_from([None, "v2", "v3"]),
+)
+def test_any_matcher_and_values_parse_or_raise_rule_error(matcher, values, syntax):
+    text = f"{matcher}(" + ", ".join(f'"{v}"' for v in values) + ")"
+    try:
+        rule = parse_v2(text, syntax)
+    except RuleError:
+        return
+    # whatever parsed compiles into a matcher that answers without raising
+    assert matches(rule, host="a.b", path="/a", query="a=b") in (True, False)
+
+
+# -- 11. sticky cookies (v2/v3 dynamic.Cookie defaults; Traefik 1.7 stickiness) --
+
+from edge.http.balancer import set_sticky_cookie  # noqa: E402
+from edge.snapshot import StickyCookie, Target  # noqa: E402
+
+V2_STICKY = "traefik.http.services.s.loadbalancer.sticky"
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        # Traefik sets no HttpOnly, Secure or SameSite unless asked
+        ({f"{V2_STICKY}.cookie": "true"}, {"http_only": False, "secure": False, "same_site": ""}),
+        ({f"{V2_STICKY}.cookie.name": "sid"}, {"name": "sid", "http_only": False}),
+        ({f"{V2_STICKY}.cookie.httponly": "true", f"{V2_STICKY}.cookie.samesite": "lax"},
+         {"http_only": True, "same_site": "lax"}),
+        ({f"{V2_STICKY}.cookie.secure": "true"}, {"secure": True, "http_only": False}),
+        # an explicit false is not overridden by cookie options
+        ({f"{V2_STICKY}": "false", f"{V2_STICKY}.cookie.name": "sid"}, None),
+        ({f"{V2_STICKY}.cookie": "false", f"{V2_STICKY}.cookie.name": "sid"}, None),
+        ({f"{V2_STICKY}.cookie": "false", f"{V2_STICKY}.cookie.secure": "true"}, None),
+        ({}, None),
+    ],
+)
+def test_v2_sticky_cookie(labels, expected):
+    config = read_labels("app", {"traefik.http.services.s.loadbalancer.server.port": "80", **labels})
+    sticky = services_of(config)["s@docker"].sticky
+    if expected is None:
+        assert sticky is None
+    else:
+        assert sticky is not None
+        assert {k: getattr(sticky, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        ({"traefik.backend.loadbalancer.stickiness": "true"}, {"http_only": False, "secure": False}),
+        ({"traefik.backend.loadbalancer.stickiness": "true",
+          "traefik.backend.loadbalancer.stickiness.cookieName": "sid",
+          "traefik.backend.loadbalancer.stickiness.secure": "true",
+          "traefik.backend.loadbalancer.stickiness.httpOnly": "true",
+          "traefik.backend.loadbalancer.stickiness.sameSite": "strict"},
+         {"name": "sid", "secure": True, "http_only": True, "same_site": "strict"}),
+        # Traefik 1.7: only stickiness=true turns it on
+        ({"traefik.backend.loadbalancer.stickiness.cookieName": "sid"}, None),
+        ({"traefik.backend.loadbalancer.stickiness": "false",
+          "traefik.backend.loadbalancer.stickiness.secure": "true"}, None),
+    ],
+)
+def test_v1_stickiness(labels, expected):
+    config = read_labels("app", {"traefik.frontend.rule": "Host:a.test", "traefik.port": "80", **labels})
+    assert [p for p in config.problems] == []
+    sticky = services_of(config)["app@docker"].sticky
+    if expected is None:
+        assert sticky is None
+    else:
+        assert {k: getattr(sticky, k) for k in expected} == expected
+
+
+def test_default_cookie_names_differ_per_service():
+    config = read_labels("app", {
+        "traefik.a.frontend.rule": "Host:a.test", "traefik.b.frontend.rule": "Host:a.test;PathPrefix:/b",
+        "traefik.port": "80", "traefik.backend.loadbalancer.stickiness": "true",
+    })
+    names = {s.sticky.name for s in config.services}
+    assert len(names) == 2
+
+
+@pytest.mark.parametrize(
+    "sticky, header",
+    [
+        (StickyCookie(name="sid", http_only=False), "sid=V; Path=/"),
+        (StickyCookie(name="sid", http_only=True, secure=True, same_site="none"), "sid=V; Path=/; HttpOnly; Secure; SameSite=None"),
+        (StickyCookie(name="sid", http_only=False, same_site="lax"), "sid=V; Path=/; SameSite=Lax"),
+        (StickyCookie(name="sid", http_only=False, same_site="strict"), "sid=V; Path=/; SameSite=Strict"),
+    ],
+)
+def test_set_cookie_attributes_as_traefik_writes_them(sticky, header):
+    from edge.http.balancer import sticky_value
+
+    target = Target("t1", "10.0.0.1", 80)
+    assert set_sticky_cookie(sticky, target).decode() == header.replace("V", sticky_value(target))

@@ -24,6 +24,7 @@ Which labels are read:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -392,6 +393,26 @@ def _headers_v2(reader: _Reader, opts: dict[str, tuple[str, str, str]]) -> Heade
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 
 
+def _same_site(reader: "_Reader", label: str, value: str, opts: dict) -> None:
+    same = value.strip().lower()
+    if same not in ("", "none", "lax", "strict"):
+        reader.error(label, f"label {label}: expected none, lax or strict, got {value!r}")
+    else:
+        opts["same_site"] = same
+
+
+def _sticky_cookie(service: str, opts: dict) -> StickyCookie:
+    """
+    The sticky cookie as Traefik sets it: no HttpOnly, Secure or SameSite
+    unless the labels ask (v1.7, v2, v3 defaults), and without a name one
+    derived from the service, so two services behind one host never share
+    (and overwrite) one cookie.
+    """
+    if not opts.get("name"):
+        opts = {**opts, "name": "_" + hashlib.sha1(service.encode("utf-8")).hexdigest()[:6]}
+    return StickyCookie(**{"http_only": False, **opts})
+
+
 def _health_option(reader: "_Reader", label: str, key: str, value: str, health: dict) -> bool:
     """Read one health-check option both label generations share; False if not one of them."""
     if key == "path":
@@ -484,7 +505,7 @@ def _service_spec(
     scheme, weight, pass_host = "http", 1, True
     sticky: StickyCookie | None = None
     sticky_opts: dict = {}
-    sticky_on = False
+    sticky_on = sticky_off = False
     health: dict = {}
     health_headers: list[tuple[str, str]] = []
     health_label = ""
@@ -502,10 +523,11 @@ def _service_spec(
             weight = reader.integer(label, value, 1, 0, 1_000_000)
         elif opt == "passhostheader":
             pass_host = reader.boolean(label, value, True)
-        elif opt == "sticky":  # Traefik 2.0's spelling
-            sticky_on = reader.boolean(label, value, False) or sticky_on
-        elif opt == "sticky.cookie":
-            sticky_on = reader.boolean(label, value, True) or sticky_on
+        elif opt in ("sticky", "sticky.cookie"):  # "sticky": Traefik 2.0's spelling
+            if reader.boolean(label, value, opt == "sticky.cookie"):
+                sticky_on = True
+            else:
+                sticky_off = True  # an explicit false wins over cookie options
         elif opt == "sticky.cookie.name":
             sticky_on = True
             if value.strip():
@@ -515,14 +537,10 @@ def _service_spec(
             sticky_opts["secure"] = reader.boolean(label, value, False)
         elif opt == "sticky.cookie.httponly":
             sticky_on = True
-            sticky_opts["http_only"] = reader.boolean(label, value, True)
+            sticky_opts["http_only"] = reader.boolean(label, value, False)
         elif opt == "sticky.cookie.samesite":
             sticky_on = True
-            same = value.strip().lower()
-            if same not in ("", "none", "lax", "strict"):
-                reader.error(label, f"label {label}: expected none, lax or strict, got {value!r}")
-            else:
-                sticky_opts["same_site"] = same
+            _same_site(reader, label, value, sticky_opts)
         elif opt.startswith("healthcheck."):
             health_label = health_label or label
             key = opt[len("healthcheck.") :]
@@ -538,8 +556,8 @@ def _service_spec(
                 reader.unsupported(label, "this health check option")
         else:
             reader.unsupported(label)
-    if sticky_on:
-        sticky = StickyCookie(**sticky_opts)
+    if sticky_on and not sticky_off:
+        sticky = _sticky_cookie(f"{name}@{reader.provider}", sticky_opts)
     check = None
     if health:
         path = health.pop("path", "")
@@ -690,12 +708,15 @@ def _router_v2(
     resolver = ""
     domains: dict[int, dict[str, tuple[str, ...]]] = {}
     rule_label = ""
+    syntax: str | None = None  # the rule syntax Traefik would use, when the labels say
     for opt, (label, _written, value) in opts.items():
         if opt == "rule":
             rule_label = label
             rule_text = value.strip()
         elif opt == "rulesyntax":
-            if value.strip().lower() not in ("v2", "v3"):
+            if value.strip().lower() in ("v2", "v3"):
+                syntax = value.strip().lower()
+            else:
                 reader.warn(label, f"label {label}: expected v2 or v3, got {value!r}; edge reads both")
         elif opt == "entrypoints":
             entry_points = _list(value)
@@ -741,7 +762,7 @@ def _router_v2(
             return None
         rule_text = f"Host(`{host}`)"
     try:
-        rule = parse_v2(rule_text)
+        rule = parse_v2(rule_text, syntax)
     except RuleError as e:
         reader.error(rule_label, f"router {name}: bad rule in {rule_label}: {e}; router dropped")
         return None
@@ -929,6 +950,7 @@ def _v1_backend(reader: _Reader, opts: dict[str, tuple[str, str]]) -> dict:
     """Container-wide traefik.backend.* options, as ServiceSpec fields."""
     out: dict = {}
     sticky_on = False
+    sticky_opts: dict = {}
     cookie = ""
     health: dict = {}
     health_label = ""
@@ -939,7 +961,12 @@ def _v1_backend(reader: _Reader, opts: dict[str, tuple[str, str]]) -> dict:
             sticky_on = reader.boolean(label, value, False)
         elif opt == "loadbalancer.stickiness.cookiename":
             cookie = value.strip()
-            sticky_on = True
+        elif opt == "loadbalancer.stickiness.secure":
+            sticky_opts["secure"] = reader.boolean(label, value, False)
+        elif opt == "loadbalancer.stickiness.httponly":
+            sticky_opts["http_only"] = reader.boolean(label, value, False)
+        elif opt == "loadbalancer.stickiness.samesite":
+            _same_site(reader, label, value, sticky_opts)
         elif opt == "loadbalancer.swarm":
             out["lb_swarm"] = reader.boolean(label, value, False)
         elif opt == "loadbalancer.method":
@@ -956,7 +983,8 @@ def _v1_backend(reader: _Reader, opts: dict[str, tuple[str, str]]) -> dict:
         else:
             reader.unsupported(label)
     if sticky_on:
-        out["sticky"] = StickyCookie(name=cookie) if cookie else StickyCookie()
+        # Traefik 1.7: only traefik.backend.loadbalancer.stickiness=true turns it on.
+        out["sticky"] = dict(sticky_opts, name=cookie) if cookie else dict(sticky_opts)
     if health:
         path = health.pop("path", "")
         if path.startswith("/"):
@@ -1046,6 +1074,8 @@ def _read_v1(
         fields, middlewares, keep = _v1_frontend(reader, name, front_opts)
         if "pass_host_header" in fields:
             spec_fields["pass_host_header"] = fields["pass_host_header"]
+        if "sticky" in spec_fields:
+            spec_fields["sticky"] = _sticky_cookie(f"{name}@{provider}", spec_fields["sticky"])
         spec = ServiceSpec(name=f"{name}@{provider}", network=network, **spec_fields)
         services.append(spec)
 

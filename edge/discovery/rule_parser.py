@@ -14,8 +14,19 @@ Two grammars:
 Every regular expression put into the tree is meant for a *full* match
 (:func:`edge.rules.compiled` ``.fullmatch``): Traefik's patterns are Go
 regexps searched anywhere in the value unless anchored, so unanchored ones
-are wrapped in ``.*(?:...).*`` here.  Path regexps are made case-sensitive
-with an inline ``(?-i:...)`` group, since paths are.
+are wrapped in ``.*(?:...).*`` here.  Go regexps are case-sensitive, so every
+pattern is made so with an inline ``(?-i:...)`` group; hosts are compared in
+lower case (Traefik v3 matches ``HostRegexp`` on the canonized, lower-case
+host), so template text and plain host names are lower-cased here.
+
+``parse_v2`` takes the rule syntax Traefik would use (a router's
+``rulesyntax`` label): ``"v2"`` (gorilla/mux templates, several values per
+matcher, ``Query(`k=v`)``), ``"v3"`` (Go regexps, one value per matcher,
+``Query(`k`, `v`)``), or None when the labels do not say: then each form is
+read in the syntax it can only belong to, and a form both syntaxes accept
+with different meanings gets the narrower one (``HostRegexp(`example.com`)``
+is the literal, anchored v2 host, never the v3 search that also matches
+``notexample.com``).
 
 Both parsers raise :class:`RuleError` -- and nothing else -- on bad input.
 """
@@ -72,6 +83,17 @@ _V3_WILDCARD = re.compile(
 _LITERAL_HOST = re.compile(r"^[a-z0-9_*.-]+$")
 
 
+def _case_sensitive(regex: str) -> str:
+    """A Go regexp as a case-sensitive Python one (``compiled`` ignores case)."""
+    return f"(?-i:{regex})"
+
+
+def _ascii(value: str, matcher: str) -> str:
+    if not value.isascii():
+        raise RuleError(f"{matcher}: {value!r} has non-ASCII characters, which Traefik refuses")
+    return value
+
+
 def _check_regex(regex: str, what: str) -> str:
     try:
         re.compile(regex)
@@ -84,22 +106,24 @@ def _has_placeholder(value: str) -> bool:
     return _PLACEHOLDER.search(value) is not None
 
 
-def _template_to_regex(template: str, default: str) -> str:
+def _template_to_regex(template: str, default: str, lower: bool = False) -> str:
     """
     A gorilla/mux template (Traefik v1 and v2) as a regex: text outside
-    ``{name:re}`` is literal, ``{name}`` alone stands for ``default``.
+    ``{name:re}`` is literal (lower-cased for hosts), ``{name}`` alone
+    stands for ``default``.
     """
     out = []
     pos = 0
     for m in _PLACEHOLDER.finditer(template):
-        out.append(re.escape(template[pos : m.start()]))
+        text = template[pos : m.start()]
+        out.append(re.escape(text.lower() if lower else text))
         inner = m.group(2)
         out.append(f"(?:{inner if inner is not None else default})")
         pos = m.end()
     rest = template[pos:]
     if "{" in rest or "}" in rest:
         raise RuleError(f"unbalanced braces in {template!r}")
-    out.append(re.escape(rest))
+    out.append(re.escape(rest.lower() if lower else rest))
     return "".join(out)
 
 
@@ -119,12 +143,18 @@ def _unanchored(regex: str) -> str:
     return f".*(?:{regex}).*"
 
 
-def host_regexp(patterns: tuple[str, ...], *, template: bool | None = None) -> HostRegexp:
+_HOST_SHAPED = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def host_regexp(patterns: tuple[str, ...], *, template: bool | None = None) -> Rule:
     """
     Build a :class:`HostRegexp` from Traefik patterns.
 
-    ``template`` True reads gorilla templates (v1, v2), False plain Go regexps
-    (v3); None decides per pattern (a ``{name...}`` placeholder means template).
+    ``template`` True reads gorilla templates (v1, v2: anchored, text outside
+    ``{...}`` literal), False plain Go regexps (v3: searched); None decides
+    per pattern: a ``{name...}`` placeholder or a plain host name
+    (``example.com``) is a template, anything else a regexp.  A template
+    without placeholders is just that host, so it becomes a :class:`Host`.
     """
     if not patterns:
         raise RuleError("HostRegexp needs at least one pattern")
@@ -133,14 +163,19 @@ def host_regexp(patterns: tuple[str, ...], *, template: bool | None = None) -> H
     for pattern in patterns:
         if not pattern:
             raise RuleError("HostRegexp: empty pattern")
-        is_template = _has_placeholder(pattern) if template is None else template
+        _ascii(pattern, "HostRegexp")
+        is_template = template
+        if is_template is None:
+            is_template = _has_placeholder(pattern) or bool(_HOST_SHAPED.match(pattern))
+        if is_template and len(patterns) == 1 and not _has_placeholder(pattern) and _LITERAL_HOST.match(pattern.lower()):
+            return Host((pattern.lower().rstrip("."),))
         if is_template:
-            regex = _template_to_regex(pattern, "[^.]+")
+            regex = _template_to_regex(pattern, "[^.]+", lower=True)
             shape = _V2_WILDCARD.match(pattern)
         else:
             regex = _unanchored(pattern)
             shape = _V3_WILDCARD.match(pattern)
-        parts.append(_check_regex(regex, f"HostRegexp({pattern!r})"))
+        parts.append(_check_regex(_case_sensitive(regex), f"HostRegexp({pattern!r})"))
         if shape:
             suffix = shape.group(1).replace("\\", "").lower()
             if "." in suffix:  # never a wildcard for a whole top-level domain
@@ -153,10 +188,18 @@ def host_regexp(patterns: tuple[str, ...], *, template: bool | None = None) -> H
     )
 
 
-def _host(names: tuple[str, ...]) -> Rule:
-    """Literal names, with ``*.suffix`` entries turned into host regexps."""
+def _host(names: tuple[str, ...], catch_all: bool = False) -> Rule:
+    """
+    Literal names, with ``*.suffix`` entries turned into host regexps;
+    ``catch_all`` accepts Traefik v3.7's ``Host(`*`)``, any host.
+    """
     literal, wild = [], []
     for name in names:
+        _ascii(name, "Host")
+        if catch_all and name.strip() == "*":
+            if len(names) != 1:
+                raise RuleError("Host(`*`) takes no other host")
+            return HostRegexp(patterns=("*",), regex=".*")
         name = name.strip().lower().rstrip(".")
         if not name:
             raise RuleError("Host: empty host name")
@@ -175,7 +218,7 @@ def _host(names: tuple[str, ...]) -> Rule:
         items.append(
             HostRegexp(
                 patterns=(name,),
-                regex=r"[^.]+\." + re.escape(name[2:]),
+                regex=_case_sensitive(r"[^.]+\." + re.escape(name[2:])),
                 wildcards=(name,),
             )
         )
@@ -190,12 +233,12 @@ def _is_ip_literal(name: str) -> bool:
     return True
 
 
-def _paths(values: tuple[str, ...], matcher: str, *, prefix: bool) -> Rule:
+def _paths(values: tuple[str, ...], matcher: str, *, prefix: bool, templates: bool = True) -> Rule:
     literal, regexes = [], []
     for value in values:
         if not value.startswith("/"):
             raise RuleError(f"{matcher}: path {value!r} must start with '/'")
-        if "{" in value or "}" in value:
+        if templates and ("{" in value or "}" in value):
             regex = _template_to_regex(value, "[^/]+")
             if prefix:
                 regex += ".*"
@@ -235,11 +278,21 @@ def _header_name(name: str, matcher: str) -> str:
     return name.lower()
 
 
-def _query_pair(text: str, matcher: str) -> Query:
-    key, sep, value = text.partition("=")
-    if not key:
-        raise RuleError(f"{matcher}: {text!r} has no parameter name")
-    return Query(key, value if sep else None)
+def _mux_queries(values, matcher: str) -> Rule:
+    """
+    Traefik v1/v2 ``Query``: every value split on ``=``, the pieces taken as
+    gorilla/mux name, value pairs (an odd count is refused); an empty value
+    means "present with any value".
+    """
+    pieces = [piece for value in values for piece in value.split("=")]
+    if len(pieces) % 2:
+        raise RuleError(f"{matcher}: expected name=value pairs, got {', '.join(values)!r}")
+    items: list[Rule] = []
+    for key, value in zip(pieces[::2], pieces[1::2]):
+        if not key:
+            raise RuleError(f"{matcher}: a pair has no parameter name")
+        items.append(Query(key, value if value else None))
+    return _all(items)
 
 
 def _all(items: list[Rule]) -> Rule:
@@ -366,14 +419,14 @@ def parse_v1(text: str) -> tuple[Rule, tuple[Middleware, ...]]:
                         [
                             HeaderRegexp(
                                 _header_name(k, name),
-                                _check_regex(_unanchored(v), f"{name}({v!r})"),
+                                _check_regex(_case_sensitive(_unanchored(v)), f"{name}({v!r})"),
                             )
                             for k, v in _v1_pairs(values, name)
                         ]
                     )
                 )
             elif key == "query":
-                items.append(_all([_query_pair(v, name) for v in vals]))
+                items.append(_mux_queries(vals, name))
             else:
                 raise RuleError(
                     f"unknown matcher {name!r}; expected Host, HostRegexp, Path,"
@@ -506,71 +559,96 @@ def _describe(token: tuple[str, str, int]) -> str:
     return _DESCRIBE[kind]
 
 
-def _v2_host_regexp(args: tuple[str, ...]) -> Rule:
-    return host_regexp(args)
+def _one(args: tuple[str, ...], matcher: str, syntax: str | None) -> None:
+    """v3 matchers take exactly one value (Traefik v3 expectNParameters)."""
+    if syntax == "v3" and len(args) != 1:
+        raise RuleError(f"{matcher} takes one value in the v3 syntax, got {len(args)}")
 
 
-def _v2_path_regexp(args: tuple[str, ...]) -> Rule:
+def _v2_host(args, syntax):
+    _one(args, "Host", syntax)
+    return _host(args, catch_all=syntax != "v2")
+
+
+def _v2_host_regexp(args, syntax):
+    _one(args, "HostRegexp", syntax)
+    return host_regexp(args, template={"v2": True, "v3": False}.get(syntax or ""))
+
+
+def _v2_path(args, syntax, prefix: bool, name: str):
+    _one(args, name, syntax)
+    return _paths(args, name, prefix=prefix, templates=syntax != "v3")
+
+
+def _v2_path_regexp(args, syntax):
+    if syntax == "v2":
+        raise RuleError("PathRegexp is a v3 matcher; v2 writes Path(`/{name:regexp}`)")
     if len(args) != 1:
         raise RuleError("PathRegexp takes one regular expression")
-    regex = f"(?-i:{_unanchored(args[0])})"
+    regex = _case_sensitive(_unanchored(args[0]))
     return PathRegexp(_check_regex(regex, f"PathRegexp({args[0]!r})"))
 
 
-def _v2_header(args: tuple[str, ...], matcher: str) -> Rule:
+def _v2_methods(args, syntax):
+    _one(args, "Method", syntax)
+    return _methods(args, "Method")
+
+
+def _v2_header(args, syntax, matcher: str):
+    if syntax == "v3" and matcher == "Headers":
+        raise RuleError("Headers is the v2 name; v3 writes Header(`name`, `value`)")
+    if syntax == "v2" and matcher == "Header":
+        raise RuleError("Header is the v3 name; v2 writes Headers(`name`, `value`)")
     if len(args) != 2:
         raise RuleError(f"{matcher} takes a header name and a value")
     return Header(_header_name(args[0], matcher), args[1])
 
 
-def _v2_header_regexp(args: tuple[str, ...], matcher: str) -> Rule:
+def _v2_header_regexp(args, syntax, matcher: str):
+    if syntax == "v3" and matcher == "HeadersRegexp":
+        raise RuleError("HeadersRegexp is the v2 name; v3 writes HeaderRegexp(`name`, `regexp`)")
+    if syntax == "v2" and matcher == "HeaderRegexp":
+        raise RuleError("HeaderRegexp is the v3 name; v2 writes HeadersRegexp(`name`, `regexp`)")
     if len(args) != 2:
         raise RuleError(f"{matcher} takes a header name and a regular expression")
-    regex = _check_regex(_unanchored(args[1]), f"{matcher}({args[1]!r})")
+    regex = _check_regex(_case_sensitive(_unanchored(args[1])), f"{matcher}({args[1]!r})")
     return HeaderRegexp(_header_name(args[0], matcher), regex)
 
 
-def _v2_query(args: tuple[str, ...]) -> Rule:
-    # v3: Query(`key`, `value`) / Query(`key`); v2: Query(`k=v`, `k2=v2`, ...)
-    if len(args) == 2 and "=" not in args[0]:
-        if not args[0]:
-            raise RuleError("Query: empty parameter name")
-        return Query(args[0], args[1])
-    if len(args) == 1 and "=" not in args[0]:
-        if not args[0]:
-            raise RuleError("Query: empty parameter name")
-        return Query(args[0], None)
-    return _all([_query_pair(a, "Query") for a in args])
+def _v2_query(args, syntax):
+    """
+    v3: ``Query(`key`, `value`)``, and ``Query(`key`)`` for a key present
+    with an empty value.  v2: ``Query(`k=v`, ...)`` as gorilla/mux pairs.
+    Undeclared: v3 when no value holds ``=`` (v2 refuses those), else v2.
+    """
+    if syntax == "v3" or (syntax is None and not any("=" in a for a in args)):
+        if len(args) not in (1, 2):
+            raise RuleError(f"Query takes a name and a value, got {len(args)} values")
+        return Query(args[0], args[1] if len(args) == 2 else "")
+    return _mux_queries(args, "Query")
 
 
-def _nonempty(name: str, fn: Callable[[tuple[str, ...]], Rule]):
-    def check(args: tuple[str, ...]) -> Rule:
-        if not args:
-            raise RuleError(f"{name} needs at least one value")
-        if any(not a for a in args):
-            raise RuleError(f"{name}: empty value")
-        return fn(args)
-
-    return check
+def _v2_client_ip(args, syntax):
+    _one(args, "ClientIP", syntax)
+    return _client_ip(args)
 
 
-_V2_MATCHERS: dict[str, tuple[str, Callable[[tuple[str, ...]], Rule]]] = {
-    "host": ("Host", _nonempty("Host", _host)),
-    "hostheader": ("HostHeader", _nonempty("HostHeader", _host)),
-    "hostregexp": ("HostRegexp", _nonempty("HostRegexp", _v2_host_regexp)),
-    "path": ("Path", _nonempty("Path", lambda a: _paths(a, "Path", prefix=False))),
-    "pathprefix": (
-        "PathPrefix",
-        _nonempty("PathPrefix", lambda a: _paths(a, "PathPrefix", prefix=True)),
-    ),
-    "pathregexp": ("PathRegexp", _nonempty("PathRegexp", _v2_path_regexp)),
-    "method": ("Method", _nonempty("Method", lambda a: _methods(a, "Method"))),
-    "header": ("Header", lambda a: _v2_header(a, "Header")),
-    "headers": ("Headers", lambda a: _v2_header(a, "Headers")),
-    "headerregexp": ("HeaderRegexp", lambda a: _v2_header_regexp(a, "HeaderRegexp")),
-    "headersregexp": ("HeadersRegexp", lambda a: _v2_header_regexp(a, "HeadersRegexp")),
-    "query": ("Query", _nonempty("Query", _v2_query)),
-    "clientip": ("ClientIP", _nonempty("ClientIP", _client_ip)),
+# Traefik v2 and v3 refuse a matcher with no values or an empty one
+# ("no args" / "empty args for matcher"), whatever the matcher.
+_V2_MATCHERS: dict[str, tuple[str, Callable[[tuple[str, ...], str | None], Rule]]] = {
+    "host": ("Host", _v2_host),
+    "hostheader": ("HostHeader", _v2_host),
+    "hostregexp": ("HostRegexp", _v2_host_regexp),
+    "path": ("Path", lambda a, s: _v2_path(a, s, False, "Path")),
+    "pathprefix": ("PathPrefix", lambda a, s: _v2_path(a, s, True, "PathPrefix")),
+    "pathregexp": ("PathRegexp", _v2_path_regexp),
+    "method": ("Method", _v2_methods),
+    "header": ("Header", lambda a, s: _v2_header(a, s, "Header")),
+    "headers": ("Headers", lambda a, s: _v2_header(a, s, "Headers")),
+    "headerregexp": ("HeaderRegexp", lambda a, s: _v2_header_regexp(a, s, "HeaderRegexp")),
+    "headersregexp": ("HeadersRegexp", lambda a, s: _v2_header_regexp(a, s, "HeadersRegexp")),
+    "query": ("Query", _v2_query),
+    "clientip": ("ClientIP", _v2_client_ip),
 }
 
 _V2_KNOWN_UNSUPPORTED = {
@@ -582,8 +660,9 @@ _V2_KNOWN_UNSUPPORTED = {
 
 
 class _V2Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, syntax: str | None = None):
         self.text = text
+        self.syntax = syntax
         self.tokens = _tokens(text)
         self.i = 0
 
@@ -668,7 +747,11 @@ class _V2Parser:
                 args.append(self.take("string", f"a quoted value for {name}")[1])
         self.take("rparen", f"',' or ')' in {name}(...)")
         try:
-            return build(tuple(args))
+            if not args:
+                raise RuleError(f"{canonical} needs at least one value")
+            if any(not a for a in args):
+                raise RuleError(f"{canonical}: empty value, which Traefik refuses")
+            return build(tuple(args), self.syntax)
         except RuleError as e:
             raise RuleError(f"{e} (in {canonical} at position {pos})") from None
 
@@ -685,12 +768,17 @@ def _flatten(cls, items: list[Rule]) -> Rule:
     return cls(tuple(flat))
 
 
-def parse_v2(text: str) -> Rule:
-    """Parse a Traefik v2/v3 router rule."""
+def parse_v2(text: str, syntax: str | None = None) -> Rule:
+    """
+    Parse a Traefik v2/v3 router rule in ``syntax`` ("v2", "v3" or None for
+    "not declared"; see the module docstring).
+    """
     if not isinstance(text, str):
         raise RuleError("rule must be a string")
+    if syntax not in (None, "v2", "v3"):
+        raise ValueError(f"unknown rule syntax {syntax!r}")
     try:
-        return _V2Parser(text).parse()
+        return _V2Parser(text, syntax).parse()
     except RuleError as e:
         if looks_like_v1(text):
             raise RuleError(

@@ -48,7 +48,8 @@ def set_sticky_cookie(sticky, target: Target) -> bytes:
     if sticky.secure:
         value += "; Secure"
     if sticky.same_site:
-        value += f"; SameSite={sticky.same_site}"
+        # Written as Go's net/http writes it (Traefik): SameSite=Lax, =Strict, =None.
+        value += f"; SameSite={sticky.same_site.capitalize()}"
     return value.encode("latin-1")
 
 
