@@ -559,3 +559,34 @@ def test_set_cookie_attributes_as_traefik_writes_them(sticky, header):
 
     target = Target("t1", "10.0.0.1", 80)
     assert set_sticky_cookie(sticky, target).decode() == header.replace("V", sticky_value(target))
+
+
+# -- the v1 inheritance under hypothesis: root protection reaches every segment --
+
+SEGMENT_NAMES = st.lists(st.from_regex(r"\A[a-z][a-z0-9]{0,6}\Z"), min_size=1, max_size=4, unique=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HC.too_slow])
+@given(SEGMENT_NAMES, st.data())
+def test_every_segment_is_protected_by_the_root_or_its_own_auth(segments, data):
+    labels = {
+        "traefik.frontend.auth.basic.users": "root:h",
+        "traefik.frontend.whiteList.sourceRange": "10.0.0.0/8",
+        "traefik.frontend.entryPoints": "websecure",
+    }
+    own = {}
+    for segment in segments:
+        labels[f"traefik.{segment}.frontend.rule"] = f"Host:{segment}.example.com"
+        if data.draw(st.booleans(), label=f"{segment} has its own users"):
+            own[segment] = f"{segment}:h"
+            labels[data.draw(st.sampled_from([f"traefik.{segment}.frontend.auth.basic.users",
+                                               f"traefik.{segment}.frontend.auth.basic"]))] = own[segment]
+    config = read_labels("app", labels)
+    routers = routers_of(config)
+    assert set(routers) == {f"app-{s}@docker" for s in segments}
+    for segment in segments:
+        router = routers[f"app-{segment}@docker"]
+        auth = [m for m in router.middlewares if isinstance(m, BasicAuth)]
+        assert auth == [BasicAuth((own.get(segment, "root:h"),))]
+        assert IPAllowList(("10.0.0.0/8",)) in router.middlewares
+        assert router.entry_points == ("websecure",)
