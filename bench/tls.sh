@@ -8,6 +8,10 @@
 #   keepalive  wrk over persistent TLS connections.
 #   plain      edge's own plain-HTTP entry point, for the cost TLS adds
 #              (plain-new: a new TCP connection per request, no TLS).
+#   h2-*       h2load (nghttp2-client) over HTTP/2: h2-8x10 is 8 connections x
+#              10 concurrent streams, h2-1x100 one connection x 100 streams,
+#              on the 100-byte page; h2-big-* the same on a 1 MiB response
+#              (its MiB/s column is what counts there).  H2=0 skips them.
 #
 # CPU per request is the proxy's own CPU time (utime+stime of all its
 # processes, from /proc) over the requests wrk completed: far steadier on a
@@ -27,6 +31,8 @@ DURATION="${DURATION:-5}"
 CONNS="${CONNS:-16}"
 ROUNDS="${ROUNDS:-1}"
 ONLY="${ONLY:-edge nginx haproxy caddy}"
+H2="${H2:-1}"
+H1="${H1:-1}"
 OUT="${OUT:-$HERE/results.txt}"
 BASE="${BASE_PORT:-18600}"
 ORIGIN=$BASE; EDGE=$((BASE + 1)); EDGE_HTTP=$((BASE + 2)); NGINX=$((BASE + 3))
@@ -69,6 +75,7 @@ cpu_ticks() {  # total utime+stime of the given pids and their children
 }
 
 printf '%0100d' 0 >"$DIR/www/index.html"  # 100 bytes
+head -c 1048576 /dev/zero >"$DIR/www/big"  # 1 MiB
 "$PY" "$HERE/make_cert.py" "$DIR"
 
 render origin.conf "$ORIGIN"
@@ -77,7 +84,7 @@ PIDS+=($!)
 wait_port "$ORIGIN"
 
 TICK=$(getconf CLK_TCK)
-printf '%-8s %-10s %10s %10s %12s\n' proxy mode "req/s" requests "cpu_us/req" | tee "$OUT"
+printf '%-8s %-12s %10s %10s %12s %8s\n' proxy mode "req/s" requests "cpu_us/req" "MiB/s" | tee "$OUT"
 
 measure() {  # name mode url pid... ; header args in WRK_ARGS
     local name=$1 mode=$2 url=$3; shift 3
@@ -105,11 +112,45 @@ measure() {  # name mode url pid... ; header args in WRK_ARGS
     if [[ -n "$errors" ]]; then echo "  ($name $mode: $errors)" >&2; fi
     local us
     us=$(awk -v t=$((after - before)) -v r="$reqs" -v hz="$TICK" 'BEGIN {printf "%.0f", (r > 0 ? t / hz * 1e6 / r : 0)}')
-    printf '%-8s %-10s %10s %10s %12s\n' "$name" "$mode" "$rate" "$reqs" "$us" | tee -a "$OUT"
+    printf '%-8s %-12s %10s %10s %12s %8s\n' "$name" "$mode" "$rate" "$reqs" "$us" "-" | tee -a "$OUT"
+}
+
+measure_h2() {  # name mode url conns streams pid...
+    local name=$1 mode=$2 url=$3 conns=$4 streams=$5; shift 5
+    local before after out reqs rate us mib secs
+    # :authority is the URL's (a differing Host header makes the request malformed, RFC 9113 8.3.1).
+    h2load -c 2 -m 4 -n 200 "$url" >/dev/null 2>&1 || true  # warm-up
+    before=$(cpu_ticks "$@")
+    out=$(h2load -c "$conns" -m "$streams" -D "$DURATION" "$url" 2>&1)
+    after=$(cpu_ticks "$@")
+    reqs=$(awk '/^requests:/ {print $8}' <<<"$out")  # succeeded
+    secs=$(awk '/^finished in/ {sub("s,", "", $3); print $3}' <<<"$out")
+    rate=$(awk -v r="$reqs" -v s="$secs" 'BEGIN {printf "%.0f", (s > 0 ? r / s : 0)}')
+    mib=$(awk -v r="$reqs" -v s="$secs" -v b="$H2_BYTES" 'BEGIN {printf "%.1f", (s > 0 ? r * b / s / 1048576 : 0)}')
+    local failed
+    failed=$(awk '/^requests:/ {print $10 + $12}' <<<"$out")
+    if [[ "${failed:-0}" != 0 ]]; then echo "  ($name $mode: $failed failed/errored)" >&2; fi
+    us=$(awk -v t=$((after - before)) -v r="$reqs" -v hz="$TICK" 'BEGIN {printf "%.0f", (r > 0 ? t / hz * 1e6 / r : 0)}')
+    printf '%-8s %-12s %10s %10s %12s %8s\n' "$name" "$mode" "$rate" "$reqs" "$us" "$mib" | tee -a "$OUT"
+}
+
+run_h2() {  # name port pid...
+    local name=$1 port=$2; shift 2
+    [[ "$H2" == 1 ]] || return 0
+    for _ in $(seq 1 "$ROUNDS"); do
+        H2_BYTES=100
+        measure_h2 "$name" h2-8x10 "https://127.0.0.1:$port/" 8 10 "$@"
+        measure_h2 "$name" h2-1x100 "https://127.0.0.1:$port/" 1 100 "$@"
+        H2_BYTES=1048576
+        measure_h2 "$name" h2-big-8x10 "https://127.0.0.1:$port/big" 8 10 "$@"
+        measure_h2 "$name" h2-big-1x100 "https://127.0.0.1:$port/big" 1 100 "$@"
+    done
 }
 
 run_modes() {  # name port pid...
     local name=$1 port=$2; shift 2
+    run_h2 "$name" "$port" "$@"
+    [[ "$H1" == 1 ]] || return 0
     for _ in $(seq 1 "$ROUNDS"); do
         WRK_ARGS=(-H "Host: bench.lan" -H "Connection: close")
         measure "$name" handshake "https://127.0.0.1:$port/" "$@"
@@ -130,6 +171,7 @@ PIDS+=($EPID)
 wait_port "$EDGE"
 run_modes edge "$EDGE" "$EPID"
 for _ in $(seq 1 "$ROUNDS"); do
+    [[ "$H1" == 1 ]] || break
     WRK_ARGS=(-H "Host: bench.lan" -H "Connection: close")
     measure edge plain-new "http://127.0.0.1:$EDGE_HTTP/" "$EPID"
     WRK_ARGS=(-H "Host: bench.lan")

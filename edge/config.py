@@ -162,6 +162,9 @@ class HTTPConfig:
     # 400 otherwise): slash, backslash, null, semicolon, percent,
     # question_mark, hash.  See docs/http.md, "Request paths".
     allowed_encoded_characters: tuple[str, ...] = ()
+    # Speed-ups on private internals of Twisted, pyOpenSSL and hpack
+    # (edge.http.speedups); false runs the stock public code paths.
+    speedups: bool = True
 
 
 @dataclass(frozen=True)

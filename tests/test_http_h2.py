@@ -237,3 +237,18 @@ def test_rapid_reset_is_cut_off_with_bounded_backend_work():
         d.callback(world._backend(("http", "10.9.9.9", 80)))
     assert all(t.value() == b"" for _, t in world.backends)
     assert world.service.pool.idle_count() == len(connecting)
+
+
+def test_a_client_goaway_with_a_stream_in_flight_ends_it_and_frees_its_backend():
+    world = World()
+    client = H2Client(world)
+    client.send(b"GET", b"/x", b"web.test")
+    backend, backend_side = world.backends[-1]
+    client.h2.close_connection()
+    client.server.dataReceived(client.h2.data_to_send())
+    assert client.transport.disconnecting
+    # The answer that arrives now has nowhere to go: the backend connection is dropped, not pooled.
+    backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert backend_side.aborted
+    assert world.service.pool.idle_count() == 0
+    assert [line["status"] for line in world.log_lines()] == [499]

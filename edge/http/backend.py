@@ -235,6 +235,8 @@ class BackendProtocol(Protocol):
             why = str(cause) if isinstance(cause, _BadResponse) else f"malformed response: {e}"
             self._fail(f"{why} (from {self.req.target_url if self.req else '?'})")
             return
+        if self.side is None:
+            return  # the side let go of us in a callback (its client is gone)
         if self._done:
             self._complete()
         else:
@@ -304,15 +306,18 @@ class BackendProtocol(Protocol):
         self._head = head
         self._state = RELAYING
         no_body = self.side.response_head(req, head)
+        if self.side is None:
+            return
         if no_body and status != 101:
             self._done = True
             if req.method == b"HEAD":
                 self._parser = None
 
     def on_body(self, data: bytes):
-        if self._done:
+        side = self.side
+        if self._done or side is None:
             return
-        self.side.response_body(self.req, data)
+        side.response_body(self.req, data)
 
     def on_message_complete(self):
         if self._informational:

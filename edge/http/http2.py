@@ -161,7 +161,8 @@ class _Stream:
         h2c = self.conn.h2
         try:
             h2c.send_headers(self.stream_id, headers, end_stream=not body)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # the stream or the connection is closed
+            self._abandon_backend()
             self._finish(reset=None)
             return
         if body:
@@ -230,7 +231,7 @@ class _Stream:
         req.replied = True
         try:
             self.conn.h2.send_headers(self.stream_id, headers, end_stream=no_body)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # the stream or the connection is closed
             self._abandon_backend()
             self._finish(reset=None)
         return no_body
@@ -580,7 +581,14 @@ class HTTP2Connection:
             elif cls is _TrailersReceived:
                 pass  # dropped, as on HTTP/1.1; StreamEnded follows
             elif cls is _ConnectionTerminated:
-                self._drain_then_close()
+                # h2 sends nothing after a GOAWAY (its state machine is closed
+                # both ways), so streams in flight cannot be answered: end them.
+                self._log.debug("Client {client} said GOAWAY ({code})", client=self.peer.client_ip,
+                                code=event.error_code)
+                self._close()
+                for stream in list(streams.values()):
+                    stream.client_reset()
+                return
         self.flush()
 
     def ack(self, size: int, stream_id: int) -> None:
@@ -712,14 +720,6 @@ class HTTP2Connection:
             self._close()
 
     # -- lifecycle -----------------------------------------------------------------------
-
-    def _drain_then_close(self) -> None:
-        """The client said GOAWAY: finish what is in flight, then close."""
-        if self._state == OPEN:
-            self._state = DRAINING
-            self._last_stream = self.h2.highest_inbound_stream_id
-        if not self._streams:
-            self._close()
 
     def shutdown(self) -> None:
         """GOAWAY naming the last stream edge serves; the connection closes once they finish."""

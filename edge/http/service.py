@@ -144,6 +144,7 @@ class HTTPService(Service):
         self._tls_context = tls_context
         self._tick_interval = tick
         http = config.http
+        speedups.configure(http.speedups)
         self.health = HealthRegistry(reactor)
         self.pool = BackendPool(
             reactor, self._backend_protocol, size=http.backend_pool_size,

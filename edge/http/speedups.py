@@ -14,6 +14,11 @@ stock, public code path runs.
     proxy's hot path that is a large share of the CPU per request.  Needs
     ``tcp.Connection``'s ``socket``, ``_tempDataBuffer``, ``dataBuffer``,
     ``offset`` and ``_writeDisconnected``.
+``quiet_hpack``
+    hpack calls ``logging.debug`` for every header it encodes or decodes
+    (about 28 calls per proxied HTTP/2 request, each a level check);
+    :func:`configure` points its module-level ``log`` at a logger whose
+    ``debug`` does nothing.  Needs ``hpack.hpack.log``.
 ``lean_dispatch``
     :func:`lean_dispatch` dispatches epoll events of edge's own plain-TCP
     HTTP connections without ``log.callWithLogger`` (a ``logPrefix()`` call,
@@ -22,8 +27,12 @@ stock, public code path runs.
     ``twisted.python.log`` lines; edge logs through ``twisted.logger``.
     Needs ``EPollReactor``'s ``_poller``, ``_selectables`` and ``_doReadOrWrite``.
 
-The TLS transport's direct OpenSSL calls (pyOpenSSL's private ``_util``)
-are switched by the same setting; see :mod:`edge.tls.sni`.
+``openssl_direct``
+    The TLS transport (:mod:`edge.tls.sni`) calls OpenSSL through
+    pyOpenSSL's private ``_util`` binding (no exception per empty read, one
+    shared read buffer) and sends straight to the socket; off, it runs
+    Twisted's ``TLSMemoryBIOProtocol`` methods.  Needs ``OpenSSL._util``'s
+    ``ffi``/``lib`` and the ``lib`` functions :func:`missing` lists.
 """
 
 from __future__ import annotations
@@ -35,26 +44,92 @@ from twisted.internet import tcp
 __all__ = ["write", "lean_dispatch", "configure", "missing", "CHECKED", "enabled"]
 
 # Versions these speed-ups were read against (upper bounds in setup.cfg too).
-CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0"}
+CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0", "hpack": "4.2.0"}
 
 # Only these take the direct-send shortcut: wrappers (TLS, PROXY protocol)
 # forward attribute lookups to the TCP transport underneath, so duck typing
 # would send plaintext past TLS.
 _PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
 
-_switches = {"direct_send": True, "lean_dispatch": True}
+_switches = {"direct_send": True, "lean_dispatch": True, "quiet_hpack": True, "openssl_direct": True}
+
+
+class _QuietLog:
+    """hpack's logger without its per-header debug calls."""
+
+    def __init__(self, log):
+        self._log = log
+
+    def debug(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
+
+
+def _quiet_hpack(on: bool) -> None:
+    import hpack.hpack
+
+    log = hpack.hpack.log
+    if on and not isinstance(log, _QuietLog):
+        hpack.hpack.log = _QuietLog(log)
+    elif not on and isinstance(log, _QuietLog):
+        hpack.hpack.log = log._log
 
 
 def enabled(name: str) -> bool:
     return _switches[name]
 
 
+def _unchecked() -> list[str]:
+    """Packages installed in a newer version than the speed-ups were checked against."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    newer = []
+    for package, checked in CHECKED.items():
+        try:
+            installed = version(package)
+        except PackageNotFoundError:
+            continue
+        if _release(installed) > _release(checked):
+            newer.append(f"{package} {installed} (checked: {checked})")
+    return newer
+
+
+def _release(text: str) -> tuple:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
 def configure(on: bool) -> None:
-    """Turn every speed-up on or off (``[http] speedups``); call before serving."""
+    """
+    Turn every speed-up on or off (``[http] speedups``); call before serving.
+
+    They stay off whatever ``on`` says when ``EDGE_SPEEDUPS=off`` is in the
+    environment (CI runs the suite that way once), when a package is newer
+    than the version they were checked against (:data:`CHECKED`, an upper
+    bound), or when a private name they need is gone (:func:`missing`).
+    """
     global write
+    import os
+
+    if on and os.environ.get("EDGE_SPEEDUPS", "").lower() in ("off", "0", "false", "no"):
+        on = False
+    if on:
+        problems = _unchecked() + missing()
+        if problems:
+            from twisted.logger import Logger
+
+            Logger(namespace="edge.http.speedups").warn(
+                "Speed-ups off: {problems}", problems="; ".join(problems))
+            on = False
     for name in _switches:
         _switches[name] = on
     write = _direct_write if on else _plain_write
+    _quiet_hpack(on)
 
 
 def _plain_write(transport, data: bytes) -> None:
@@ -187,4 +262,8 @@ def missing() -> list[str]:
                 gone.append(f"OpenSSL._util.lib.{name}")
     except ImportError:
         gone.append("OpenSSL._util")
+    import hpack.hpack
+
+    if not hasattr(hpack.hpack, "log"):
+        gone.append("hpack.hpack.log")
     return gone

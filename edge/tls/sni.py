@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from edge import metrics
+from edge.http import speedups
 from edge.tls.store import CertifiedKey, normalize_name
 
 try:
@@ -435,6 +436,41 @@ class _TLSServerProtocol(TLSMemoryBIOProtocol):
         super().connectionLost(reason)
 
 
+class _StockTLSServerProtocol(_TLSServerProtocol):
+    """
+    The same transport on Twisted's and pyOpenSSL's public code paths only
+    (``[http] speedups = false``, see :mod:`edge.http.speedups`): no direct
+    OpenSSL calls, no direct socket sends; the handshake deadline, failure
+    logging and ``TCP_NODELAY`` stay.
+    """
+
+    _flushReceiveBIO = TLSMemoryBIOProtocol._flushReceiveBIO
+    _checkHandshakeStatus = TLSMemoryBIOProtocol._checkHandshakeStatus
+    _write = TLSMemoryBIOProtocol._write
+
+    def makeConnection(self, transport):
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
+        TLSMemoryBIOProtocol.makeConnection(self, transport)
+        if not self._handshakeDone and self.connected:
+            self._timeout = self.factory.reactor.callLater(
+                self.factory.handshake_timeout, self._handshake_timed_out
+            )
+
+    def _flushSendBIO(self):
+        TLSMemoryBIOProtocol._flushSendBIO(self)
+
+    def dataReceived(self, data):
+        TLSMemoryBIOProtocol.dataReceived(self, data)
+        if self._timeout is not None and self._handshakeDone:
+            self._timeout.cancel()
+            self._timeout = None
+
+
 def _describe(failure) -> str:
     value = failure.value
     if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
@@ -464,6 +500,8 @@ class TLSServerFactory(TLSMemoryBIOFactory):
         handshake_timeout: float = 10.0,
     ):
         super().__init__(creator, False, wrapped, clock=reactor)
+        if _lib is None or not speedups.enabled("openssl_direct"):
+            self.protocol = _StockTLSServerProtocol
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout
         self.handshake_failures = 0
