@@ -188,12 +188,13 @@ class EdgePorts:
 class EdgeProcess:
     """``twistd -n edge`` with a config written from ``text``; Docker unreachable."""
 
-    def __init__(self, directory: str, ports: EdgePorts, text: str, upstream: str = "127.0.0.1:9", wait: bool = True):
+    def __init__(self, directory: str, ports: EdgePorts, text: str, upstream: str = "127.0.0.1:9", wait: bool = True,
+                 docker: str = 'url = "unix:///nonexistent/edge-test.sock"'):
         os.makedirs(directory, exist_ok=True)
         self.ports = ports
         self.directory = directory
         config = (
-            '[docker]\nurl = "unix:///nonexistent/edge-test.sock"\n'
+            f'[docker]\n{docker}\n'
             f'[entrypoints.http]\naddress = "tcp:{ports.http}:interface=127.0.0.1"\n'
             f'[entrypoints.https]\naddress = "tcp:{ports.https}:interface=127.0.0.1"\ntls = true\n'
             f'[admin]\naddress = "tcp:{ports.admin}:interface=127.0.0.1"\n'
