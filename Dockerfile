@@ -12,8 +12,12 @@
 #   docker build --build-arg BASE=my/python:3.11 --build-arg WHEELS=wheels ctx
 #
 # Every dependency ships manylinux wheels for amd64 and arm64 (httptools,
-# cryptography, bcrypt and zope.interface are the compiled ones), so neither
-# stage needs a compiler; the final stage copies only the virtualenv.
+# cryptography, bcrypt, cffi and zope.interface are the compiled ones), so
+# neither stage needs a compiler; the final stage copies only the virtualenv.
+# The image takes its base's architecture: an arm64 BASE (or buildx
+# --platform linux/arm64) with aarch64 wheels in WHEELS gives the arm64
+# image, its RUN steps under qemu-user-static on an x86 machine
+# (README.md, "The image, for amd64 and arm64"; tests/testbed/image.sh).
 ARG BASE=python:3.11-slim-bookworm
 
 FROM ${BASE} AS build

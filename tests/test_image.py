@@ -106,14 +106,19 @@ def dns_a(port: int, name: str, tcp: bool = False) -> list[str]:
     return sorted(r.address for rrset in answer.answer for r in rrset if r.rdtype == dns.rdatatype.A)
 
 
-@pytest.fixture(scope="module")
-def stack(swarm):
-    if not IMAGE:
-        pytest.skip("no image to test: run `make test-image` (builds it, then runs this test)")
+def run_in_image(client, image: str, *argv: str) -> str:
+    """Run ``argv`` in a throw-away container of ``image`` without network; its output."""
+    return client.containers.run(
+        image, entrypoint=list(argv[:1]), command=list(argv[1:]), remove=True, network_mode="none"
+    ).decode()
+
+
+def deployed_stack(swarm, image: str):
+    """Deploy the stack with ``image`` under a fresh name; yield (name, ports), then remove it."""
     name = f"edgeimg{uuid.uuid4().hex[:8]}"
     ports = {80: free_port(), 443: free_port(), 53: free_port()}
     directory = Path(tempfile.mkdtemp())
-    stack_file = render_stack(directory, IMAGE, ports, socket_path(swarm.url))
+    stack_file = render_stack(directory, image, ports, socket_path(swarm.url))
     cli("stack", "deploy", "--prune", "-c", str(stack_file), name)
     yield name, ports
     # Shown by pytest when the test failed.
@@ -134,6 +139,25 @@ def stack(swarm):
         except docker.errors.APIError:
             pass
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def stack(swarm):
+    if not IMAGE:
+        pytest.skip("no image to test: run `make test-image` (builds it, then runs this test)")
+    yield from deployed_stack(swarm, IMAGE)
+
+
+def routed_web_service(swarm, name: str, host: str, **kwargs) -> str:
+    """A one-task web service on ``frontend`` routed by ``Host:host``; the hostname its page names."""
+    swarm.create_web_service(
+        name,
+        labels={"traefik.enable": "true", "traefik.frontend.rule": f"Host:{host}", "traefik.port": "80"},
+        publish_host_port=False,
+        **kwargs,
+    )
+    tasks = swarm.wait_running(name, 1)
+    return tasks[0]["Status"]["ContainerStatus"]["ContainerID"][:12]
 
 
 def edge_container(client, stack_name: str):
@@ -162,13 +186,13 @@ def test_image_is_small_and_labelled(swarm):
     assert image.attrs["Config"]["Healthcheck"]["Test"][-1] == "edge.admin.healthcheck"
     assert image.attrs["Config"]["Entrypoint"][:2] == ["twistd", "--nodaemon"]
     # No compiler and no pip in the final image; the program starts.
-    out = swarm.client.containers.run(
+    out = run_in_image(
+        swarm.client,
         IMAGE,
-        entrypoint=["/bin/sh", "-c"],
-        command=["for t in gcc cc pip; do command -v $t && echo FOUND $t; done; twistd edge --version"],
-        remove=True,
-        network_mode="none",
-    ).decode()
+        "/bin/sh",
+        "-c",
+        "for t in gcc cc pip; do command -v $t && echo FOUND $t; done; twistd edge --version",
+    )
     assert "FOUND" not in out, out
     assert f"edge {version('edge')}" in out
     assert labels["org.opencontainers.image.version"] == version("edge")
@@ -178,17 +202,7 @@ def test_stack_routes_dns_and_http_through_edge(swarm, stack, unique):
     stack_name, ports = stack
     client = swarm.client
     host = f"img-{unique}.test"
-    swarm.create_web_service(
-        f"imgweb-{unique}",
-        labels={
-            "traefik.enable": "true",
-            "traefik.frontend.rule": f"Host:{host}",
-            "traefik.port": "80",
-        },
-        publish_host_port=False,
-    )
-    tasks = swarm.wait_running(f"imgweb-{unique}", 1)
-    backend_hostname = tasks[0]["Status"]["ContainerStatus"]["ContainerID"][:12]
+    backend_hostname = routed_web_service(swarm, f"imgweb-{unique}", host)
 
     # The image's HEALTHCHECK (python -m edge.admin.healthcheck) passes.
     container = wait_healthy(client, stack_name)
@@ -261,13 +275,7 @@ def test_rolling_update_of_edge_finishes_requests_in_flight(swarm, stack, unique
     stack_name, ports = stack
     client = swarm.client
     host = f"slow-{unique}.test"
-    swarm.create_web_service(
-        f"imgslow-{unique}",
-        labels={"traefik.enable": "true", "traefik.frontend.rule": f"Host:{host}", "traefik.port": "80"},
-        publish_host_port=False,
-        command=["/bin/sh", "-c", SLOW_CGI],
-    )
-    swarm.wait_running(f"imgslow-{unique}", 1)
+    routed_web_service(swarm, f"imgslow-{unique}", host, command=["/bin/sh", "-c", SLOW_CGI])
     old = wait_healthy(client, stack_name)
     wait_for(
         lambda: http_get(ports[80], host)[0] == 200, 60, f"{host} routed through edge"
