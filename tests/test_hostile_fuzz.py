@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.recording_backend import RecordingBackend, strict_requests
-from tests.test_hostile_http import SMUGGLED, EdgeProcess, _closing, _escapes, exchange, served
+from tests.test_hostile_http import SMUGGLED, _closing, _escapes, exchange, one_route, running, served
 
 _WAIT = 0.5
 
@@ -33,16 +33,9 @@ _WAIT = 0.5
 @pytest.fixture(scope="module")
 def fuzz_rig(tmp_path_factory):
     backend = RecordingBackend("fuzz", _closing)
-    tmp = tmp_path_factory.mktemp("hostile-fuzz")
-    edge = EdgeProcess(tmp, f"""
-[routes.f]
-rule = "Host(`f.test`)"
-backends = ["http://127.0.0.1:{backend.port}"]
-strip_prefixes = ["/api"]
-""")
-    yield edge, backend
-    edge.stop()
-    backend.close()
+    routes = one_route(backend, 'strip_prefixes = ["/api"]\n')
+    with running(tmp_path_factory.mktemp("hostile-fuzz"), routes, [backend]) as edge:
+        yield edge, backend
 
 
 def _often(common: list, rare: list):

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -87,6 +88,23 @@ class EdgeProcess:
             self.process.kill()
             self.process.wait()
         self._log_file.close()
+
+
+@contextmanager
+def running(tmp: Path, routes: str, backends):
+    """An edge process with ``routes``; it and ``backends`` are stopped afterwards."""
+    edge = EdgeProcess(tmp, routes)
+    try:
+        yield edge
+    finally:
+        edge.stop()
+        for backend in backends:
+            backend.close()
+
+
+def one_route(backend: RecordingBackend, extra: str = "") -> str:
+    """``[routes]`` sending every request for f.test to ``backend``."""
+    return f'[routes.f]\nrule = "Host(`f.test`)"\nbackends = ["http://127.0.0.1:{backend.port}"]\n{extra}'
 
 
 # -- a client that reads whole responses ------------------------------------------
@@ -191,9 +209,8 @@ def served(port: int, host: str) -> bool:
 def smuggle_rig(tmp_path_factory):
     """One backend for a public and a basic-auth route; it answers at the head, as in the issue."""
     backend = RecordingBackend("app", _protected, answer_early=True)
-    tmp = tmp_path_factory.mktemp("hostile-upgrade")
     url = f"http://127.0.0.1:{backend.port}"
-    edge = EdgeProcess(tmp, f"""
+    with running(tmp_path_factory.mktemp("hostile-upgrade"), f"""
 [routes.app]
 rule = "Host(`h`)"
 backends = ["{url}"]
@@ -202,10 +219,8 @@ rule = "Host(`h`) && PathPrefix(`/admin`)"
 backends = ["{url}"]
 basic_auth = ["{_USER}"]
 priority = 100
-""")
-    yield edge, backend
-    edge.stop()
-    backend.close()
+""", [backend]) as edge:
+        yield edge, backend
 
 
 def _smuggling_request(edge, backend, length: int) -> tuple[bytes, int]:
@@ -266,8 +281,7 @@ def path_rig(tmp_path_factory):
     """
     backends = {name: RecordingBackend(name, _protected) for name in ("api", "admin", "public", "private")}
     url = {name: f"http://127.0.0.1:{b.port}" for name, b in backends.items()}
-    tmp = tmp_path_factory.mktemp("hostile-paths")
-    edge = EdgeProcess(tmp, f"""
+    with running(tmp_path_factory.mktemp("hostile-paths"), f"""
 [routes.api]
 rule = "Host(`p`) && PathPrefix(`/api`)"
 backends = ["{url['api']}"]
@@ -283,11 +297,8 @@ backends = ["{url['public']}"]
 rule = "Host(`p`) && PathPrefix(`/private`)"
 backends = ["{url['private']}"]
 allow_ips = ["10.0.0.0/8"]
-""")
-    yield edge, backends
-    edge.stop()
-    for b in backends.values():
-        b.close()
+""", backends.values()) as edge:
+        yield edge, backends
 
 
 def _escapes(target: str) -> bool:
@@ -569,15 +580,8 @@ FRAMING_CASES = _framing_cases()
 @pytest.fixture(scope="module")
 def framing_rig(tmp_path_factory):
     backend = RecordingBackend("f", _closing)
-    tmp = tmp_path_factory.mktemp("hostile-framing")
-    edge = EdgeProcess(tmp, f"""
-[routes.f]
-rule = "Host(`f.test`)"
-backends = ["http://127.0.0.1:{backend.port}"]
-""")
-    yield edge, backend
-    edge.stop()
-    backend.close()
+    with running(tmp_path_factory.mktemp("hostile-framing"), one_route(backend), [backend]) as edge:
+        yield edge, backend
 
 
 def _case_traffic(backend: RecordingBackend, first: int) -> list[bytes]:
