@@ -23,7 +23,55 @@ from twisted.logger import Logger
 from edge.admin.service import walk
 from edge.config import Config, ConfigError
 
-__all__ = ["ReloadService"]
+__all__ = ["ReloadService", "StartupSummary", "restart_needed"]
+
+# What a reload applies while running; every other changed key is reported
+# as taking effect on restart, so a SIGHUP never ignores a change silently.
+_RELOADED = {
+    "routes",  # the static provider re-reports them
+    "admin.users",
+    "tls.certificates",  # the TLS service re-reads its directory
+    "dns.zone", "dns.ttl", "dns.advertise", "dns.upstream", "dns.upstream_timeout",
+    "dns.cache_size", "dns.allow_recursion", "dns.hosts_file", "dns.records",
+    "source",
+}
+
+
+def _flat(config: Config) -> dict[str, object]:
+    """Dotted key -> value, entry points by name, routes as one value."""
+    import dataclasses
+
+    found: dict[str, object] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "entrypoints":
+            for ep in value:
+                for g in dataclasses.fields(ep):
+                    found[f"entrypoints.{ep.name}.{g.name}"] = getattr(ep, g.name)
+        elif dataclasses.is_dataclass(value):
+            for g in dataclasses.fields(value):
+                found[f"{f.name}.{g.name}"] = getattr(value, g.name)
+        else:
+            found[f.name] = value
+    return found
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """``key (old -> new)`` for each change a reload does not apply."""
+    before, after = _flat(old), _flat(new)
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        if key in _RELOADED or key.split(".", 1)[0] in _RELOADED:
+            continue
+        if before.get(key) != after.get(key):
+            if key.startswith("entrypoints.") and (key not in before or key not in after):
+                name = key.split(".")[1]
+                label = f"entrypoints.{name}"
+                if not any(c.startswith(label + " ") for c in changes):
+                    changes.append(f"{label} ({'added' if key not in before else 'removed'})")
+                continue
+            changes.append(f"{key} ({before.get(key)!r} -> {after.get(key)!r})")
+    return changes
 
 
 def _takes_config(method) -> bool:
@@ -86,7 +134,16 @@ class ReloadService(Service):
             self.rejected += 1
             self._log.failure("Configuration reload failed, keeping the running configuration")
             return False
-        root = self._root()
+        # The edge root (under twistd, the application's service is above it).
+        root = self.parent if self.parent is not None else self._root()
+        previous = getattr(root, "config", None)
+        if isinstance(previous, Config):
+            later = restart_needed(previous, config)
+            if later:
+                self._log.warn(
+                    "Configuration reload: these changes take effect only on restart: {changes}",
+                    changes="; ".join(later),
+                )
         for service in walk(root):
             if service is self:
                 continue
@@ -110,3 +167,66 @@ class ReloadService(Service):
             "Configuration reloaded from {source}", source=config.source or "defaults and flags"
         )
         return True
+
+
+class StartupSummary(Service):
+    """
+    One line once edge is up: what listens where, and how Docker is doing.
+
+    Waits (bounded by ``docker.timeout``) for the Docker provider's first
+    sync or failure, so the line says "connected" or why not.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: Config, listeners, publisher, reactor, poll: float = 0.1):
+        self._config = config
+        self._listeners = listeners
+        self._publisher = publisher
+        self._reactor = reactor
+        self._poll = poll
+        self._call = None
+        self.line = ""
+
+    def startService(self) -> None:
+        super().startService()
+        self._deadline = self._reactor.seconds() + self._config.docker.timeout
+        self._call = self._reactor.callLater(0, self._check)
+
+    def stopService(self):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        return super().stopService()
+
+    def _check(self) -> None:
+        status = self._publisher.status("docker")
+        if not (status.syncs or status.errors) and self._reactor.seconds() < self._deadline:
+            self._call = self._reactor.callLater(self._poll, self._check)
+            return
+        self._call = None
+        self.line = self.summary(status)
+        self._log.info("edge is up: {summary}", summary=self.line)
+
+    def summary(self, status) -> str:
+        config = self._config
+        states = {(s.kind, s.name): s for s in self._listeners.states()}
+        parts = []
+        for ep in config.entrypoints:
+            state = states.get(("https" if ep.tls else "http", ep.name))
+            where = ep.address if state is None or state.listening else f"{ep.address} NOT LISTENING"
+            parts.append(f"{ep.name} {where} (TLS {'on' if ep.tls else 'off'})")
+        if config.dns.enabled:
+            down = [s.name for s in states.values() if s.kind == "dns" and not s.listening]
+            dns = f"DNS {', '.join(config.dns.interfaces)} port {config.dns.port} UDP+TCP"
+            parts.append(dns + (f" ({', '.join(down)} NOT LISTENING)" if down else ""))
+        else:
+            parts.append("DNS off")
+        parts.append(f"admin {config.admin.address}" if config.admin.address else "admin off")
+        if status.connected:
+            docker = "connected"
+        elif status.last_error:
+            docker = f"unreachable ({status.last_error}); serving the config file's routes"
+        else:
+            docker = f"no answer within {config.docker.timeout:g}s; still trying"
+        parts.append(f"Docker {config.docker.url} {docker}")
+        return "; ".join(parts)

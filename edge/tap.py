@@ -234,6 +234,9 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
             lambda name=ep.name: http.ports.get(name),
             lambda name=ep.name: http.listen_errors.get(name, ""),
         )
+    from edge.lifecycle import StartupSummary
+
+    StartupSummary(config, listeners, publisher, reactor).setServiceParent(root)
     return root
 
 
