@@ -123,10 +123,15 @@ class Cluster:
     # -- services
 
     def create_web(self, via: str, name: str, on: tuple[str, ...], labels: dict, published: int = 0):
-        """A global busybox httpd service on nodes ``on`` only, port 80 published in host mode."""
+        """
+        A global busybox httpd service on nodes ``on`` only.
+
+        Port 80 is published in host mode: on ``published``, on a random port
+        when 0; not at all when -1 (reached by task IP over the overlay).
+        """
         others = [n for n in NODES if n not in on]
         port = {"Protocol": "tcp", "TargetPort": 80, "PublishMode": "host"}
-        if published:
+        if published > 0:
             port["PublishedPort"] = published
         spec = docker.types.TaskTemplate(
             container_spec=docker.types.ContainerSpec(
@@ -145,7 +150,7 @@ class Cluster:
             name=name,
             labels=labels,
             mode=docker.types.ServiceMode("global"),
-            endpoint_spec=docker.types.EndpointSpec(ports=[port]),
+            endpoint_spec=docker.types.EndpointSpec(ports=[port] if published >= 0 else []),
         )
         self._services.append((via, created["ID"]))
         return created["ID"]

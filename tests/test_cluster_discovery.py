@@ -54,13 +54,16 @@ upstream = ["127.0.0.1:9"]
 
 @pytest.fixture(scope="module")
 def cluster():
+    import os
+
+    # Opt-in only: these tests stop and start the cluster's engines, so a plain
+    # `pytest` (or another engineer's full run) must never touch a cluster
+    # that happens to be up.
+    if not os.environ.get("EDGE_CLUSTER_REQUIRED"):
+        pytest.skip("cluster tests run with EDGE_CLUSTER_REQUIRED=1 (make test-cluster)")
     kit = Cluster()
     if not kit.up():
-        import os
-
-        if os.environ.get("EDGE_CLUSTER_REQUIRED"):
-            pytest.fail("test cluster not up: run tests/testbed/cluster.sh up (make test-cluster)")
-        pytest.skip("test cluster not up (make test-cluster)")
+        pytest.fail("test cluster not up: run tests/testbed/cluster.sh up (make test-cluster)")
     kit.wait_healthy("m1" if kit.leader() is None else kit.leader())
     yield kit
     kit.cleanup()
@@ -265,6 +268,35 @@ def test_stopped_manager_leaves_dns_quickly_and_returns(cluster, unique, tmp_pat
         cluster.wait_healthy(home)
 
 
+def test_drained_manager_leaves_dns_and_returns_when_active(cluster, unique, tmp_path):
+    home, _leader, victim = home_and_others(cluster)
+    name = f"drn-{unique}"
+    cluster.create_web(home, name, (home, "w1"), {"traefik.frontend.rule": f"Host:{name}.test", "traefik.port": "80"})
+    edge = Edge(cluster, home, tmp_path)
+
+    def availability(value: str) -> None:
+        client = cluster.client(home, 30)
+        raw = client.inspect_node(cluster.hostname(victim))
+        spec = dict(raw["Spec"], Availability=value)
+        client.update_node(raw["ID"], raw["Version"]["Index"], spec)
+
+    try:
+        everyone = sorted(cluster.addr(m) for m in MANAGERS)
+        left = [a for a in everyone if a != cluster.addr(victim)]
+        wait_for(lambda: edge.a(f"{name}.test") == everyone, 60, "every manager answering")
+        availability("drain")
+        wait_for(lambda: edge.a(f"{name}.test") == left and edge.a(f"managers.{ZONE}") == left, 30, "drained manager gone")
+        availability("active")
+        wait_for(lambda: edge.a(f"{name}.test") == everyone and edge.a(f"managers.{ZONE}") == everyone, 30,
+                 "manager back when active")
+    finally:
+        try:
+            availability("active")
+        except Exception:
+            pass
+        edge.stop()
+
+
 def test_leader_stopped_dns_never_empty_and_host_mode_routes_keep_answering(cluster, unique, tmp_path):
     home, leader, third = home_and_others(cluster)
     fixed, rand = f"fix-{unique}", f"rnd-{unique}"
@@ -338,6 +370,149 @@ def test_leader_stopped_dns_never_empty_and_host_mode_routes_keep_answering(clus
             s.stop()
         watch.stop()
         edge.stop()
-        if cluster.leader(home) is not None:
-            cluster.start(leader)
+        cluster.start(leader)  # a no-op when its engine answers
+        cluster.wait_healthy(home)
+
+
+# -- task IPs: edge in a container on the overlay -------------------------------
+
+CONTAINER_CONFIG = """
+[docker]
+debounce = 0.1
+timeout = 5.0
+[entrypoints.http]
+address = "tcp:8080"
+[entrypoints.https]
+address = "tcp:8443"
+tls = true
+[admin]
+address = ""
+[dns]
+port = 5353
+interfaces = ["0.0.0.0"]
+zone = "{zone}"
+upstream = ["127.0.0.1:9"]
+"""
+
+
+@pytest.fixture(scope="module")
+def edge_image(cluster):
+    """edge's image on every manager: EDGE_CLUSTER_IMAGE, built by `cluster.sh image`."""
+    import os
+
+    tag = os.environ.get("EDGE_CLUSTER_IMAGE", "edge-test/edge:cluster")
+    for manager in MANAGERS:
+        try:
+            cluster.client(manager).inspect_image(tag)
+        except Exception:
+            if os.environ.get("EDGE_CLUSTER_REQUIRED"):
+                pytest.fail(f"{tag} not on {manager}: tests/testbed/cluster.sh image")
+            pytest.skip(f"{tag} not on {manager} (tests/testbed/cluster.sh image)")
+    return tag
+
+
+class EdgeContainer:
+    """edge in a plain container on ``home``, attached to the overlay, its ports on home's loopback."""
+
+    def __init__(self, cluster: Cluster, home: str, image: str, workdir: Path, name: str):
+        self.cluster, self.home = cluster, home
+        config = workdir / "edge.toml"
+        config.write_text(CONTAINER_CONFIG.format(zone=ZONE))
+        client = cluster.client(home, 30)
+        host_config = client.create_host_config(
+            binds={cluster.sock(home)[len("unix://"):]: {"bind": "/var/run/docker.sock", "mode": "ro"},
+                   str(config): {"bind": "/etc/edge/edge.toml", "mode": "ro"}},
+            port_bindings={"5353/udp": ("127.0.0.1", DNS_PORT), "8080/tcp": ("127.0.0.1", HTTP_PORT)},
+            network_mode="frontend",
+        )
+        self.id = client.create_container(
+            image, command=["--config", "/etc/edge/edge.toml"], name=name, host_config=host_config,
+            ports=[(5353, "udp"), 8080],
+        )["Id"]
+        client.start(self.id)
+        wait_for(lambda: Edge.a(self, f"managers.{ZONE}"), 60, "edge's DNS in its container")
+
+    a = Edge.a
+    sampler = Edge.sampler
+
+    def logs(self) -> str:
+        return self.cluster.client(self.home).logs(self.id, tail=40).decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        try:
+            self.cluster.client(self.home, 30).remove_container(self.id, force=True)
+        except Exception:
+            pass
+
+
+def test_task_ips_edge_in_a_container_through_kill_and_leader_loss(cluster, edge_image, unique, tmp_path):
+    home, leader, third = home_and_others(cluster)
+    name = f"tip-{unique}"
+    host = f"{name}.test"
+    # No published port: edge, on the overlay, reaches the tasks by their IPs.
+    cluster.create_web(home, name, (home, "w1"), {"traefik.frontend.rule": f"Host:{host}", "traefik.port": "80"},
+                       published=-1)
+    tasks = wait_for(lambda: (lambda r: r if set(r) == {home, "w1"} else None)(cluster.running(home, name)),
+                     90, "tasks on home and w1")
+    edge = EdgeContainer(cluster, home, edge_image, tmp_path, f"edge-{unique}")
+    sampler = None
+    try:
+        short = {n: t["Status"]["ContainerStatus"]["ContainerID"][:12] for n, t in tasks.items()}
+
+        def bodies(count=6):
+            out = set()
+            for _ in range(count):
+                r = subprocess.run(cluster.in_ns(home, "curl", "-s", "-m", "3", "-H", f"Host: {host}",
+                                                 f"http://127.0.0.1:{HTTP_PORT}/"),
+                                   capture_output=True, text=True, timeout=10)
+                out.add(r.stdout.strip())
+            return out
+
+        wait_for(lambda: bodies() == set(short.values()), 60, "both tasks answering through edge")
+        sampler = edge.sampler(tmp_path, [host, f"managers.{ZONE}"], [host], rate=10)
+        # 1. The worker's task is killed: its replacement answers.
+        killed = time.time()
+        cluster.client("w1").kill(cluster.task_container("w1", tasks["w1"]["ID"]))
+        replacement = wait_for(
+            lambda: (lambda r: r.get("w1") if r.get("w1", {}).get("ID", tasks["w1"]["ID"]) != tasks["w1"]["ID"]
+                     else None)(cluster.running(home, name)), 60, "the replacement task running")
+        new_short = replacement["Status"]["ContainerStatus"]["ContainerID"][:12]
+        wait_for(lambda: new_short in bodies(), 30, "the replacement answering through edge")
+        # 2. The leader's engine stops.
+        stopped_at = time.time()
+        cluster.stop(leader)
+        wait_for(lambda: (lambda l: l if l not in (None, leader) else None)(cluster.leader(home)), 90, "a new leader", 0.2)
+        wait_for(lambda: all(n["Status"]["State"] != "unknown" for m, n in cluster.nodes(home).items() if m != leader),
+                 90, "nodes to leave `unknown`", 0.5)
+        settled = time.time()
+        time.sleep(5.0)
+        samples = sampler.stop()
+        sampler = None
+        http = [s for s in samples if s["kind"] == "http"]
+        dns = [s for s in samples if s["kind"] == "dns"]
+        first_new = min(s["t"] for s in http if s.get("body") == new_short)
+        record_figure("task IPs: task killed -> replacement answering through edge", round(first_new - killed, 2))
+        record_figure("task IPs: replacement running (Status.Timestamp) -> answering",
+                      round(first_new - _stamp(replacement), 2))
+        record_figure("task IPs: failed HTTP requests, kill until the replacement answers",
+                      f"{len([s for s in http if killed <= s['t'] < first_new and s.get('status') != 200])} of "
+                      f"{len([s for s in http if killed <= s['t'] < first_new])}", "requests")
+        during = [s for s in dns if s["t"] >= stopped_at]
+        record_figure("task IPs: empty DNS answers during the election", len(_dns_empty(during)), "answers")
+        record_figure("task IPs: failed HTTP requests during the election",
+                      f"{len([s for s in http if s['t'] >= stopped_at and s.get('status') != 200])} of "
+                      f"{len([s for s in http if s['t'] >= stopped_at])}", "requests")
+        assert during and not _dns_empty(during), _dns_empty(during)[:5]
+        after = [s for s in http if s["t"] >= settled]
+        assert after and all(s.get("status") == 200 for s in after), [s for s in after if s.get("status") != 200][:5]
+        assert {s["body"] for s in after} == {short[home], new_short}
+        assert all(set(s["a"]) == {cluster.addr(home), cluster.addr(third)} for s in dns[-4:]), dns[-4:]
+    except Exception:
+        print(edge.logs())
+        raise
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        edge.stop()
+        cluster.start(leader)  # a no-op when its engine answers
         cluster.wait_healthy(home)

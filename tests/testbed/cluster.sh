@@ -11,7 +11,7 @@
 #    host by mistake fails instead of following the host's default route.
 # Probes (dig, curl, edge in host mode) must run inside a node namespace.
 #
-# Usage: tests/testbed/cluster.sh up|down|env|stop NODE|start NODE|status
+# Usage: tests/testbed/cluster.sh up|down|env|stop NODE|start NODE|status|image [TAG]
 # Names: EDGE_CLUSTER_PREFIX (default eh2) gives namespaces PREFIX-sw,
 # PREFIX-m1..m3, PREFIX-w1 and state under /run/PREFIX and /tmp/PREFIX;
 # EDGE_CLUSTER_SUBNET (default 10.213.7.0/24, a /24) gives the addresses
@@ -158,8 +158,21 @@ down() {
         { grep -o " $dir/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do
             umount -l "$m" 2>/dev/null || true; done
     done
-    rm -rf "$TMP" "$RUN"
+    # $TMP/cache (edge's image inputs, kept between runs) stays.
+    for node in $NODES; do rm -rf "${TMP:?}/$node"; done
+    rm -rf "$RUN" "$TMP/pytest" "$TMP/figures.jsonl"
     log "down"
+}
+
+# edge's image (tests/testbed/image.sh builds it on m1), loaded on every manager.
+image() {
+    local tag=${1:-edge-test/edge:cluster}
+    DOCKER_HOST=unix://$(sock m1) bash "$(dirname "$0")/image.sh" "$tag" >/dev/null
+    for node in m2 m3; do
+        [ "$(dk "$node" image inspect -f '{{.Id}}' "$tag" 2>/dev/null)" = "$(dk m1 image inspect -f '{{.Id}}' "$tag")" ] ||
+            dk m1 save "$tag" | dk "$node" load -q >/dev/null
+    done
+    echo "$tag"
 }
 
 env_() {
@@ -176,5 +189,6 @@ case "${1:-up}" in
     stop) stop_engine "${2:?node}" ;;
     start) start_engine "${2:?node}"; wait_engine "$2" ;;
     status) dk "${2:-m1}" node ls ;;
-    *) echo "usage: $0 up|down|env|stop NODE|start NODE|status [NODE]" >&2; exit 2 ;;
+    image) image "${2:-}" ;;
+    *) echo "usage: $0 up|down|env|stop NODE|start NODE|status [NODE]|image [TAG]" >&2; exit 2 ;;
 esac
