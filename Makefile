@@ -72,6 +72,7 @@ test-arm64: system-deps test-deps testbed-up
 # and it is stopped again. EDGE_CLUSTER_PREFIX / EDGE_CLUSTER_SUBNET pick names.
 test-cluster: system-deps test-deps
 	bash tests/testbed/cluster.sh up
+	bash tests/testbed/cluster.sh image
 	EDGE_CLUSTER_REQUIRED=1 $(BIN)/python -m pytest -m cluster tests/test_cluster*.py $(PYTEST_ARGS); \
 		status=$$?; bash tests/testbed/cluster.sh down; exit $$status
 
