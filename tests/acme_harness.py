@@ -86,7 +86,7 @@ class Pebble:
     """pebble on loopback; validates against ``http_port``/``tls_port`` and resolves through ``dns``."""
 
     def __init__(self, directory: str, http_port: int, tls_port: int, dns: str, validity: int = 0, env=None,
-                 ports: tuple[int, int] | None = None):
+                 ports: tuple[int, int] | None = None, extra: dict | None = None):
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.listener_ca = write_pebble_tls(directory)
@@ -103,6 +103,7 @@ class Pebble:
         }
         if validity:
             settings["certificateValidityPeriod"] = validity
+        settings.update(extra or {})
         with open(os.path.join(directory, "pebble.json"), "w") as f:
             json.dump({"pebble": settings}, f)
         self.log_path = os.path.join(directory, "pebble.log")
@@ -217,8 +218,14 @@ class EdgeProcess:
         wait_port(self.ports.admin, deadline=30, proc=self.proc)
 
     def api(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.admin}{path}", timeout=5) as r:
-            return json.loads(r.read())
+        for attempt in range(5):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports.admin}{path}", timeout=5) as r:
+                    return json.loads(r.read())
+            except OSError:
+                if attempt == 4 or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.3)
 
     def log(self) -> str:
         if not self._log.closed:
@@ -301,6 +308,42 @@ class Named:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class ChallTestServer:
+    """pebble-challtestsrv: a DNS server whose TXT records are set over HTTP (for DNS-01 hooks)."""
+
+    def __init__(self, directory: str):
+        os.makedirs(directory, exist_ok=True)
+        self.dns_port, self.management = free_port(), free_port()
+        self.log_path = os.path.join(directory, "challtestsrv.log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [shutil.which("pebble-challtestsrv"), "-dns01", f"127.0.0.1:{self.dns_port}",
+             "-management", f"127.0.0.1:{self.management}", "-http01", "", "-https01", "", "-tlsalpn01", ""],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        wait_port(self.management, proc=self.proc)
+
+    @property
+    def dns(self) -> str:
+        return f"127.0.0.1:{self.dns_port}"
 
     def log(self) -> str:
         if not self._log.closed:

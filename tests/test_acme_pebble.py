@@ -13,7 +13,7 @@ import time
 import pytest
 from cryptography import x509
 
-from tests.acme_harness import Backend, EdgePorts, EdgeProcess, Named, Pebble, curl, wait_until
+from tests.acme_harness import Backend, ChallTestServer, EdgePorts, EdgeProcess, Named, Pebble, curl, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("pebble") is None, reason="Debian's pebble is not installed (make system-deps)")
 
@@ -68,6 +68,11 @@ def lab(tmp_path):
             named = Named(str(tmp_path / "named"), zone)
             started.append(named)
             return named
+
+        def challtestsrv(self):
+            server = ChallTestServer(str(tmp_path / "challtestsrv"))
+            started.append(server)
+            return server
 
     lab = Lab()
     started.append(lab.backend)
@@ -168,3 +173,48 @@ def test_an_account_the_ca_no_longer_knows_is_replaced(lab):
     _wait_served(lab, fresh, edge, "two.test")
     assert fresh.orders() == 1  # app.test's saved certificate was reused, not ordered again
     assert "The ACME account of resolver pebble is no longer valid" in edge.log()
+
+
+def test_dns01_wildcard_through_an_exec_hook(lab, tmp_path):
+    if shutil.which("pebble-challtestsrv") is None:
+        pytest.skip("pebble-challtestsrv is not installed")
+    dns = lab.challtestsrv()
+    pebble = lab.pebble(dns=dns.dns)
+    calls = tmp_path / "hook-calls"
+    hook = tmp_path / "dns-hook"
+    # Any DNS provider's API would do; this one is challtestsrv's.
+    hook.write_text(
+        "#!/bin/sh\n"
+        f'echo "$1 $2 $3" >> {calls}\n'
+        'case "$1" in\n'
+        f'  present) body="{{\\"host\\":\\"$2\\",\\"value\\":\\"$3\\"}}"; path=set-txt;;\n'
+        f'  cleanup) body="{{\\"host\\":\\"$2\\"}}"; path=clear-txt;;\n'
+        "esac\n"
+        f'exec curl -sS --fail -d "$body" http://127.0.0.1:{dns.management}/$path\n'
+    )
+    hook.chmod(0o755)
+    rule = "HostRegexp(`{sub:[a-z0-9-]+}.hook.test`)"
+    edge = lab.edge(_resolver(pebble, "dns-01", f'dns_hook = "{hook}"\n') + _route("hooked", rule, lab.backend))
+    result = _wait_served(lab, pebble, edge, "x.hook.test")
+    assert result.stdout == "hello from the backend\n"
+    lines = calls.read_text().splitlines()
+    assert [l.split()[:2] for l in lines] == [["present", "_acme-challenge.hook.test."], ["cleanup", "_acme-challenge.hook.test."]]
+    assert lines[0].split()[2] == lines[1].split()[2] and len(lines[0].split()[2]) == 43  # base64url SHA-256
+
+
+def test_external_account_binding(lab):
+    kid, key = "kid-edge", "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+    pebble = lab.pebble(extra={"externalAccountBindingRequired": True, "externalAccountMACKeys": {kid: key}})
+    edge = lab.edge(
+        _resolver(pebble, "tls-alpn-01", f'eab_kid = "{kid}"\neab_hmac_key = "{key}"\n')
+        + _route("app", "Host(`app.test`)", lab.backend)
+    )
+    _wait_served(lab, pebble, edge, "app.test")
+
+
+def test_external_account_binding_missing_is_reported(lab):
+    pebble = lab.pebble(extra={"externalAccountBindingRequired": True, "externalAccountMACKeys": {"k": "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"}})
+    edge = lab.edge(_resolver(pebble, "tls-alpn-01") + _route("app", "Host(`app.test`)", lab.backend))
+    rows = wait_until(lambda: [r for r in edge.api("/api/certificates")["certificates"] if r["last_error"]], 30)
+    assert rows and "externalAccountRequired" in rows[0]["last_error"], edge.log()[-2000:]
+    assert pebble.orders() == 0

@@ -100,3 +100,24 @@ def test_peer_resource_refuses_what_is_not_sealed_for_it():
     assert request.responseCode == 403 and reply == b"" and len(seen) == 1
     request, reply = post(b"/v1/other", sealer.seal(b"/v1/other", {}))
     assert request.responseCode == 403
+
+
+def test_no_ordering_until_every_known_instance_answered_or_the_grace_is_over():
+    clock = Clock()
+    client = FakeClient()
+    cluster = Cluster("a", ("b:1", "c:1"), client, clock, peer_timeout=3.0)
+    client.up = {"c:1": ("c", [])}  # b is not up yet
+    cluster.startService()
+    for _ in range(5):
+        clock.advance(1)
+    assert not cluster.settled and not cluster.may_order()
+    client.up["b:1"] = ("b", [])
+    clock.advance(1)
+    assert cluster.settled and cluster.may_order()
+    lonely = Cluster("a", ("b:1", "c:1"), FakeClient(), clock, peer_timeout=3.0)
+    lonely.startService()
+    for _ in range(13):
+        clock.advance(1)
+    assert not lonely.settled
+    clock.advance(1)
+    assert lonely.settled and lonely.may_order()  # alone after the grace: it orders

@@ -7,7 +7,8 @@ by resolving ``peers_dns`` (``tasks.<service>`` on the overlay: Docker's
 own DNS, no Docker API write access).  Once a second every instance says
 hello to every other; the answer carries the peer's name and the orders it
 has in flight.  The **orderer** is the live instance with the lowest name;
-only it orders, and not before its third hello round is over.  Whatever it
+only it orders, and only once every known instance has answered (or 15
+rounds have passed without some of them).  Whatever it
 publishes goes to every live peer: challenge answers (before the CA is
 told to validate, so the CA may reach any instance), the account, and each
 new certificate.  When the orderer stops answering for ``peer_timeout``
@@ -35,9 +36,12 @@ from edge.acme.seal import MAX_MESSAGE, SealError, Sealer
 __all__ = ["Cluster", "PeerClient", "PeerResource", "ReplicatedBoard"]
 
 _REPLY = b" reply"
-# Hello rounds before an instance may order: instances started together
-# hear of each other first, so the lowest name orders and no one else.
+# Hello rounds before an instance may order: at least _SETTLE_ROUNDS, and
+# until every known instance has answered once or _GRACE_ROUNDS have passed,
+# so instances started together (or one after the other on a busy node)
+# hear of each other first and the lowest name orders, no one else.
 _SETTLE_ROUNDS = 3
+_GRACE_ROUNDS = 15
 
 
 class PeerClient:
@@ -197,10 +201,13 @@ class Cluster(Service):
         calls = [self._hello(address, before) for address in self.addresses()]
         done = defer.DeferredList(calls, consumeErrors=True)
         if not self.settled and self._round >= _SETTLE_ROUNDS:
-            done.addCallback(self._settle)
+            done.addCallback(self._settle_if_heard)
         return done
 
-    def _settle(self, _):
+    def _settle_if_heard(self, _):
+        silent = [a for a in self.addresses() if a not in self._seen]
+        if silent and self._round < _GRACE_ROUNDS:
+            return
         self.settled = True
         self._log.info(
             "Cluster: {count} other instances answer; {orderer} orders ACME certificates",

@@ -347,17 +347,29 @@ class ACMEService(MultiService):
         return {"ok": True}
 
 
+def _quiet_site():
+    from twisted.web.server import Site
+
+    class QuietSite(Site):
+        """No access log line per hello (one a second per peer)."""
+
+        def log(self, request):
+            pass
+
+    return QuietSite
+
+
 def _cluster_for(config, reactor, board, pool):
     """The peers, their listener and the board that replicates challenges, or Nones."""
     import socket
 
     from twisted.application import strports
-    from twisted.web.server import Site
 
     from edge.acme.peers import Cluster, PeerClient, PeerResource, ReplicatedBoard, _resolve_all, apply_challenge
     from edge.acme.seal import Sealer
     from edge.config import ConfigError
 
+    _QuietSite = _quiet_site()
     settings = config.cluster
     if not settings.listen:
         return None, None, board
@@ -376,7 +388,7 @@ def _cluster_for(config, reactor, board, pool):
         resolve=lambda name: deferToThreadPool(reactor, pool, _resolve_all, name),
     )
     handlers = {"/v1/hello": cluster.hello, "/v1/challenge": lambda v: apply_challenge(board, v)}
-    site = Site(PeerResource(sealer, handlers))
+    site = _QuietSite(PeerResource(sealer, handlers))
     site.noisy = False
     listener = strports.service(settings.listen, site, reactor=reactor)
     return cluster, (listener, handlers), ReplicatedBoard(board, cluster, reactor)
