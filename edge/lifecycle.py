@@ -230,3 +230,86 @@ class StartupSummary(Service):
             docker = f"no answer within {config.docker.timeout:g}s; still trying"
         parts.append(f"Docker {config.docker.url} {docker}")
         return "; ".join(parts)
+
+
+class DockerWarmUp(Service):
+    """
+    Until Docker's routes are in the routing tables, an unknown host is not "404".
+
+    Right after start (a restart, a rolling update of edge) a host that Docker
+    labels will route is unknown only because the first sync has not finished:
+    answer it 503 with ``Retry-After`` instead, until the first Docker
+    snapshot is published or ``docker.timeout`` has passed.  The config
+    file's routes are served from the first request on.
+    """
+
+    _log = Logger()
+    RETRY_AFTER = b"2"
+
+    def __init__(self, publisher, reactor, timeout: float, proxy, debounce: float = 0.2, poll: float = 0.1):
+        self._debounce = debounce
+        self._poll = poll
+        self._poller = None
+        self._publisher = publisher
+        self._reactor = reactor
+        self._timeout = timeout
+        self._proxy = proxy  # reads .not_found per request
+        self._normal = None
+        self._unsubscribe = None
+        self._timer = None
+        self.warming = False
+
+    def startService(self) -> None:
+        super().startService()
+        from edge.http.middlewares import Reply
+
+        self._normal = self._proxy.not_found
+        self._proxy.not_found = Reply(
+            503, b"Service Unavailable",
+            [(b"Content-Type", b"text/plain; charset=utf-8"), (b"Retry-After", self.RETRY_AFTER)],
+            b"edge is starting: the routes from Docker are not loaded yet\n",
+        )
+        self.warming = True
+        self._timer = self._reactor.callLater(self._timeout, self._done, "timeout")
+        self._unsubscribe = self._publisher.subscribe(self._on_snapshot)
+        self._poller = self._reactor.callLater(self._poll, self._check)
+
+    def _on_snapshot(self, snapshot) -> None:
+        # A publish merges every report present, so once Docker has synced the
+        # snapshot being delivered (to the HTTP tables first) holds its routes.
+        if self.warming and self._publisher.status("docker").syncs:
+            self._done("synced")
+
+    def _check(self) -> None:
+        # A sync that changes nothing publishes nothing: once Docker has
+        # reported and the publisher's debounce has passed, the tables are current.
+        self._poller = None
+        if not self.warming:
+            return
+        if self._publisher.status("docker").syncs:
+            self._poller = self._reactor.callLater(self._debounce, self._done, "synced")
+        else:
+            self._poller = self._reactor.callLater(self._poll, self._check)
+
+    def _done(self, why: str) -> None:
+        if not self.warming:
+            return
+        self.warming = False
+        self._proxy.not_found = self._normal
+        for call in (self._timer, self._poller):
+            if call is not None and call.active():
+                call.cancel()
+        if self._unsubscribe is not None:
+            unsubscribe, self._unsubscribe = self._unsubscribe, None
+            self._reactor.callLater(0, unsubscribe)  # not while the publisher iterates
+        if why == "timeout":
+            self._log.warn(
+                "No Docker routes after {timeout}s (docker.timeout): unknown hosts get 404 from now on",
+                timeout=self._timeout,
+            )
+        elif why == "synced":
+            self._log.debug("Docker routes loaded: unknown hosts get 404 from now on")
+
+    def stopService(self):
+        self._done("stopping")
+        return super().stopService()

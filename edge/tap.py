@@ -234,8 +234,9 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
             lambda name=ep.name: http.ports.get(name),
             lambda name=ep.name: http.listen_errors.get(name, ""),
         )
-    from edge.lifecycle import StartupSummary
+    from edge.lifecycle import DockerWarmUp, StartupSummary
 
+    DockerWarmUp(publisher, reactor, config.docker.timeout, http.proxy, config.docker.debounce).setServiceParent(root)
     StartupSummary(config, listeners, publisher, reactor).setServiceParent(root)
     return root
 
