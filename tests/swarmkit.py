@@ -7,6 +7,7 @@ end of the session even when the test fails.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import docker
@@ -133,6 +134,33 @@ def update_service(service, action):
             if "out of sequence" not in str(e):
                 raise
     raise AssertionError(f"could not update {service.name}: always out of sequence")
+
+
+@contextlib.contextmanager
+def twistd_edge(config_text: str, workdir):
+    """A real ``twistd -n edge`` with this config, stopped (and its log tail printed) on exit."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    workdir = Path(workdir)
+    config = workdir / "edge.toml"
+    config.write_text(config_text)
+    log = open(workdir / "edge.log", "w")
+    process = subprocess.Popen(
+        [str(root / ".venv/bin/twistd"), "-n", "--pidfile=", "edge", "--config", str(config)],
+        cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+        print((workdir / "edge.log").read_text()[-3000:])
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

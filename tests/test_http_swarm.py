@@ -11,49 +11,34 @@ Run inside the test namespace (``make test`` does):
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.swarmkit import wait_for
+from tests.swarmkit import twistd_edge, wait_for
 from tests.ports import free_port
 from tests.swarmkit import update_service as update
 
 pytestmark = pytest.mark.swarm
 
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 90.0
 
 
 @pytest.fixture
 def edge(swarm, tmp_path):
     port = free_port()
-    config = tmp_path / "edge.toml"
-    config.write_text(
+    config = (
         f'[entrypoints.http]\naddress = "tcp:{port}:interface=127.0.0.1"\n'
         '[dns]\nenabled = false\n[admin]\naddress = ""\n'
         f'[docker]\nurl = "{swarm.url}"\nbackend_addressing = "published"\ndebounce = 0.05\n'
         'resync_interval = 30.0\n'
     )
-    log = open(tmp_path / "edge.log", "w")
-    process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/twistd"), "-n", "--pidfile=", "edge", "--config", str(config)],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _status(base, "nothing.test") == 404, 30, "edge listening")
-    yield base
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-    print((tmp_path / "edge.log").read_text()[-3000:])
+    with twistd_edge(config, tmp_path):
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _status(base, "nothing.test") == 404, 30, "edge listening")
+        yield base
 
 
 def _status(base: str, host: str) -> int | None:

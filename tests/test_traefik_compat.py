@@ -590,3 +590,13 @@ def test_every_segment_is_protected_by_the_root_or_its_own_auth(segments, data):
         assert auth == [BasicAuth((own.get(segment, "root:h"),))]
         assert IPAllowList(("10.0.0.0/8",)) in router.middlewares
         assert router.entry_points == ("websecure",)
+
+
+@pytest.mark.parametrize("syntax", [None, "v2"])
+def test_a_literal_star_in_a_v2_template_is_no_wildcard(syntax):
+    # gorilla/mux quotes text outside {...}: `*.example.com` is that literal text
+    try:
+        rule = parse_v2("HostRegexp(`*.example.com`)", syntax)
+    except RuleError:
+        return  # undeclared: not a host name, and not a valid regexp either
+    assert not matches(rule, host="api.example.com")

@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import subprocess
-from pathlib import Path
 
 import pytest
 import requests
 from docker.types import EndpointSpec, ServiceMode
 
 from tests.ports import free_port
-from tests.swarmkit import IMAGE, NETWORK, wait_for
+from tests.swarmkit import IMAGE, NETWORK, twistd_edge, wait_for
 
 pytestmark = pytest.mark.swarm
 
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 90.0
 PASSWORD = "s3cret-h3"
 USERS = "ops:{SHA}" + base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()
@@ -37,29 +34,17 @@ USERS = "ops:{SHA}" + base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest())
 @pytest.fixture
 def edge(swarm, tmp_path):
     web, other = free_port(), free_port()
-    config = tmp_path / "edge.toml"
-    config.write_text(
+    config = (
         f'[entrypoints.web]\naddress = "tcp:{web}:interface=127.0.0.1"\n'
         f'[entrypoints.other]\naddress = "tcp:{other}:interface=127.0.0.1"\n'
         '[dns]\nenabled = false\n[admin]\naddress = ""\n'
         f'[docker]\nurl = "{swarm.url}"\nbackend_addressing = "auto"\ncontainers = "true"\n'
         'domain = "compose.test"\ndebounce = 0.05\nresync_interval = 30.0\n'
     )
-    log = open(tmp_path / "edge.log", "w")
-    process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/twistd"), "-n", "--pidfile=", "edge", "--config", str(config)],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-    )
-    bases = {"web": f"http://127.0.0.1:{web}", "other": f"http://127.0.0.1:{other}"}
-    wait_for(lambda: _get(bases["web"], "nothing.test") == (404, ""), 30, "edge listening")
-    yield bases
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-    print((tmp_path / "edge.log").read_text()[-3000:])
+    with twistd_edge(config, tmp_path):
+        bases = {"web": f"http://127.0.0.1:{web}", "other": f"http://127.0.0.1:{other}"}
+        wait_for(lambda: _get(bases["web"], "nothing.test") == (404, ""), 30, "edge listening")
+        yield bases
 
 
 def _get(base: str, host: str, auth=None):

@@ -167,7 +167,8 @@ def host_regexp(patterns: tuple[str, ...], *, template: bool | None = None) -> R
         is_template = template
         if is_template is None:
             is_template = _has_placeholder(pattern) or bool(_HOST_SHAPED.match(pattern))
-        if is_template and len(patterns) == 1 and not _has_placeholder(pattern) and _LITERAL_HOST.match(pattern.lower()):
+        if is_template and len(patterns) == 1 and _HOST_SHAPED.match(pattern):
+            # No placeholder, no '*': exactly this host (and DNS may serve it).
             return Host((pattern.lower().rstrip("."),))
         if is_template:
             regex = _template_to_regex(pattern, "[^.]+", lower=True)
