@@ -57,11 +57,7 @@ def _dns_rows(snapshot: Snapshot, config: _config.Config):
         except OSError:
             hosts = []
     table, problems = build_table(snapshot, config.dns, hosts, 1)
-    names = candidate_names(snapshot, config)
-    for entry in hosts:
-        for name in entry.names:
-            names.setdefault(name.lower().rstrip("."), "hosts file")
-    return answers(table, names), problems
+    return answers(table, candidate_names(snapshot, config, hosts)), problems
 
 
 def run_check(

@@ -128,7 +128,7 @@ class OverviewTests(SynchronousTestCase):
         messages = {(p["source"], p["message"]) for p in view["problems"]}
         self.assertIn(("ghost@docker", "routes to service 'missing@docker', which does not exist"), messages)
         self.assertIn(("empty@docker", "no targets: requests get 503"), messages)
-        self.assertIn(("web@docker", "1 of 2 targets failing"), messages)
+        self.assertIn(("web@docker", "1 of 2 targets down: 1 failing the health check"), messages)
         self.assertIn(("db@docker", "traefik.port is not a number"), messages)
         self.assertIn(
             ("discovery docker", "not connected: socket gone (serving its last good state)"), messages
@@ -387,7 +387,7 @@ class PassiveHealthTests(SynchronousTestCase):
         admin = list(root)[0]
         http.health.connect_failed(target_key(target("t3", "10.0.1.7", 8080)))
         api = next(s for s in admin.overview()["services"] if s["name"] == "api@docker")
-        self.assertEqual(api["targets"][0]["health"], "down")
+        self.assertEqual(api["targets"][0]["health"], "failing")
         clock.advance(60)  # the back-off is over: the proxy tries it again
         api = next(s for s in admin.overview()["services"] if s["name"] == "api@docker")
         self.assertEqual(api["targets"][0]["health"], "unknown")

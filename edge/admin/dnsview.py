@@ -27,8 +27,8 @@ def _label(text: str) -> str:
     return text.strip().lower().rstrip(".")
 
 
-def candidate_names(snapshot: Snapshot, config: Config) -> dict[str, str]:
-    """Name -> where it comes from, for every name edge should answer."""
+def candidate_names(snapshot: Snapshot, config: Config, hosts=()) -> dict[str, str]:
+    """Name -> where it comes from, for every name edge should answer (``hosts``: HostEntry)."""
     found: dict[str, str] = {}
     zone = _label(config.dns.zone)
     if zone:
@@ -44,6 +44,9 @@ def candidate_names(snapshot: Snapshot, config: Config) -> dict[str, str]:
             found.setdefault(host, router.name)
     for record in config.dns.records:
         found.setdefault(_label(record.name), "config")
+    for entry in hosts:
+        for name in entry.names:
+            found.setdefault(_label(name), "hosts file")
     return found
 
 

@@ -159,7 +159,7 @@ class AdminService(MultiService):
                 if (service, key) in health:
                     return health[(service, key)]
             if passive is not None and not passive(target):
-                return False  # the proxy is backing off after failed connects
+                return "failing"  # the proxy is backing off after failed connects
             return None
 
         names = self._dns_names(snapshot)
@@ -195,8 +195,9 @@ class AdminService(MultiService):
         for service in walk(self._root()):
             table = getattr(getattr(service, "responder", None), "table", None)
             if table is not None and callable(getattr(table, "lookup", None)):
+                hosts = getattr(service, "hosts_entries", None)
                 try:
-                    return answers(table, candidate_names(snapshot, self.config))
+                    return answers(table, candidate_names(snapshot, self.config, hosts() if hosts else ()))
                 except Exception:
                     self._log.failure("Reading the DNS answer table failed")
                 break

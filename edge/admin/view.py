@@ -33,9 +33,10 @@ __all__ = ["Facts", "overview", "middleware_view", "SECTIONS"]
 
 SECTIONS = ("summary", "problems", "entrypoints", "listeners", "routers", "services", "dns", "discovery", "nodes")
 
-# Health as the HTTP layer reports it: (service name, target) -> True/False.
-# A target absent from the mapping has not been checked yet.
-HealthLookup = Callable[[str, Target], "bool | None"]
+# Health as the HTTP layer reports it: (service name, target) -> True (its
+# health check passes), False (it fails), "failing" (no check, but the proxy's
+# connections fail and it is backing off), None (nothing known: unchecked).
+HealthLookup = Callable[[str, Target], "bool | str | None"]
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,15 @@ def _target_view(service: BackendService, target: Target, facts: Facts) -> dict:
         "url": target.url,
         "weight": target.weight,
         "node": target.node_id,
-        "health": "unknown" if health is None else ("up" if health else "down"),
+        "health": (
+            "unknown" if health is None else "failing" if health == "failing" else ("up" if health else "down")
+        ),
     }
 
 
 def _service_view(service: BackendService, facts: Facts, used_by: list[str]) -> dict:
     targets = [_target_view(service, t, facts) for t in service.targets]
-    down = sum(1 for t in targets if t["health"] == "down")
+    down = sum(1 for t in targets if t["health"] in ("down", "failing"))
     if not targets or down == len(targets):
         status = "error"
     elif down:
@@ -112,7 +115,11 @@ def _service_view(service: BackendService, facts: Facts, used_by: list[str]) -> 
         "status": status,
         "targets": targets,
         "targets_up": sum(1 for t in targets if t["health"] == "up"),
+        # Checked and failing, or (no check) refusing connections: not used.
         "targets_down": down,
+        "targets_checked_down": sum(1 for t in targets if t["health"] == "down"),
+        "targets_failing": sum(1 for t in targets if t["health"] == "failing"),
+        "targets_unchecked": sum(1 for t in targets if t["health"] == "unknown"),
         "pass_host_header": service.pass_host_header,
         "sticky": service.sticky.name if service.sticky else "",
         "health_check": (
@@ -122,6 +129,33 @@ def _service_view(service: BackendService, facts: Facts, used_by: list[str]) -> 
         ),
         "routers": used_by,
     }
+
+
+def _port(address: str) -> int | None:
+    import re
+
+    match = re.match(r"^(?:tcp6?|ssl|tls)?:?(?:port=)?(\d+)", address) or re.search(r"(?:^|:)port=(\d+)", address)
+    return int(match.group(1)) if match else None
+
+
+def _router_urls(router: Router, config: Config, entry_points: list[str]) -> list[str]:
+    """A link per host and entry point, with the entry point's port unless it is the default."""
+    urls = []
+    for host in sorted(router.hosts):
+        if host.startswith("*"):
+            continue
+        for name in entry_points:
+            ep = config.entrypoint(name)
+            if ep is None:
+                continue
+            tls = ep.tls
+            scheme = "https" if tls else "http"
+            port = _port(ep.address)
+            default = 443 if tls else 80
+            url = f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}") + "/"
+            if url not in urls:
+                urls.append(url)
+    return urls
 
 
 def _router_view(router: Router, config: Config, services: Mapping[str, dict], error: str = "") -> dict:
@@ -151,6 +185,7 @@ def _router_view(router: Router, config: Config, services: Mapping[str, dict], e
             "cert_resolver": router.tls.cert_resolver if router.tls else "",
             "domains": list(router.tls.domains) if router.tls else [],
         },
+        "urls": _router_urls(router, config, entry_points),
         "status": status,
         "error": redact_text(error),
         "source": router.source,
@@ -172,6 +207,18 @@ def _status_view(status: ProviderStatus, now: float) -> dict:
 
 def _problem(level: str, source: str, message: str, label: str = "") -> dict:
     return {"level": level, "source": source, "message": redact_text(message), "label": label}
+
+
+def _why_down(service: dict) -> str:
+    parts = []
+    if service["targets_checked_down"]:
+        parts.append(f"{service['targets_checked_down']} failing the health check")
+    if service["targets_failing"]:
+        parts.append(
+            f"{service['targets_failing']} refusing connections"
+            + ("" if service["health_check"] else " (no health check configured)")
+        )
+    return ", ".join(parts)
 
 
 def _problems(
@@ -205,13 +252,13 @@ def _problems(
         if not service["targets"]:
             found.append(_problem("error", service["name"], "no targets: requests get 503"))
         elif service["targets_down"] == len(service["targets"]):
-            found.append(_problem("error", service["name"], "every target is failing its health check"))
+            found.append(_problem("error", service["name"], "every target is down: " + _why_down(service)))
         elif service["targets_down"]:
             found.append(
                 _problem(
                     "warning",
                     service["name"],
-                    f"{service['targets_down']} of {len(service['targets'])} targets failing",
+                    f"{service['targets_down']} of {len(service['targets'])} targets down: {_why_down(service)}",
                 )
             )
     found.extend(
@@ -249,7 +296,9 @@ def overview(snapshot: Snapshot, config: Config, facts: Facts) -> dict:
             "services": len(services),
             "targets": len(targets),
             "targets_up": sum(1 for t in targets if t["health"] == "up"),
-            "targets_down": sum(1 for t in targets if t["health"] == "down"),
+            "targets_down": sum(1 for t in targets if t["health"] in ("down", "failing")),
+            "targets_failing": sum(1 for t in targets if t["health"] == "failing"),
+            "targets_unchecked": sum(1 for t in targets if t["health"] == "unknown"),
             "errors": sum(1 for p in problems if p["level"] == "error"),
             "warnings": sum(1 for p in problems if p["level"] != "error"),
             "dns_names": len(facts.dns_names),

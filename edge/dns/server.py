@@ -594,6 +594,10 @@ class DNSService(MultiService):
         self._unsubscribe = None
         self._loops: list[LoopingCall] = []
 
+    def hosts_entries(self) -> tuple[HostEntry, ...]:
+        """The hosts file's entries as last read (the admin API lists their names)."""
+        return tuple(self._hosts)
+
     # -- configuration -------------------------------------------------------
 
     def reload(self, config) -> None:

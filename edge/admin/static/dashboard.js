@@ -40,14 +40,20 @@ function fill(tableId, rows) {
   }
 }
 
+// What is known about a service's targets: checked up, checked down,
+// passively failing (connections refused, no check), unchecked.
 function targetsSummary(service) {
   if (!service) return pill("error", "missing");
   const total = service.targets.length;
   if (!total) return pill("error", "0 targets");
-  const up = service.targets_up, down = service.targets_down, unchecked = total - up - down;
-  if (down === total) return pill("error", "0/" + total + " up");
-  if (unchecked === total) return pill("unknown", total + " unchecked");
-  return pill(down ? "warning" : "ok", up + "/" + total + " up" + (unchecked ? ", " + unchecked + " unchecked" : ""));
+  const parts = [];
+  if (service.targets_up) parts.push(service.targets_up + " up");
+  if (service.targets_checked_down) parts.push(service.targets_checked_down + " failing check");
+  if (service.targets_failing) parts.push(service.targets_failing + " refusing connections");
+  if (service.targets_unchecked) parts.push(service.targets_unchecked + " unchecked");
+  const kind = service.targets_down === total ? "error" : service.targets_down ? "warning"
+    : service.targets_unchecked === total ? "unknown" : "ok";
+  return pill(kind, parts.join(", "));
 }
 
 function plural(count, word) {
@@ -59,7 +65,9 @@ function renderSummary(data) {
   document.getElementById("summary").replaceChildren(
     el("span", {}, el("b", { text: s.routers }), " routers"),
     el("span", {}, el("b", { text: s.services }), " services"),
-    el("span", {}, el("b", { text: s.targets_up + "/" + s.targets }), " targets up"),
+    el("span", {}, el("b", { text: s.targets }), " targets (",
+      [s.targets_up + " up", s.targets_down ? s.targets_down + " down" : "",
+       s.targets_unchecked ? s.targets_unchecked + " unchecked" : ""].filter(Boolean).join(", "), ")"),
     el("span", {}, el("b", { text: s.dns_names }), " DNS names"),
     ...(s.errors ? [pill("error", plural(s.errors, "error"))] : []),
     ...(s.warnings ? [pill("warning", plural(s.warnings, "warning"))] : []),
@@ -98,8 +106,9 @@ function renderRouters(data) {
   const services = Object.fromEntries(data.services.map((s) => [s.name, s]));
   document.getElementById("routers-count").textContent = "(" + data.routers.length + ")";
   fill("routers", data.routers.map((r) => {
-    const hosts = r.hosts.map((h) => h.startsWith("*") ? el("code", { text: h }) :
-      el("a", { href: (r.tls.enabled ? "https://" : "http://") + h + "/", text: h }));
+    const links = Object.fromEntries((r.urls || []).map((u) => [new URL(u).hostname, u]));
+    const hosts = r.hosts.map((h) => h.startsWith("*") || !links[h] ? el("code", { text: h }) :
+      el("a", { href: links[h], text: h }));
     const tls = !r.tls.enabled ? [pill("plain", "plain HTTP")]
       : r.tls.router ? [pill("tls", "TLS" + (r.tls.cert_resolver ? " · " + r.tls.cert_resolver : "")),
                         ...r.tls.domains.map((d) => el("div", { class: "muted", text: d }))]
@@ -124,7 +133,9 @@ function renderServices(data) {
       el("td", {}, pill(s.status, s.status)),
       el("td", {}, el("b", { text: s.name }), s.sticky ? el("div", { class: "muted", text: "sticky: " + s.sticky }) : null),
       el("td", {}, ...(s.targets.length ? s.targets.map((t) =>
-        el("div", { class: "target" }, pill(t.health, t.health === "unknown" ? "unchecked" : t.health), el("code", { text: t.url }),
+        el("div", { class: "target" }, pill(t.health === "failing" ? "down" : t.health,
+          t.health === "unknown" ? "unchecked" : t.health === "failing" ? "refusing connections" : t.health),
+          el("code", { text: t.url }),
           t.weight !== 1 ? el("span", { class: "muted", text: " weight " + t.weight }) : null))
         : [el("span", { class: "muted", text: "no targets" })])),
       el("td", { class: "muted" }, s.health_check ? s.health_check.path + " every " + s.health_check.interval + " s" : "none"),
