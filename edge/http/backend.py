@@ -74,38 +74,18 @@ class _BadResponse(Exception):
     """A backend response edge will not relay (answered with 502)."""
 
 
-class ResponseHead:
-    """What the side needs of a backend response head to frame it."""
-
-    __slots__ = ("status", "reason", "headers", "kept", "content_length", "chunked",
-                 "connection_tokens", "keep_alive")
-
-    def __init__(self, status, reason, headers, kept, content_length, chunked,
-                 connection_tokens, keep_alive):
-        self.status = status
-        self.reason = reason
-        # Every (name, value) pair as received, in order.
-        self.headers = headers
-        # The relayable header lines already serialised for HTTP/1.1
-        # (``name: value\r\n``), or None when connection tokens name more
-        # headers to drop; sides without such a fast path use ``relayable()``.
-        self.kept = kept
-        self.content_length = content_length
-        self.chunked = chunked
-        self.connection_tokens = connection_tokens
-        self.keep_alive = keep_alive
-
-    def relayable(self, keep=frozenset()) -> list:
-        """The (name, value) pairs a proxy may pass on (``keep``: names to keep anyway)."""
-        drop = RESP_DROP - keep
-        tokens = self.connection_tokens
-        if tokens:
-            drop = drop | (tokens - keep)
-        return [(n, v) for n, v in self.headers if n.lower() not in drop]
-
-
 class BackendProtocol(Protocol):
-    """One connection to a backend target, reused across exchanges."""
+    """
+    One connection to a backend target, reused across exchanges.
+
+    Once the response head is parsed, the side reads it from these
+    attributes (no object per response): ``status``, ``reason``,
+    ``headers`` (every (name, value) pair as received), ``kept`` (the
+    relayable header lines already serialised for HTTP/1.1 -- ``name:
+    value\r\n`` -- or None when a ``Connection`` field names more headers
+    to drop; see :meth:`relayable`), ``content_length`` (bytes, or None),
+    ``chunked`` and ``connection_tokens``.
+    """
 
     _log = Logger()
 
@@ -136,7 +116,7 @@ class BackendProtocol(Protocol):
     @property
     def head_sent(self) -> bool:
         """Whether the response head reached the side (a failure now cannot be a 502)."""
-        return self._state == RELAYING or self._state == TUNNEL
+        return self._state is RELAYING or self._state is TUNNEL
 
     # -- hand-offs with the client side ----------------------------------
 
@@ -168,11 +148,18 @@ class BackendProtocol(Protocol):
         self._done = False
         self._extra = False
         self._status = 0
-        self._head = None
         if self._parser is None:
             # A fresh parser only when the last exchange left it mid-message
             # (a HEAD answer with a length); llhttp parses one response after another.
             self._parser = httptools.HttpResponseParser(self)
+
+    def relayable(self, keep=frozenset()) -> list:
+        """The response's (name, value) pairs a proxy may pass on (``keep``: names to keep anyway)."""
+        drop = RESP_DROP - keep
+        tokens = self.connection_tokens
+        if tokens:
+            drop = drop | (tokens - keep)
+        return [(n, v) for n, v in self.headers if n.lower() not in drop]
 
     def send(self, data: bytes):
         """Request bytes for the backend (the side frames them)."""
@@ -217,7 +204,7 @@ class BackendProtocol(Protocol):
             # Unsolicited bytes on an idle connection: it cannot be trusted.
             self.abandon()
             return
-        if self._state == TUNNEL:
+        if self._state is TUNNEL:
             side.tunnel_data(data)
             return
         self.got_bytes = True
@@ -252,39 +239,41 @@ class BackendProtocol(Protocol):
     # -- httptools callbacks ---------------------------------------------
 
     def on_message_begin(self):
-        if self._state == RELAYING:
+        if self._state is RELAYING:
             self._extra = True
         self._informational = False
         self._reason = b""
-        self._headers = []
-        self._kept = []
-        self._cl = None
-        self._te = False
-        self._tokens = None
+        self.headers = []
+        self.kept = []
+        self.content_length = None
+        self.chunked = False
+        self.connection_tokens = None
 
     def on_status(self, reason: bytes):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes):
-        if self._state == RELAYING:
+        if self._state is RELAYING:
             return  # trailers: dropped
-        self._headers.append((name, value))
+        self.headers.append((name, value))
         if len(name) in _RESP_LENGTHS:
             lower = name.lower()
             if lower in RESP_DROP:
                 if lower == b"content-length":
-                    self._cl = value
+                    self.content_length = value
                 elif lower == b"transfer-encoding":
-                    self._te = True
+                    self.chunked = True
                 elif lower == b"connection":
-                    tokens = {t.strip().lower() for t in value.split(b",")} - {b"keep-alive", b"close", b""}
-                    if tokens:
-                        self._tokens = (self._tokens or set()) | tokens
+                    single = value.strip().lower()
+                    if single != b"keep-alive" and single != b"close":
+                        tokens = {t.strip() for t in single.split(b",")} - {b"keep-alive", b"close", b""}
+                        if tokens:
+                            self.connection_tokens = (self.connection_tokens or set()) | tokens
                 return
-        self._kept += (name, b": ", value, b"\r\n")
+        self.kept += (name, b": ", value, b"\r\n")
 
     def on_headers_complete(self):
-        if self._done or self._state == RELAYING:
+        if self._done or self._state is RELAYING:
             self._extra = True
             return
         parser = self._parser
@@ -300,12 +289,12 @@ class BackendProtocol(Protocol):
         self._status = status
         self._keep_alive = parser.should_keep_alive()
         req.status = status
-        head = ResponseHead(status, self._reason or b"-", self._headers,
-                            None if self._tokens else self._kept,
-                            self._cl, self._te, self._tokens, self._keep_alive)
-        self._head = head
+        self.status = status
+        self.reason = self._reason or b"-"
+        if self.connection_tokens:
+            self.kept = None
         self._state = RELAYING
-        no_body = self.side.response_head(req, head)
+        no_body = self.side.response_head(req, self)
         if self.side is None:
             return
         if no_body and status != 101:
@@ -323,7 +312,7 @@ class BackendProtocol(Protocol):
         if self._informational:
             self._informational = False
             return
-        if self._state == RELAYING:
+        if self._state is RELAYING:
             self._done = True
 
     # -- end of an exchange ----------------------------------------------
@@ -364,12 +353,11 @@ class BackendProtocol(Protocol):
         self._state = CLOSED
         if side is None:
             return
-        if state == TUNNEL:
+        if state is TUNNEL:
             self.side = None
             side.tunnel_closed()
             return
-        head = self._head
-        if state == RELAYING and head.content_length is None and not head.chunked and not self._done:
+        if state is RELAYING and self.content_length is None and not self.chunked and not self._done:
             # A body delimited by the connection's end: this is its end.
             self._done = True
             self._complete(closed=True)
@@ -393,4 +381,4 @@ class BackendProtocol(Protocol):
             return
         side.backend_detached(self)
         cause = reason.getErrorMessage() if reason is not None else "connection lost"
-        side.backend_failed(req, f"{req.target_url} closed the connection: {cause}", state == RELAYING)
+        side.backend_failed(req, f"{req.target_url} closed the connection: {cause}", state is RELAYING)

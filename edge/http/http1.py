@@ -145,7 +145,7 @@ class ServerProtocol(Protocol):
         backend = self._backend
         if backend is not None:
             self._backend = None
-            if state == TUNNEL:
+            if state is TUNNEL:
                 backend.close_tunnel()
             else:
                 backend.abandon()
@@ -214,12 +214,12 @@ class ServerProtocol(Protocol):
 
     def dataReceived(self, data: bytes):
         state = self._state
-        if state == TUNNEL:
+        if state is TUNNEL:
             backend = self._backend
             if backend is not None:
                 backend.send(data)
             return
-        if state == HTTP2:
+        if state is HTTP2:
             self._h2.dataReceived(data)
             return
         if self._first:
@@ -234,10 +234,10 @@ class ServerProtocol(Protocol):
             self._tunnel_buffer.append(data)
             self.pause("upgrade")
             return
-        if self._closed or state == CLOSED:
+        if self._closed or state is CLOSED:
             return
         self._since = self._reactor.seconds()
-        if state == HEAD or state == IDLE:
+        if state is HEAD or state is IDLE:
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head_bytes:
                 self._reject(431, "request head too large")
@@ -293,7 +293,7 @@ class ServerProtocol(Protocol):
     # -- httptools callbacks ---------------------------------------------
 
     def on_message_begin(self):
-        if self._state == CLOSED:
+        if self._state is CLOSED:
             raise _Stop()
         req = Request(self._scheme, self.peer.client_ip)
         self._parsing = req
@@ -389,9 +389,9 @@ class ServerProtocol(Protocol):
         if conn is not None and conn.req is req:
             self._since = self._reactor.seconds()
             if req.chunked:
-                conn.send(b"%x\r\n%s\r\n" % (len(data), data))
+                speedups.write(conn.transport, b"%x\r\n%s\r\n" % (len(data), data))
             else:
-                conn.send(data)
+                speedups.write(conn.transport, data)
         elif req.replied:
             return  # answered already; the connection closes after
         else:
@@ -461,7 +461,7 @@ class ServerProtocol(Protocol):
             self.resume("buffer")
         if req.body_done and req.chunked:
             head += b"0\r\n\r\n"
-        conn.send(head)
+        speedups.write(conn.transport, head)
         if self._backend_paused:
             conn.pause_reading()
         if req.expect and not req.body_done:
@@ -638,22 +638,22 @@ class ServerProtocol(Protocol):
 
     def check_timeouts(self, now: float):
         state = self._state
-        if state == HTTP2:
+        if state is HTTP2:
             self._h2.check_timeouts(now)
             return
         limits = self._limits
         idle = now - self._since
-        if state == IDLE:
+        if state is IDLE:
             if idle > limits.client_idle_timeout:
                 self._close()
-        elif state == HEAD:
+        elif state is HEAD:
             if idle > limits.request_header_timeout:
                 if self._queue:
                     self._reject(408, "request head not received in time")
                     self._flush()
                 else:
                     self._close()
-        elif state == BACKEND:
+        elif state is BACKEND:
             if self._backend_paused:
                 return
             if idle > limits.backend_response_timeout:
@@ -677,7 +677,7 @@ class ServerProtocol(Protocol):
     def shutdown(self):
         """Finish the request in flight (if any) and close; HTTP/2 says GOAWAY."""
         self._closing = True
-        if self._state == HTTP2:
+        if self._state is HTTP2:
             self._h2.shutdown()
         elif self._state in (IDLE, HEAD) and not self._queue:
             self._close()

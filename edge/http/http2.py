@@ -130,7 +130,7 @@ class _Stream:
     # -- ExchangeSide: called by the exchange -------------------------------
 
     def gone(self, req) -> bool:
-        return self._state == DONE or req.replied or self.conn._state == CLOSED
+        return self._state is DONE or req.replied or self.conn._state is CLOSED
 
     def pause(self, reason: str) -> None:
         # Unacknowledged DATA already bounds a stream's input; other streams go on.
@@ -146,7 +146,7 @@ class _Stream:
 
     def reply(self, req: Request, reply: Reply) -> None:
         """Answer ``req`` from edge itself."""
-        if self._state == DONE:
+        if self._state is DONE:
             return
         req.replied = True
         req.status = reply.status
@@ -237,7 +237,7 @@ class _Stream:
         return no_body
 
     def response_body(self, req: Request, data: bytes) -> None:
-        if self._state == DONE:
+        if self._state is DONE:
             return
         req.sent_bytes += len(data)
         # Sent at the backend's flush() or with the end, so a body that ends
@@ -245,7 +245,7 @@ class _Stream:
         self._out.append(data)
 
     def response_end(self, req: Request) -> None:
-        if self._state == DONE:
+        if self._state is DONE:
             return
         if req.method == b"HEAD" or req.status in (204, 304):
             self._finish(reset=None)  # the head went out with END_STREAM
@@ -256,7 +256,7 @@ class _Stream:
 
     def backend_failed(self, req: Request, cause: str, head_sent: bool) -> None:
         self.backend = None
-        if self._state == DONE:
+        if self._state is DONE:
             return
         if head_sent:
             req.error = cause
@@ -283,7 +283,7 @@ class _Stream:
 
     def data(self, data: bytes, flow_length: int, ended: bool) -> None:
         req = self.req
-        if self._state == DONE or req.replied and req.conn is None:
+        if self._state is DONE or req.replied and req.conn is None:
             # Answered already: let the bytes go (the window must not stall others).
             self.conn.ack(flow_length, self.stream_id)
             return
@@ -323,7 +323,7 @@ class _Stream:
         conn = req.conn
         if req.chunked and conn is not None and conn.req is req:
             conn.send(b"0\r\n\r\n")
-        if self._state == DONE:
+        if self._state is DONE:
             self.conn.forget(self)
 
     def _ack(self) -> None:
@@ -355,7 +355,7 @@ class _Stream:
 
     def send_pending(self) -> None:
         """Send held response bytes as far as the windows allow; pause the backend if not all."""
-        if self._state == DONE:
+        if self._state is DONE:
             return
         conn = self.conn
         h2c = conn.h2
@@ -409,7 +409,7 @@ class _Stream:
 
     def _finish(self, reset, ended: bool = False) -> None:
         """The stream is done: reset it if asked, log the request, let the connection forget it."""
-        if self._state == DONE:
+        if self._state is DONE:
             return
         self._state = DONE
         self._out = []
@@ -433,7 +433,7 @@ class _Stream:
         req = self.req
         self._ended_in = True
         self._abandon_backend()
-        if self._state != DONE:
+        if self._state is not DONE:
             self._state = DONE
             if not req.replied:
                 req.status = 499
@@ -442,7 +442,7 @@ class _Stream:
         self.conn.forget(self)
 
     def check_timeout(self, now: float, limits) -> None:
-        if self._state != FORWARDING or self.backend is None:
+        if self._state is not FORWARDING or self.backend is None:
             return
         if self._out or self.conn._write_paused or self._backend_full:
             return  # waiting on the client, not the backend
@@ -534,7 +534,7 @@ class HTTP2Connection:
     # -- input -----------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._state == CLOSED:
+        if self._state is CLOSED:
             return
         self._since = self.reactor.seconds()
         try:
@@ -572,7 +572,7 @@ class HTTP2Connection:
             elif cls is _StreamReset:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    if stream._state != DONE:
+                    if stream._state is not DONE:
                         self._resets += 1
                     stream.client_reset()
                     if self._resets > RESET_LIMIT + self._answered:
@@ -697,7 +697,7 @@ class HTTP2Connection:
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
-        if data and self._state != CLOSED:
+        if data and self._state is not CLOSED:
             self.transport.write(data)
 
     def _calm_down(self) -> None:
@@ -715,7 +715,7 @@ class HTTP2Connection:
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
             self._since = self.reactor.seconds()
-        if self._state == DRAINING and not self._streams:
+        if self._state is DRAINING and not self._streams:
             self.flush()
             self._close()
 
@@ -723,7 +723,7 @@ class HTTP2Connection:
 
     def shutdown(self) -> None:
         """GOAWAY naming the last stream edge serves; the connection closes once they finish."""
-        if self._state != OPEN:
+        if self._state is not OPEN:
             return
         self._state = DRAINING
         last = self._last_stream = self.h2.highest_inbound_stream_id
@@ -734,7 +734,7 @@ class HTTP2Connection:
             self._close()
 
     def check_timeouts(self, now: float) -> None:
-        if self._state == CLOSED:
+        if self._state is CLOSED:
             return
         limits = self.limits
         for stream in list(self._streams.values()):
@@ -747,7 +747,7 @@ class HTTP2Connection:
         self._close(abort)
 
     def _close(self, abort: bool = False) -> None:
-        if self._state == CLOSED:
+        if self._state is CLOSED:
             return
         self._state = CLOSED
         try:
