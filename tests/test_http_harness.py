@@ -40,7 +40,8 @@ def run_edge(config_path: str, snapshot_path: str) -> None:
             pem = ssl.PrivateCertificate.loadPEM(f.read())
         tls_context = ssl.CertificateOptions(
             privateKey=pem.privateKey.original, certificate=pem.original,
-            acceptableProtocols=[b"http/1.1"],
+            # EDGE_TEST_ALPN="h2,http/1.1" offers HTTP/2 as the TLS service does.
+            acceptableProtocols=os.environ.get("EDGE_TEST_ALPN", "http/1.1").encode().split(b","),
         )
     service = make_http_service(config, publisher, reactor, tls_context=tls_context)
     service.startService()
