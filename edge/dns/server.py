@@ -26,6 +26,7 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 
 from edge import metrics
+from edge.cidr import Networks
 from edge.config import LISTEN_BACKLOG, DNSConfig
 from edge.dns.forward import SERVFAIL, Cache, Forwarder, parse_upstream, resolv_conf_servers
 from edge.dns.hosts import HostEntry, parse_hosts
@@ -133,7 +134,7 @@ class Responder:
         self.table: AnswerTable = _empty_table()
         self.forwarder = forwarder
         self.cache: Cache = forwarder.cache
-        self._networks: list = []
+        self._networks = Networks()
         self._allowed: dict[str, bool] = {}
         self.set_allow_recursion(config.allow_recursion)
         self._counts: dict[tuple[int, int, str], int] = {}
@@ -147,7 +148,7 @@ class Responder:
         )
 
     def set_allow_recursion(self, cidrs) -> None:
-        self._networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        self._networks = Networks(cidrs)
         self._allowed = {}
 
     def set_forwarder(self, forwarder: Forwarder) -> None:
@@ -340,14 +341,7 @@ class Responder:
     def _recursion(self, host: str) -> bool:
         allowed = self._allowed.get(host)
         if allowed is None:
-            try:
-                ip = ipaddress.ip_address(host.split("%", 1)[0])
-            except ValueError:
-                allowed = False
-            else:
-                if ip.version == 6 and ip.ipv4_mapped is not None:
-                    ip = ip.ipv4_mapped
-                allowed = any(ip in net for net in self._networks if net.version == ip.version)
+            allowed = host in self._networks
             if len(self._allowed) >= 65536:
                 self._allowed.clear()
             self._allowed[host] = allowed
