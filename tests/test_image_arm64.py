@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from datetime import datetime
 from importlib.metadata import version
 
 import pytest
@@ -47,6 +49,11 @@ for top, _, files in os.walk("/opt/edge"):
 print(json.dumps({"machine": platform.machine(), "openssl": SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode(),
                   "shared_objects": machines}))
 """
+
+
+def stamp(text: str) -> datetime:
+    """An engine timestamp (nanoseconds, ``Z``) as a datetime."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d*", r"\1", text).replace("Z", "+00:00"))
 
 
 def need_image():
@@ -102,4 +109,20 @@ def test_stack_under_emulation_answers_dns_and_proxies(swarm, arm64_stack, uniqu
     )
     assert body.strip() == backend_hostname
     assert http_get(ports[80], f"nothing-{unique}.test")[0] == 404
-    print(f"arm64 edge healthy {healthy_after:.1f}s after the stack deploy (under emulation)")
+
+    # Checks after the first healthy one: none may run out of the image's
+    # HEALTHCHECK timeout (swarm would restart a working edge after three).
+    def health_log():
+        container.reload()
+        log = container.attrs["State"]["Health"]["Log"]
+        return log if sum(entry["ExitCode"] == 0 for entry in log) >= 3 else None
+
+    log = wait_for(health_log, 90, "three passed health checks", interval=1)
+    timeout_s = client.images.get(IMAGE).attrs["Config"]["Healthcheck"]["Timeout"] / 1e9
+    seconds = [(stamp(e["End"]) - stamp(e["Start"])).total_seconds() for e in log]
+    first_pass = next(i for i, entry in enumerate(log) if entry["ExitCode"] == 0)
+    assert [e for e in log[first_pass:] if e["ExitCode"] != 0] == [], log
+    print(
+        f"arm64 edge healthy {healthy_after:.1f}s after the stack deploy (under emulation); "
+        f"health checks took {', '.join(f'{s:.1f}' for s in seconds)} s (timeout {timeout_s:.0f} s)"
+    )
