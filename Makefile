@@ -11,7 +11,7 @@ export EDGE_TEST_ROOT := $(TEST_ROOT)
 CONFIG ?= config/edge.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test test-image test-cluster test-arm64 venv test-deps system-deps testbed-up testbed-down unit bench clean
+.PHONY: run test test-image test-cluster test-arm64 venv test-deps system-deps testbed-up testbed-down unit test-stock bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,13 +32,13 @@ test-deps: $(BIN)/python
 # for the images the tests make, qemu-user-static for the arm64 image.
 system-deps:
 	@missing=""; \
-	for tool in dockerd dig dnsmasq curl busybox nsenter ip openssl chromium debootstrap qemu-aarch64-static update-binfmts pebble named; do \
+	for tool in dockerd dig dnsmasq curl busybox nsenter ip openssl chromium debootstrap qemu-aarch64-static update-binfmts pebble named h2load; do \
 		command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages for:$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 			docker.io busybox-static dnsutils dnsmasq-base curl iproute2 util-linux openssl \
-			chromium debootstrap qemu-user-static binfmt-support pebble bind9; \
+			chromium debootstrap qemu-user-static binfmt-support pebble bind9 nghttp2-client; \
 	fi
 
 testbed-up:
@@ -75,6 +75,13 @@ test-cluster: system-deps test-deps
 	bash tests/testbed/cluster.sh image
 	EDGE_CLUSTER_REQUIRED=1 $(BIN)/python -m pytest -m cluster tests/test_cluster*.py $(PYTEST_ARGS); \
 		status=$$?; bash tests/testbed/cluster.sh down; exit $$status
+
+# The HTTP and TLS tests again with the speed-ups on private internals off
+# (edge.http.speedups): the stock code paths must pass the same tests.
+test-stock: system-deps test-deps
+	EDGE_SPEEDUPS=off $(BIN)/python -m pytest -q tests/test_http_protocol.py tests/test_http_pipeline.py \
+		tests/test_http_h2.py tests/test_http_h2_e2e.py tests/test_http_proxy.py tests/test_tls_proxy.py \
+		tests/test_tls_transport.py tests/test_tls_handshake.py $(PYTEST_ARGS)
 
 unit: test-deps
 	$(BIN)/python -m pytest -m 'not swarm' $(PYTEST_ARGS)
