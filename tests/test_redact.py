@@ -7,18 +7,13 @@ import os
 import subprocess
 import sys
 
-from treq.testing import StubTreq
-from twisted.internet.task import Clock
 from twisted.logger import LogLevel
-from twisted.trial.unittest import SynchronousTestCase
 
-from edge.admin.service import AdminService
-from edge.config import Config
-from edge.discovery.publisher import SnapshotPublisher
 from edge.logs import event_as_json, make_observer
 from edge.redact import redact_text
 from edge.rules import Host
 from edge.snapshot import BackendService, BasicAuth, Headers, Problem, Router, Snapshot, Target
+from tests.admin_stub import AdminStubCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BCRYPT = "$2b$05$FaLE6wPbdi88nFtcIFBXCe01V6q87AUkvGkbtXu..JK50WLE1VvGa"
@@ -40,20 +35,8 @@ SNAPSHOT = Snapshot.build(
 )
 
 
-class AdminRedactionTests(SynchronousTestCase):
-    def setUp(self):
-        clock = Clock()
-        publisher = SnapshotPublisher(clock, debounce=0)
-        publisher.report("docker", SNAPSHOT)
-        self.client = StubTreq(AdminService(Config(), publisher, clock).site.resource)
-
-    def get(self, path):
-        pending = self.client.get(f"http://admin.invalid{path}")
-        self.client.flush()
-        response = self.successResultOf(pending)
-        pending = response.content()
-        self.client.flush()
-        return self.successResultOf(pending).decode()
+class AdminRedactionTests(AdminStubCase):
+    SNAPSHOT = SNAPSHOT
 
     def test_no_secret_in_any_api_section(self):
         for path in ("/api/snapshot", "/api/overview", "/api/problems", "/api/routers"):

@@ -10,16 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from treq.testing import StubTreq
-from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
-
 from edge import config as _config
-from edge.admin.service import AdminService
-from edge.config import Config
-from edge.discovery.publisher import SnapshotPublisher
 from edge.rules import Host
 from edge.snapshot import BackendService, BasicAuth, Router, Snapshot, Target
+from tests.admin_stub import AdminStubCase
 
 
 def _router(name, **kw) -> Router:
@@ -37,21 +31,8 @@ SNAPSHOT = Snapshot.build(
 )
 
 
-class AdminRouterErrorTests(SynchronousTestCase):
-    def setUp(self):
-        clock = Clock()
-        publisher = SnapshotPublisher(clock, debounce=0)
-        publisher.report("docker", SNAPSHOT)
-        self.admin = AdminService(Config(), publisher, clock)
-        self.client = StubTreq(self.admin.site.resource)
-
-    def get(self, path):
-        pending = self.client.get(f"http://admin.invalid{path}")
-        self.client.flush()
-        response = self.successResultOf(pending)
-        pending = response.content()
-        self.client.flush()
-        return self.successResultOf(pending).decode()
+class AdminRouterErrorTests(AdminStubCase):
+    SNAPSHOT = SNAPSHOT
 
     def test_routers_that_do_not_serve_are_errors_with_the_reason(self):
         routers = {r["name"]: r for r in json.loads(self.get("/api/routers"))}
