@@ -162,6 +162,10 @@ class HTTPConfig:
     # 400 otherwise): slash, backslash, null, semicolon, percent,
     # question_mark, hash.  See docs/http.md, "Request paths".
     allowed_encoded_characters: tuple[str, ...] = ()
+    # Backend response heads: bytes and fields past which edge answers 502
+    # (a head is parsed on the reactor; an unbounded one costs every client).
+    backend_max_header_bytes: int = 65536
+    backend_max_header_count: int = 1000
     # Speed-ups on private internals of Twisted, pyOpenSSL and hpack
     # (edge.http.speedups); false runs the stock public code paths.
     speedups: bool = True

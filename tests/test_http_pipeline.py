@@ -97,7 +97,7 @@ class World:
         return defer.succeed(self._backend(key))
 
     def _backend(self, key):
-        backend = BackendProtocol(key, self.service.pool)
+        backend = BackendProtocol(key, self.service.pool, self.service.config.http)
 
         class Connected:
             def connected(self, protocol):
@@ -288,6 +288,16 @@ ROWS = [
     Row("a 101 to a request that asked for no upgrade is a 502",
         response=b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n",
         status=502),
+    Row("a backend response head over its byte limit is a 502 (issue 9.4)",
+        response=b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 80000 + b"\r\nContent-Length: 0\r\n\r\n", status=502),
+    Row("a backend response head with too many fields is a 502 (issue 9.4)",
+        response=b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(1001))
+        + b"Content-Length: 0\r\n\r\n", status=502),
+    Row("an invalid status below 100 is a 502, its body never relayed (issue 9.10)",
+        response=b"HTTP/1.1 000 X\r\nContent-Length: 3\r\n\r\nabc", status=502),
+    Row("an interim response's body is not relayed (issue 9.10)",
+        response=b"HTTP/1.1 199 X\r\nContent-Length: 3\r\n\r\nabc"
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", body_out=b"ok"),
     Row("connect failure: the next target answers", host=b"two.test",
         backend_starts=b"GET /x HTTP/1.1\r\nHost: two.test\r\n"),
     Row("sticky cookie set on the answer", host=b"sticky.test",
@@ -348,3 +358,58 @@ def test_the_pooled_connection_is_reused_after_each_framing():
         assert client.answer().body == b"ok"
     assert len(world.backends) == 1
     assert world.service.pool.idle_count() == 1
+
+
+# -- HTTP/1.1 framing only (HTTP/2 has no such framing to get wrong) -------------
+
+
+def test_transfer_encoding_fields_are_judged_together():
+    """gzip then chunked in two fields is "gzip, chunked": not chunked last alone (issue 9.11)."""
+    world = World()
+    client = H1Client(world)
+    client.server.dataReceived(b"POST /x HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: gzip\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert client.answer().status == 501
+    assert world.backend_bytes() == b""
+
+
+def test_bytes_after_a_connection_close_request_are_ignored():
+    """The request is answered; what follows it is not parsed into a 400 (issue 9.9)."""
+    world = World()
+    client = H1Client(world)
+    client.server.dataReceived(b"POST /x HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n"
+                               b"Content-Length: 3\r\n\r\nabcGARBAGE\r\n\r\n")
+    assert world.backend_bytes().endswith(b"\r\n\r\nabc")
+    world.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    answer = client.answer()
+    assert (answer.status, answer.body) == (200, b"ok")
+    assert not world.backends[-1][1].aborted  # the backend exchange was not cut off
+    assert client.transport.disconnecting
+
+
+def test_the_head_deadline_runs_from_the_first_byte():
+    """One byte a second does not keep a head alive past request_header_timeout (issue 9.3)."""
+    world = World()
+    client = H1Client(world)
+    world.clock.advance(1)
+    head = b"GET /x HTTP/1.1\r\nHost: web.test\r\nX-Slow: " + b"a" * 100
+    for i in range(40):
+        if client.transport.disconnecting:
+            break
+        client.server.dataReceived(head[i:i + 1])
+        world.clock.advance(1)
+        world.service._housekeeping()
+    assert client.transport.disconnecting
+    assert i <= HTTPConfig().request_header_timeout + 2
+    assert client.answer().status == 408
+
+
+def test_a_malformed_pipelined_request_does_not_cancel_the_backend_timeout():
+    """The first request still gets its 504 (issue 9.7)."""
+    world = World()
+    client = H1Client(world)
+    client.server.dataReceived(b"GET /x HTTP/1.1\r\nHost: web.test\r\n\r\nGET /y HTTP/1.1\r\nHost: \x01\r\n\r\n")
+    assert world.backend_bytes().startswith(b"GET /x HTTP/1.1\r\n")
+    world.clock.advance(HTTPConfig().backend_response_timeout + 2)
+    world.service._housekeeping()
+    assert client.answer().status == 504

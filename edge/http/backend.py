@@ -89,9 +89,12 @@ class BackendProtocol(Protocol):
 
     _log = Logger()
 
-    def __init__(self, key, pool):
+    def __init__(self, key, pool, limits=None):
         self.key = key
         self._pool = pool
+        # Response head bounds (bytes before the head ends, fields): past them, 502.
+        self._max_head_bytes = getattr(limits, "backend_max_header_bytes", 65536) + 8192
+        self._max_fields = getattr(limits, "backend_max_header_count", 1000)
         self.side = None
         self.req = None
         self.transport = None
@@ -148,6 +151,8 @@ class BackendProtocol(Protocol):
         self._done = False
         self._extra = False
         self._status = 0
+        self._head_bytes = 0
+        self._fields = 0
         if self._parser is None:
             # A fresh parser only when the last exchange left it mid-message
             # (a HEAD answer with a length); llhttp parses one response after another.
@@ -209,6 +214,12 @@ class BackendProtocol(Protocol):
             return
         self.got_bytes = True
         side.touch()
+        if self._state is WAITING:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head_bytes:
+                self._fail(f"response head larger than {self._max_head_bytes} bytes"
+                           f" (from {self.req.target_url})")
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -255,6 +266,9 @@ class BackendProtocol(Protocol):
     def on_header(self, name: bytes, value: bytes):
         if self._state is RELAYING:
             return  # trailers: dropped
+        self._fields += 1
+        if self._fields > self._max_fields:
+            raise _BadResponse(f"response head with more than {self._max_fields} fields")
         self.headers.append((name, value))
         if len(name) in _RESP_LENGTHS:
             lower = name.lower()
@@ -278,8 +292,11 @@ class BackendProtocol(Protocol):
             return
         parser = self._parser
         status = parser.get_status_code()
+        if status < 100:
+            raise _BadResponse(f"invalid response status {status}")
         if status < 200 and status != 101:
             self._informational = True
+            self._fields = 0
             self._reason = b""
             return
         req = self.req
@@ -304,8 +321,8 @@ class BackendProtocol(Protocol):
 
     def on_body(self, data: bytes):
         side = self.side
-        if self._done or side is None:
-            return
+        if self._done or side is None or self._state is not RELAYING:
+            return  # (an interim response carries no body to relay)
         side.response_body(self.req, data)
 
     def on_message_complete(self):

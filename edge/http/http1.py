@@ -102,6 +102,9 @@ class ServerProtocol(Protocol):
         self._first = True
         self._h2 = None
         self._tunnel_buffer: list | None = None
+        # No more requests are read on this connection (after Connection:
+        # close, or after input edge refused behind a request still in flight).
+        self._input_done = False
 
     # -- connection ----------------------------------------------------
 
@@ -234,10 +237,16 @@ class ServerProtocol(Protocol):
             self._tunnel_buffer.append(data)
             self.pause("upgrade")
             return
-        if self._closed or state is CLOSED:
-            return
-        self._since = self._reactor.seconds()
-        if state is HEAD or state is IDLE:
+        if self._closed or state is CLOSED or self._input_done:
+            return  # RFC 9112 9.6: nothing after a Connection: close request is read
+        if state is IDLE:
+            # A new head starts: its deadline runs from this first byte, and
+            # later bytes of the same head do not move it (slowloris).
+            self._state = state = HEAD
+            self._since = self._reactor.seconds()
+        elif state is not HEAD:
+            self._since = self._reactor.seconds()
+        if state is HEAD:
             self._head_bytes += len(data)
             if self._head_bytes > self._max_head_bytes:
                 self._reject(431, "request head too large")
@@ -271,9 +280,10 @@ class ServerProtocol(Protocol):
         self._closing = True
         req = self._parsing if self._parsing is not None else Request(self._scheme, self.peer.client_ip)
         if req in self._queue and req is not self._queue[0]:
-            # An earlier request is still being answered; just drop the connection after it.
+            # An earlier request is still being answered (and keeps its
+            # timeouts); read nothing more and close after it.
             self._log.info("Client {client}: {why}; closing", client=self.peer.client_ip, why=why)
-            self._state = CLOSED
+            self._input_done = True
             return
         if req.replied:
             self._close(abort=True)
@@ -331,7 +341,9 @@ class ServerProtocol(Protocol):
                 raise _Reject(400, "more than one Host header")
             req.host = value
         elif lower == b"transfer-encoding":
-            req.transfer_encoding = value
+            # Several fields are one list (RFC 9110 5.3): judged together.
+            te = req.transfer_encoding
+            req.transfer_encoding = value if te is None else te + b", " + value
         elif lower == b"connection":
             tokens = {t.strip().lower() for t in value.split(b",")}
             req.connection_tokens = (req.connection_tokens or set()) | tokens
@@ -406,6 +418,11 @@ class ServerProtocol(Protocol):
         conn = req.conn
         if req.chunked and conn is not None and conn.req is req:
             conn.transport.write(b"0\r\n\r\n")
+        if not req.keep_alive:
+            # The last request on this connection: what follows is ignored,
+            # not parsed into a 400 for a request already being answered.
+            self._input_done = True
+            raise _Stop()
 
     # -- into the exchange -------------------------------------------------
 
@@ -499,7 +516,7 @@ class ServerProtocol(Protocol):
             # The general path: Connection tokens, 101 headers, response edits.
             headers = head.relayable(keep=frozenset({b"upgrade"}) if status == 101 else frozenset())
             if not chain.empty:
-                headers = chain.response_headers(headers, req.scheme)
+                headers = chain.response_headers(headers, req.scheme, req)
             for name, value in headers:
                 parts += (name, b": ", value, b"\r\n")
         else:

@@ -175,7 +175,7 @@ class HTTPService(Service):
         self.listening: defer.Deferred = defer.succeed(None)
 
     def _backend_protocol(self, key):
-        return BackendProtocol(key, self.pool)
+        return BackendProtocol(key, self.pool, self.config.http)
 
     def _redirect_for(self, ep: EntryPoint):
         target = None
