@@ -389,7 +389,7 @@ def test_refused_tcp_connections_are_logged_once_not_once_each(big_edge):
         for _ in range(300):  # 256 are allowed; bounded
             sockets.append(socket.create_connection(("127.0.0.1", big_edge.port), timeout=5))
         refused = set()
-        for _ in range(100):  # until edge has accepted and refused the 44 over the limit; bounded
+        for _ in range(300):  # until edge has accepted and refused the 44 over the limit; bounded
             readable, _, _ = select.select([s for s in sockets if s not in refused], [], [], 0.1)
             for s in readable:
                 try:

@@ -163,7 +163,7 @@ def parse_responses(data: bytes) -> tuple[list[Response], bytes]:
         data = data[pos:]
 
 
-def exchange(port: int, data: bytes, expect: int = 1, timeout: float = 3.0) -> tuple[list[Response], bool]:
+def exchange(port: int, data: bytes, expect: int = 1, timeout: float = 10.0) -> tuple[list[Response], bool]:
     """
     Send ``data`` on a fresh connection; read until ``expect`` responses, EOF
     or ``timeout``.  Returns the responses and whether edge closed.
