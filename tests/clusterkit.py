@@ -193,11 +193,11 @@ def _alive(pid: int) -> bool:
 class Sampler:
     """``python -m tests.clusterkit sample`` in a node namespace; its JSON lines once it ends."""
 
-    def __init__(self, cluster: Cluster, node: str, *args: str, log: Path):
+    def __init__(self, cluster: Cluster, node: str, *args: str, log: Path, mode: str = "sample"):
         self._out = open(log, "w")
         self.log = log
         self.proc = subprocess.Popen(
-            cluster.in_ns(node, sys.executable, "-m", "tests.clusterkit", "sample", *args),
+            cluster.in_ns(node, sys.executable, "-m", "tests.clusterkit", mode, *args),
             cwd=ROOT,
             stdout=self._out,
             stderr=subprocess.STDOUT,
@@ -263,6 +263,67 @@ def _sample(argv: list[str]) -> None:
         time.sleep(max(0.0, 1.0 / args.rate - (time.monotonic() - tick)))
 
 
+def _sample_retry(argv: list[str]) -> None:
+    """
+    A client that knows every manager: each request (and DNS question) goes to
+    the next manager in turn and, when that one fails, to the others; one JSON
+    line per request saying whether any manager answered and how many were tried.
+    """
+    import argparse
+    import http.client
+    import signal
+
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import dns.rdatatype
+
+    p = argparse.ArgumentParser(prog="clusterkit sample-retry")
+    p.add_argument("--manager", action="append", required=True)
+    p.add_argument("--host", required=True, help="routed name: Host header and DNS question")
+    p.add_argument("--http-port", type=int, default=80)
+    p.add_argument("--dns-port", type=int, default=53)
+    p.add_argument("--rate", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=300.0)
+    args = p.parse_args(argv)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    end = time.monotonic() + min(args.duration, 600.0)
+    n = 0
+    managers = args.manager
+    while not stop and time.monotonic() < end:
+        tick = time.monotonic()
+        order = managers[n % len(managers):] + managers[: n % len(managers)]
+        for kind in ("http", "dns"):
+            record = {"kind": kind, "t": time.time(), "tries": 0, "ok": False, "errors": []}
+            for manager in order:
+                record["tries"] += 1
+                try:
+                    if kind == "http":
+                        conn = http.client.HTTPConnection(manager, args.http_port, timeout=1.0)
+                        conn.request("GET", "/", headers={"Host": args.host})
+                        response = conn.getresponse()
+                        body = response.read(200).decode("utf-8", "replace").strip()
+                        conn.close()
+                        if response.status == 200:
+                            record.update(ok=True, via=manager, body=body)
+                            break
+                        record["errors"].append(f"{manager}:{response.status}")
+                    else:
+                        answer = dns.query.udp(dns.message.make_query(args.host, "A"), manager,
+                                               port=args.dns_port, timeout=0.5)
+                        a = sorted(r.to_text() for rr in answer.answer if rr.rdtype == dns.rdatatype.A for r in rr)
+                        if answer.rcode() == dns.rcode.NOERROR and a:
+                            record.update(ok=True, via=manager, a=a)
+                            break
+                        record["errors"].append(f"{manager}:{dns.rcode.to_text(answer.rcode())}:empty")
+                except Exception as e:
+                    record["errors"].append(f"{manager}:{type(e).__name__}")
+            print(json.dumps(record), flush=True)
+        n += 1
+        time.sleep(max(0.0, 1.0 / args.rate - (time.monotonic() - tick)))
+
+
 def record_figure(name: str, value, unit: str = "s") -> None:
     """A measured figure, for the report: printed and kept in /tmp/<prefix>/figures.jsonl."""
     line = {"figure": name, "value": value, "unit": unit, "at": time.time()}
@@ -278,6 +339,8 @@ def record_figure(name: str, value, unit: str = "s") -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["sample"]:
         _sample(sys.argv[2:])
+    elif sys.argv[1:2] == ["sample-retry"]:
+        _sample_retry(sys.argv[2:])
     else:
         print("usage: python -m tests.clusterkit sample ...", file=sys.stderr)
         sys.exit(2)

@@ -80,6 +80,9 @@ start_engine() {
 {"deprecated-key-path": "$dir/key.json"}
 EOF
     rm -f "$(sock "$node")"
+    # /run/PREFIX/<hostname>/docker.sock too, for a stack's per-node bind
+    # source /run/PREFIX/{{.Node.Hostname}}/docker.sock.
+    ln -sfn "$run" "$RUN/$n"
     setsid nsenter --net=/run/netns/"$n" -- unshare --uts -- sh -c "hostname $n; exec dockerd \
         --config-file $dir/daemon.json --data-root $dir/data --exec-root $run/exec \
         -H unix://$(sock "$node") --pidfile $run/docker.pid --cgroup-parent /$n" \
