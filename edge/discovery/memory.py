@@ -24,18 +24,11 @@ from __future__ import annotations
 import dataclasses
 
 from edge.discovery.build import DockerState
+from edge.discovery.poll import lookup as _get
 
 __all__ = ["ClusterMemory", "UNKNOWN"]
 
 UNKNOWN = "unknown"
-
-
-def _get(d, *path, default=None):
-    for key in path:
-        if not isinstance(d, dict):
-            return default
-        d = d.get(key)
-    return default if d is None else d
 
 
 class ClusterMemory:

@@ -14,10 +14,11 @@ events and the slow re-sync still drive.  The cost is measured by
 
 from __future__ import annotations
 
-__all__ = ["digest", "read_tasks_nodes"]
+__all__ = ["digest", "lookup", "read_tasks_nodes"]
 
 
-def _get(d, *path, default=None):
+def lookup(d, *path, default=None):
+    """``d[path[0]][path[1]]...``, or ``default`` where a step is missing or not a dict."""
     for key in path:
         if not isinstance(d, dict):
             return default
@@ -28,14 +29,14 @@ def _get(d, *path, default=None):
 def _ports(task: dict) -> tuple:
     return tuple(
         (p.get("TargetPort"), p.get("PublishedPort"), p.get("Protocol"), p.get("PublishMode"))
-        for p in _get(task, "Status", "PortStatus", "Ports", default=()) or ()
+        for p in lookup(task, "Status", "PortStatus", "Ports", default=()) or ()
         if isinstance(p, dict)
     )
 
 
 def _addresses(task: dict) -> tuple:
     return tuple(
-        (_get(a, "Network", "ID", default=""), tuple(a.get("Addresses") or ()))
+        (lookup(a, "Network", "ID", default=""), tuple(a.get("Addresses") or ()))
         for a in task.get("NetworksAttachments") or ()
         if isinstance(a, dict)
     )
@@ -54,7 +55,7 @@ def digest(tasks: list, nodes: list) -> int:
             t.get("ServiceID"),
             t.get("NodeID"),
             t.get("DesiredState"),
-            _get(t, "Status", "State"),
+            lookup(t, "Status", "State"),
             _ports(t),
             _addresses(t),
         )
@@ -64,14 +65,14 @@ def digest(tasks: list, nodes: list) -> int:
     node_part = frozenset(
         (
             n.get("ID"),
-            _get(n, "Status", "State"),
-            _get(n, "Status", "Addr"),
-            _get(n, "Spec", "Availability"),
-            _get(n, "Spec", "Role"),
-            _get(n, "ManagerStatus", "Reachability"),
-            _get(n, "ManagerStatus", "Leader"),
-            _get(n, "ManagerStatus", "Addr"),
-            _get(n, "Description", "Hostname"),
+            lookup(n, "Status", "State"),
+            lookup(n, "Status", "Addr"),
+            lookup(n, "Spec", "Availability"),
+            lookup(n, "Spec", "Role"),
+            lookup(n, "ManagerStatus", "Reachability"),
+            lookup(n, "ManagerStatus", "Leader"),
+            lookup(n, "ManagerStatus", "Addr"),
+            lookup(n, "Description", "Hostname"),
         )
         for n in nodes
         if isinstance(n, dict)
