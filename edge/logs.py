@@ -41,7 +41,7 @@ _LEVELS = {
 # Messages Twisted logs at info for every port, protocol and factory.
 _NOISE = re.compile(
     r"^\(?(?:"
-    r"\S+ starting on \S+"  # "ProxyFactory starting on 80"
+    r".+ starting on \S+"  # "ProxyFactory starting on 80", "ProxyFactory (TLS) starting on 443"
     r"|(?:TCP|UDP|SSL|Unix)\w* Port \S+ Closed"  # "(UDP Port 43121 Closed)"
     r"|Starting protocol .+|Stopping protocol .+"
     r"|Starting factory .+|Stopping factory .+"

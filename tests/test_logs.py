@@ -123,7 +123,7 @@ def test_a_failure_becomes_a_traceback_string():
 
 @pytest.mark.parametrize(
     "message",
-    ["ProxyFactory starting on 80", "(UDP Port 43121 Closed)", "Starting protocol <x>", "Stopping factory <y>"],
+    ["ProxyFactory starting on 80", "ProxyFactory (TLS) starting on 8443", "(UDP Port 43121 Closed)", "Starting protocol <x>", "Stopping factory <y>"],
 )
 def test_twisted_chatter_is_demoted_to_debug(message):
     event = {"log_level": LogLevel.info, "log_format": "{log_text}", "log_text": message}
