@@ -61,7 +61,7 @@ test-image: system-deps test-deps testbed-up
 		ip netns exec $(NETNS) $(BIN)/python -m pytest tests/test_image.py $(PYTEST_ARGS)
 
 # The same image for linux/arm64, built and run under qemu-user-static
-# (tests/testbed/binfmt.sh registers it); ~5 min cold, ~2.5 min warm.
+# (tests/testbed/binfmt.sh registers it); ~5 min cold, 2.5-3 min with the cache warm.
 test-arm64: system-deps test-deps testbed-up
 	image=$$(DOCKER_HOST=$(TEST_DOCKER) EDGE_IMAGE_ARCH=arm64 bash tests/testbed/image.sh) && \
 	DOCKER_HOST=$(TEST_DOCKER) EDGE_TEST_NETNS=$(NETNS) EDGE_IMAGE_ARM64=$$image \
