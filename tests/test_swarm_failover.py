@@ -279,6 +279,25 @@ def test_election_nodes_unknown_and_ports_missing_keep_the_routes():
     assert [n.address for n in now.managers] == ["192.0.2.1", "192.0.2.3"]
 
 
+def test_after_an_election_polls_that_read_the_same_rebuild_nothing():
+    h = poll_harness()
+    tasks = [task("t1", "s1", N1, host_ports=[(80, 30001)])]
+    h.source.state = state(tasks, ports=(RANDOM_80,))
+    builds = []
+    h.provider._build = lambda st, config, me: builds.append(1) or real_build(st, config, me)
+    h.provider.startService()
+    # Re-registered without ports: the full sync sees it, later polls read the same.
+    h.source.state = state([no_ports(t) for t in tasks], ports=(RANDOM_80,))
+    h.source.on_event({"Type": "node", "Action": "update"})
+    built, syncs = len(builds), h.source.syncs
+    for _ in range(6):
+        h.clock.advance(0.5)
+    assert h.source.polls >= 3
+    # Only the event's follow-up full syncs built; the polls found nothing new.
+    assert len(builds) - built == h.source.syncs - syncs
+    assert web_targets(h.publisher.current) == [("t1", "192.0.2.1", 30001)]
+
+
 def test_a_hung_poll_blocks_nothing_and_keeps_the_snapshot():
     h = poll_harness()
     t1 = task("t1", "s1", N1, host_ports=[(80, 8080)])

@@ -245,11 +245,14 @@ class DockerProvider(Service):
             self._again = self._again or (connection != self._connection)
             return
         state, me = result
+        # The digest of what swarm said (as a poll computes it), before the
+        # memory fills in what it left out.
+        seen = digest(state.tasks, state.nodes) if state.swarm else None
         state = self._memory.apply(state)
         if not self._publish(state, me):
             return
         self._full = (state, me)
-        self._digest = digest(state.tasks, state.nodes) if state.swarm else None
+        self._digest = seen
         self._schedule_poll()
         metrics.discovery_syncs.labels("docker").inc()
         if self._event_at is not None:
