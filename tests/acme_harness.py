@@ -7,7 +7,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -82,7 +81,40 @@ def wait_port(port: int, deadline: float = 20.0, proc=None) -> None:
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
-class Pebble:
+class _Logged:
+    """A child process whose output goes to ``log_path``; ``stop()`` ends it (bounded)."""
+
+    proc: subprocess.Popen
+    log_path: str
+
+    def _start(self, log_path: str, argv: list[str], **kwargs) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, **kwargs)
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class Pebble(_Logged):
     """pebble on loopback; validates against ``http_port``/``tls_port`` and resolves through ``dns``."""
 
     def __init__(self, directory: str, http_port: int, tls_port: int, dns: str, validity: int = 0, env=None,
@@ -106,13 +138,12 @@ class Pebble:
         settings.update(extra or {})
         with open(os.path.join(directory, "pebble.json"), "w") as f:
             json.dump({"pebble": settings}, f)
-        self.log_path = os.path.join(directory, "pebble.log")
-        self._log = open(self.log_path, "wb")
         environment = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
         environment.update(env or {})
-        self.proc = subprocess.Popen(
-            (["strace", "-f", "-e", "trace=sendto,recvfrom,write,read,sendmsg,recvmsg", "-s", "300", "-o", directory + "/strace.txt"] if os.environ.get("H5_STRACE") else []) + [PEBBLE, "-config", os.path.join(directory, "pebble.json"), "-dnsserver", dns],
-            stdout=self._log, stderr=subprocess.STDOUT, env=environment, cwd=directory,
+        self._start(
+            os.path.join(directory, "pebble.log"),
+            [PEBBLE, "-config", os.path.join(directory, "pebble.json"), "-dnsserver", dns],
+            env=environment, cwd=directory,
         )
         wait_port(self.port, proc=self.proc)
         wait_port(self.management, proc=self.proc)
@@ -133,25 +164,10 @@ class Pebble:
             f.write(self._management("/roots/0") + b"\n" + self._management("/intermediates/0"))
         return path
 
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
     def orders(self) -> int:
         """New orders pebble accepted, counted from its log."""
         return self.log().count("Added order")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 class Backend:
@@ -186,7 +202,7 @@ class EdgePorts:
     dns: int = field(default_factory=free_port)
 
 
-class EdgeProcess:
+class EdgeProcess(_Logged):
     """``twistd -n edge`` with a config written from ``text``; Docker unreachable."""
 
     def __init__(self, directory: str, ports: EdgePorts, text: str, upstream: str = "127.0.0.1:9", wait: bool = True,
@@ -205,12 +221,7 @@ class EdgeProcess:
         self.config_path = os.path.join(directory, "edge.toml")
         with open(self.config_path, "w") as f:
             f.write(config)
-        self.log_path = os.path.join(directory, "edge.log")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "edge", "--config", self.config_path],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self._start(os.path.join(directory, "edge.log"), [TWISTD, "-n", "--pidfile=", "edge", "--config", self.config_path], cwd=ROOT)
         if wait:
             self.wait()
 
@@ -227,26 +238,6 @@ class EdgeProcess:
                     raise
                 time.sleep(0.3)
 
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def curl(url: str, host: str, port: int, cacert: str, timeout: float = 5) -> subprocess.CompletedProcess:
@@ -269,7 +260,7 @@ def wait_until(check, deadline: float, step: float = 0.5):
     return last
 
 
-class Named:
+class Named(_Logged):
     """BIND 9 on loopback, primary for ``zone``, accepting TSIG-signed TXT updates."""
 
     KEY_NAME = "edge-acme"
@@ -297,11 +288,9 @@ class Named:
                 f'zone "{zone}" {{ type primary; file "{directory}/zone.db";'
                 f' update-policy {{ grant {self.KEY_NAME} zonesub TXT; }}; }};\n'
             )
-        self.log_path = os.path.join(directory, "named.log")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
+        self._start(
+            os.path.join(directory, "named.log"),
             [shutil.which("named") or "/usr/sbin/named", "-g", "-u", "root", "-c", os.path.join(directory, "named.conf")],
-            stdout=self._log, stderr=subprocess.STDOUT,
         )
         wait_port(self.port, proc=self.proc)
 
@@ -309,35 +298,18 @@ class Named:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
-class ChallTestServer:
+class ChallTestServer(_Logged):
     """pebble-challtestsrv: a DNS server whose TXT records are set over HTTP (for DNS-01 hooks)."""
 
     def __init__(self, directory: str):
         os.makedirs(directory, exist_ok=True)
         self.dns_port, self.management = free_port(), free_port()
-        self.log_path = os.path.join(directory, "challtestsrv.log")
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
+        self._start(
+            os.path.join(directory, "challtestsrv.log"),
             [shutil.which("pebble-challtestsrv"), "-dns01", f"127.0.0.1:{self.dns_port}",
              "-management", f"127.0.0.1:{self.management}", "-http01", "", "-https01", "", "-tlsalpn01", ""],
-            stdout=self._log, stderr=subprocess.STDOUT,
         )
         wait_port(self.management, proc=self.proc)
 
@@ -345,18 +317,3 @@ class ChallTestServer:
     def dns(self) -> str:
         return f"127.0.0.1:{self.dns_port}"
 
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
