@@ -10,7 +10,7 @@ is a trusted proxy, whose ``X-Forwarded-*`` values are kept and extended.
 
 from __future__ import annotations
 
-__all__ = ["Peer", "request_head", "apply_trusted_scheme", "SPECIAL_LENGTHS", "REQ_DROP"]
+__all__ = ["Peer", "request_head", "request_bytes", "apply_trusted_scheme", "SPECIAL_LENGTHS", "REQ_DROP"]
 
 HOP = frozenset(
     {
@@ -111,3 +111,22 @@ def request_head(req, peer: Peer) -> bytes:
             parts += (b"X-Forwarded-Port: ", peer.port_bytes, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def request_bytes(req, peer: Peer) -> bytes:
+    """
+    What goes to a backend just attached: the head, the body bytes that
+    arrived meanwhile (``req.pending``, taken), framed, and the chunked
+    terminator when the body is already complete.
+    """
+    head = request_head(req, peer)
+    if req.pending:
+        body = req.pending
+        req.pending = []
+        req.pending_bytes = 0
+        if req.chunked:
+            body = [b"%x\r\n%s\r\n" % (len(b), b) for b in body]
+        head = head + b"".join(body)
+    if req.body_done and req.chunked:
+        head += b"0\r\n\r\n"
+    return head

@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from edge.http import exchange, speedups
 from edge.http.backend import PeerReads
 from edge.http.exchange import REASONS, TEXT, Request
-from edge.http.forwarding import Peer, SPECIAL_LENGTHS, request_head
+from edge.http.forwarding import Peer, SPECIAL_LENGTHS, request_bytes
 from edge.http.middlewares import Reply
 from edge.http.target import BadTarget, split_target
 
@@ -467,18 +467,10 @@ class ServerProtocol(Protocol):
         self._state = BACKEND
         self._since = self._reactor.seconds()
         conn.attach(self, req, reused)
-        head = request_head(req, self.peer)
-        if req.pending:
-            body = req.pending
-            req.pending = []
-            req.pending_bytes = 0
-            if req.chunked:
-                body = [b"%x\r\n%s\r\n" % (len(b), b) for b in body]
-            head = head + b"".join(body)
+        buffered = bool(req.pending)
+        speedups.write(conn.transport, request_bytes(req, self.peer))
+        if buffered:
             self.resume("buffer")
-        if req.body_done and req.chunked:
-            head += b"0\r\n\r\n"
-        speedups.write(conn.transport, head)
         if self._backend_paused:
             conn.pause_reading()
         if req.expect and not req.body_done:

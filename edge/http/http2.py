@@ -56,7 +56,7 @@ from zope.interface import implementer
 
 from edge.http import exchange
 from edge.http.exchange import REASONS, TEXT, Request
-from edge.http.forwarding import request_head
+from edge.http.forwarding import request_bytes
 from edge.http.middlewares import Reply
 from edge.http.target import BadTarget, split_target
 
@@ -184,17 +184,7 @@ class _Stream:
         self.backend = conn
         self._backend_full = conn.write_full
         conn.attach(self, req, reused)
-        head = request_head(req, self.peer)
-        if req.pending:
-            body = req.pending
-            req.pending = []
-            req.pending_bytes = 0
-            if req.chunked:
-                body = [b"%x\r\n%s\r\n" % (len(b), b) for b in body]
-            head = head + b"".join(body)
-        if req.body_done and req.chunked:
-            head += b"0\r\n\r\n"
-        conn.send(head)
+        conn.send(request_bytes(req, self.peer))
         if self.conn._write_paused or self._out:
             conn.pause_reading()
         self._ack()
@@ -220,7 +210,7 @@ class _Stream:
         pairs = head.relayable()
         chain = req.route.middlewares
         if not chain.empty:
-            pairs = chain.response_headers(pairs, req.scheme)
+            pairs = chain.response_headers(pairs, req.scheme, req)
         headers = [(b":status", b"%d" % status)]
         for name, value in pairs:
             headers.append((name.lower(), value))
