@@ -27,6 +27,7 @@ __all__ = [
     "BasicAuth",
     "Headers",
     "IPAllowList",
+    "ForwardAuth",
     "Middleware",
     "RouterTLS",
     "Router",
@@ -127,7 +128,30 @@ class IPAllowList:
     source_ranges: tuple[str, ...]
 
 
-Middleware = Union[RedirectScheme, StripPrefix, BasicAuth, Headers, IPAllowList]
+@dataclass(frozen=True)
+class ForwardAuth:
+    """
+    Ask ``address`` before each request (Traefik ``forwardAuth``).
+
+    ``tls_ca``/``tls_cert``/``tls_key`` hold PEM text (read from the label's
+    file when the label names one), so a snapshot carries no file paths.
+    """
+
+    address: str
+    trust_forward_header: bool = False
+    auth_response_headers: tuple[str, ...] = ()
+    auth_response_headers_regex: str = ""
+    auth_request_headers: tuple[str, ...] = ()
+    add_auth_cookies_to_response: tuple[str, ...] = ()
+    preserve_request_method: bool = False
+    preserve_location_header: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_insecure_skip_verify: bool = False
+
+
+Middleware = Union[RedirectScheme, StripPrefix, BasicAuth, Headers, IPAllowList, ForwardAuth]
 
 
 @dataclass(frozen=True)

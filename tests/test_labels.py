@@ -250,7 +250,7 @@ def test_v1_redirect_to_other_entry_point_warns():
     [
         ("traefik.frontend.auth.basic.users", "nocolon"),
         ("traefik.frontend.auth.basic.usersFile", "/run/secrets/htpasswd"),
-        ("traefik.frontend.auth.forward.address", "http://auth:4181"),
+        ("traefik.frontend.auth.forward.address", "ftp://auth:4181"),
         ("traefik.frontend.whiteList.sourceRange", "10.0.0.0/8,not-a-range"),
     ],
 )
@@ -514,8 +514,8 @@ def _with_middlewares(refs: str, **defs):
         ("nowhere@docker", {}, "not defined in this service's labels"),
         (
             "fa",
-            {"traefik__http__middlewares__fa__forwardauth__address": "http://auth:4181"},
-            "does not implement the forwardauth middleware",
+            {"traefik__http__middlewares__fa__forwardauth__address": "auth:4181"},
+            "not an http(s) URL",
         ),
         (
             "ba",

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Mapping
+from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
@@ -37,6 +38,7 @@ from edge.discovery.rule_parser import RuleError, parse_v1, parse_v2
 from edge.rules import Rule
 from edge.snapshot import (
     BasicAuth,
+    ForwardAuth,
     HealthCheck,
     Headers,
     IPAllowList,
@@ -353,12 +355,101 @@ def _build_middleware(
             return _Broken("it has no source range", True)
         return IPAllowList(ranges)
 
+    if kind == "forwardauth":
+        return _forward_auth(reader, {opt: (label, value) for opt, (label, _w, value) in opts.items()})
+
     # A kind edge does not implement: warn once per label.
     for opt, (label, _w, _value) in opts.items():
         reader.unsupported(label, f"the {kind} middleware")
     if kind in _GUARDS:
         return _Broken(f"edge does not implement the {kind} middleware", True)
     return _SKIP
+
+
+_FORWARD_BOOLS = {
+    "trustforwardheader": "trust_forward_header",
+    "preserverequestmethod": "preserve_request_method",
+    "preservelocationheader": "preserve_location_header",
+    "tls.insecureskipverify": "tls_insecure_skip_verify",
+}
+_FORWARD_LISTS = {
+    "authresponseheaders": "auth_response_headers",
+    "authrequestheaders": "auth_request_headers",
+    "addauthcookiestoresponse": "add_auth_cookies_to_response",
+}
+
+
+def _pem(reader: _Reader, label: str, value: str) -> str | None:
+    """Traefik's FileOrContent: PEM text itself, or the path of a file holding it."""
+    text = value.strip()
+    if text.startswith("-----BEGIN"):
+        return text
+    try:
+        with open(text, encoding="ascii") as f:
+            content = f.read(1024 * 1024)
+    except (OSError, ValueError) as e:
+        reader.error(label, f"label {label}: cannot read {text!r}: {e}")
+        return None
+    if "-----BEGIN" not in content:
+        reader.error(label, f"label {label}: {text!r} holds no PEM data")
+        return None
+    return content
+
+
+def _forward_auth(reader: _Reader, opts: dict[str, tuple[str, str]]):
+    """A ForwardAuth (v2/v3 ``forwardauth.*``, v1 ``auth.forward.*`` with the prefix removed)."""
+    values: dict = {}
+    address_label = ""
+    for opt, (label, value) in opts.items():
+        if opt == "address":
+            values["address"], address_label = value.strip(), label
+        elif opt in _FORWARD_BOOLS:
+            values[_FORWARD_BOOLS[opt]] = reader.boolean(label, value, False)
+        elif opt in _FORWARD_LISTS:
+            items = _list(value)
+            bad = [h for h in items if not _valid_header_name(h)]
+            if bad and opt != "addauthcookiestoresponse":
+                reader.error(label, f"label {label}: {bad[0]!r} is not a header name")
+                return _Broken("a header name in it is invalid", True)
+            values[_FORWARD_LISTS[opt]] = items
+        elif opt == "authresponseheadersregex":
+            try:
+                re.compile(value)
+            except re.error as e:
+                reader.error(label, f"label {label}: {value!r} is not a regular expression: {e}")
+                return _Broken("its authResponseHeadersRegex is invalid", True)
+            values["auth_response_headers_regex"] = value
+        elif opt in ("tls.ca", "tls.cert", "tls.key"):
+            pem = _pem(reader, label, value)
+            if pem is None:
+                return _Broken(f"its {opt} cannot be read", True)
+            values["tls_" + opt[4:]] = pem
+        elif opt == "tls.caoptional":
+            reader.unsupported(label, "deprecated in Traefik; the CA is always required when given")
+        elif opt == "forwardbody":
+            if reader.boolean(label, value, False):
+                reader.error(label, f"label {label}: edge does not send request bodies to the auth server")
+                return _Broken("it asks for the request body to be forwarded", True)
+        elif opt in ("maxbodysize", "headerfield"):
+            reader.unsupported(label, "this forwardAuth option")
+        else:
+            reader.unknown(label)
+    address = values.get("address", "")
+    if not address:
+        return _Broken("it has no address", True)
+    try:
+        parsed = urlsplit(address)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname) and address.isascii()
+        parsed.port  # noqa: B018 -- raises on a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        reader.error(address_label, f"label {address_label}: expected an http:// or https:// URL, got {address!r}")
+        return _Broken("its address is not an http(s) URL", True)
+    if bool(values.get("tls_cert")) != bool(values.get("tls_key")):
+        reader.error(address_label, f"forward auth {address}: tls.cert and tls.key go together")
+        return _Broken("it has a TLS certificate without its key (or the reverse)", True)
+    return ForwardAuth(**values)
 
 
 _HEADER_BOOLS = {
@@ -861,6 +952,7 @@ def _v1_frontend(
     redirect_scheme = ""
     users: tuple[str, ...] = ()
     remove_header = False
+    forward: dict[str, tuple[str, str]] = {}
     for opt, (label, value) in opts.items():
         if opt == "rule":
             fields["rule"] = (label, value.strip())
@@ -898,6 +990,8 @@ def _v1_frontend(
                 keep = False
         elif opt == "auth.basic.removeheader":
             remove_header = reader.boolean(label, value, False)
+        elif opt.startswith("auth.forward."):
+            forward[opt[len("auth.forward."):]] = (label, value)
         elif opt in ("auth.basic.usersfile", "auth.digest", "auth.digest.users", "auth.digest.usersfile") or opt.startswith("auth.forward"):
             reader.unsupported(label)
             reader.error(
@@ -940,6 +1034,17 @@ def _v1_frontend(
         redirect.append(RedirectScheme(scheme=redirect_scheme, permanent=redirect_permanent))
     if users and keep:
         auth.append(BasicAuth(users=users, remove_header=remove_header))
+    if forward:
+        built = _forward_auth(reader, forward)
+        if isinstance(built, _Broken):
+            reader.error(
+                next(iter(forward.values()))[0],
+                f"frontend {name}: forward auth cannot be used ({built.reason});"
+                " frontend dropped so it is not served unprotected",
+            )
+            keep = False
+        else:
+            auth.append(built)
     extra: list[Middleware] = []
     if headers:
         extra.append(Headers(**headers))

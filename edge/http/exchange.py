@@ -69,6 +69,11 @@ class Request:
     set_cookie = None
     retried = False
     error = ""
+    # Set for routers with middlewares: the connection's Peer (forward auth
+    # needs whether it is a trusted proxy) and Set-Cookie pairs a middleware
+    # adds to the answer (forward auth's addAuthCookiesToResponse).
+    peer = None
+    response_cookies = None
     # HTTP/1.1 response framing, set by the h1 side per exchange.
     body_mode = 0
     close_client = False
@@ -129,6 +134,7 @@ def route(side, req: Request) -> None:
         apply_trusted_scheme(req)
     chain = matched.middlewares.request
     if chain:
+        req.peer = side.peer
         _run_middlewares(side, req, chain, 0)
     else:
         dispatch(side, req)

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from edge.cidr import Networks
 from edge.http import htpasswd
-from edge.snapshot import BasicAuth, Headers, IPAllowList, RedirectScheme, StripPrefix
+from edge.snapshot import BasicAuth, ForwardAuth, Headers, IPAllowList, RedirectScheme, StripPrefix
 
 __all__ = ["Reply", "Chain", "compile_middlewares", "get_header", "set_header", "remove_header"]
 
@@ -221,8 +221,13 @@ class Chain:
     def empty(self) -> bool:
         return not self.request and not self.response_drop and not self.response_add and self.sts is None
 
-    def response_headers(self, headers: list, scheme: str) -> list:
-        """``headers`` with this chain's response edits applied."""
+    def response_headers(self, headers: list, scheme: str, request=None) -> list:
+        """``headers`` with this chain's response edits applied (and ``request``'s own)."""
+        cookies = getattr(request, "response_cookies", None)
+        if cookies:
+            from edge.http.forwardauth import add_response_cookies
+
+            headers = add_response_cookies(headers, cookies)
         drop = self.response_drop
         add = list(self.response_add)
         if self.sts is not None and (scheme == "https" or self.sts_always):
@@ -249,6 +254,14 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
             request.append(_BasicAuth(mw, reactor))
         elif isinstance(mw, IPAllowList):
             request.append(_ip_allow(mw))
+        elif isinstance(mw, ForwardAuth):
+            from edge.http.forwardauth import ForwardAuthCheck
+
+            if reactor is None:
+                from twisted.internet import reactor as default_reactor
+
+                reactor = default_reactor
+            request.append(ForwardAuthCheck(mw, reactor))
         elif isinstance(mw, Headers):
             if mw.ssl_redirect:
                 request.append(_ssl_redirect(https_port))
