@@ -262,11 +262,12 @@ class ACMEResolver:
     on_host_rule: bool = False
     # External account binding (ZeroSSL, Google...): key id and base64url HMAC key.
     eab_kid: str = ""
-    eab_hmac_key: str = ""
+    # Secrets stay out of repr(), so a changed [acme] logged on SIGHUP shows no key.
+    eab_hmac_key: str = field(default="", repr=False)
     # DNS-01 by RFC 2136: the primary server ADDR[:PORT] and a TSIG key.
     dns_server: str = ""
     tsig_key_name: str = ""
-    tsig_secret: str = ""
+    tsig_secret: str = field(default="", repr=False)
     tsig_algorithm: str = "hmac-sha256"
     # DNS-01 by a program: called as `hook present|cleanup FQDN VALUE`.
     dns_hook: str = ""

@@ -121,3 +121,49 @@ def test_no_ordering_until_every_known_instance_answered_or_the_grace_is_over():
     assert not lonely.settled
     clock.advance(1)
     assert lonely.settled and lonely.may_order()  # alone after the grace: it orders
+
+
+def _peer_protocol():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from edge.acme.service import _quiet_site
+
+    sealer = Sealer(b"k" * 32)
+    site = _quiet_site()(PeerResource(sealer, {"/v1/hello": lambda v: {"name": "a"}}))
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return sealer, protocol, transport
+
+
+def test_peer_port_drops_a_body_larger_than_any_message_unread():
+    from edge.acme.seal import MAX_MESSAGE
+
+    _, protocol, transport = _peer_protocol()
+    protocol.dataReceived(
+        b"POST /v1/hello HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (MAX_MESSAGE + 1) + b"x" * 1000
+    )
+    assert transport.disconnecting or transport.disconnected or getattr(transport, "aborted", False)
+    assert transport.value() == b""
+
+
+def test_peer_port_drops_a_chunked_body_past_the_bound():
+    from edge.acme.seal import MAX_MESSAGE
+
+    _, protocol, transport = _peer_protocol()
+    protocol.dataReceived(b"POST /v1/hello HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b"x" * (1 << 20))
+    for _ in range(MAX_MESSAGE // (1 << 20) + 1):
+        protocol.dataReceived(chunk)
+    assert getattr(transport, "aborted", False) or transport.disconnecting
+    assert transport.value() == b""
+
+
+def test_peer_port_answers_a_sealed_hello():
+    sealer, protocol, transport = _peer_protocol()
+    body = sealer.seal(b"/v1/hello", {"name": "b"})
+    protocol.dataReceived(b"POST /v1/hello HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    head, _, reply = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert sealer.open(b"/v1/hello reply", reply) == {"name": "a"}

@@ -180,3 +180,17 @@ def test_acme_config_mistakes_are_one_line(document, message):
     with pytest.raises(ConfigError) as caught:
         parse(document, source="edge.toml")
     assert message in str(caught.value)
+
+
+def test_acme_secrets_stay_out_of_the_restart_message():
+    from edge.lifecycle import restart_needed
+
+    old = parse({"acme": {"dns": {"challenge": "dns-01", "dns_server": "127.0.0.1", "tsig_key_name": "k",
+                                  "tsig_secret": "c2VjcmV0LXRzaWc=", "eab_kid": "id", "eab_hmac_key": "ZWFiLWtleQ"}}})
+    new = parse({"acme": {"dns": {"challenge": "dns-01", "dns_server": "127.0.0.2", "tsig_key_name": "k",
+                                  "tsig_secret": "bmV3LXNlY3JldA==", "eab_kid": "id", "eab_hmac_key": "ZWFiLWtleQ"}}})
+    changes = restart_needed(old, new)
+    assert any("127.0.0.2" in c for c in changes)
+    text = " ".join(changes)
+    assert "c2VjcmV0LXRzaWc=" not in text and "bmV3LXNlY3JldA==" not in text and "ZWFiLWtleQ" not in text
+    assert new.acme[0].tsig_secret == "bmV3LXNlY3JldA=="

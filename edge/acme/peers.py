@@ -42,6 +42,8 @@ _REPLY = b" reply"
 # hear of each other first and the lowest name orders, no one else.
 _SETTLE_ROUNDS = 3
 _GRACE_ROUNDS = 15
+# More instances than any swarm has managers; a bound on hellos per round.
+_MAX_PEERS = 64
 
 
 class PeerClient:
@@ -195,7 +197,11 @@ class Cluster(Service):
         self._round += 1
         if self._dns and self._resolve is not None and self._round % 10 == 1:
             d = self._resolve(self._dns)
-            d.addCallback(lambda hosts: setattr(self, "_resolved", tuple(f"{h}:{self._dns_port}" for h in hosts)))
+            d.addCallback(
+                lambda hosts: setattr(
+                    self, "_resolved", tuple(f"{h}:{self._dns_port}" for h in hosts[:_MAX_PEERS])
+                )
+            )
             d.addErrback(lambda f: self._log.warn("Cannot resolve {name}: {error}", name=self._dns, error=f.value))
         before = set(self.live())
         calls = [self._hello(address, before) for address in self.addresses()]

@@ -348,10 +348,32 @@ class ACMEService(MultiService):
 
 
 def _quiet_site():
-    from twisted.web.server import Site
+    from twisted.web.server import Request, Site
+
+    from edge.acme.seal import MAX_MESSAGE
+
+    class BoundedRequest(Request):
+        """A peer message larger than any real one ends the connection, unread."""
+
+        _received = 0
+
+        def gotLength(self, length):
+            if length is not None and length > MAX_MESSAGE:
+                self.channel.transport.abortConnection()
+                length = 0
+            super().gotLength(length)
+
+        def handleContentChunk(self, data):
+            self._received += len(data)
+            if self._received > MAX_MESSAGE:
+                self.channel.transport.abortConnection()
+                return
+            super().handleContentChunk(data)
 
     class QuietSite(Site):
-        """No access log line per hello (one a second per peer)."""
+        """Bounded peer messages; no access log line per hello (one a second per peer)."""
+
+        requestFactory = BoundedRequest
 
         def log(self, request):
             pass
