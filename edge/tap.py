@@ -179,6 +179,19 @@ class EdgeService(MultiService):
         return super().setServiceParent(parent)
 
 
+def _json_access_log(config: _config.Config) -> _config.Config:
+    """With JSON logs, access lines on standard output are JSON too: one stream, one format for jq."""
+    http = config.http
+    if config.log.format != "json" or http.access_log != "-" or http.access_log_format == "json":
+        return config
+    Logger(namespace="edge.tap").info(
+        "The access log shares standard output with JSON logs: writing it as JSON lines"
+        " (access_log_format {access_format!r} applies to an access log file)",
+        access_format=http.access_log_format,
+    )
+    return dataclasses.replace(config, http=dataclasses.replace(http, access_log_format="json"))
+
+
 def build_service(config: _config.Config, reactor) -> EdgeService:
     """Discovery and every front end, under one root service."""
     from edge.discovery.publisher import SnapshotPublisher
@@ -188,6 +201,7 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
 
     from edge.listeners import ListenerBoard
 
+    config = _json_access_log(config)
     root = EdgeService(config, make_observer(config.log.format, config.log.level))
     publisher = SnapshotPublisher(reactor, debounce=config.docker.debounce)
     root.publisher = publisher

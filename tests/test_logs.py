@@ -46,11 +46,11 @@ def backend():
     server.server_close()
 
 
-def _run(tmp_path, backend, log_format):
+def _run(tmp_path, backend, log_format, access_format="json"):
     ports = Ports()
     extra = (
         f'[log]\nformat = "{log_format}"\n'
-        '[http]\naccess_log = "-"\naccess_log_format = "json"\n'
+        f'[http]\naccess_log = "-"\naccess_log_format = "{access_format}"\n'
         f'[routes.hello]\nrule = "Host(`hello.test`)"\nbackends = ["http://127.0.0.1:{backend}"]\n'
     )
     path = tmp_path / "edge.toml"
@@ -96,6 +96,13 @@ def test_json_logs_are_flat_objects_and_access_lines_their_own(tmp_path, backend
                               input=out, capture_output=True, text=True, timeout=20)
         assert done.returncode == 0, done.stderr
         assert any("Published snapshot" in line for line in done.stdout.splitlines())
+
+
+def test_json_logs_keep_standard_output_json_whatever_the_access_format(tmp_path, backend):
+    out, err = _run(tmp_path, backend, "json", access_format="common")
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]  # jq reads every line
+    assert [r["status"] for r in records if "router" in r and "status" in r] == [200]
+    assert any("writing it as JSON lines" in r.get("message", "") for r in records)
 
 
 def test_text_logs_carry_no_stdout_prefix_and_no_twisted_chatter(tmp_path, backend):
