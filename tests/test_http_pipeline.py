@@ -413,3 +413,78 @@ def test_a_malformed_pipelined_request_does_not_cancel_the_backend_timeout():
     world.clock.advance(HTTPConfig().backend_response_timeout + 2)
     world.service._housekeeping()
     assert client.answer().status == 504
+
+
+def test_a_client_that_stops_reading_loses_its_connection_and_backend_after_the_send_timeout():
+    """Issue 9.6: nothing read for SEND_TIMEOUT closes both sides."""
+    from edge.http.exchange import SEND_TIMEOUT
+
+    world = World()
+    client = H1Client(world)
+    client.send(b"GET", b"/big", b"web.test")
+    backend, backend_side = world.backends[-1]
+    backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 65536)
+    client.transport.producer.pauseProducing()  # the client's socket buffer is full
+    assert backend_side.producerState == "paused"
+    world.clock.advance(SEND_TIMEOUT / 2)
+    world.service._housekeeping()
+    assert not client.transport.disconnecting  # still within the timeout
+    world.clock.advance(SEND_TIMEOUT)
+    world.service._housekeeping()
+    assert client.transport.disconnecting and backend_side.aborted
+    assert world.service.pool.idle_count() == 0
+
+
+def test_an_h2_stream_whose_window_stays_shut_is_reset_after_the_send_timeout():
+    import h2.events
+    import h2.settings
+
+    from edge.http.exchange import SEND_TIMEOUT
+
+    world = World()
+    client = H2Client(world)
+    client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    client.server.dataReceived(client.h2.data_to_send())
+    client._pump()
+    client.send(b"GET", b"/big", b"web.test")
+    backend, backend_side = world.backends[-1]
+    backend.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+    world.clock.advance(SEND_TIMEOUT + 2)
+    world.service._housekeeping()
+    client._pump()
+    assert any(isinstance(e, h2.events.StreamReset) and e.stream_id == client.sid for e in client.events)
+    assert backend_side.aborted
+    assert not client.transport.disconnecting  # other streams may go on
+
+
+def test_an_idle_tunnel_is_closed():
+    from edge.http.exchange import TUNNEL_IDLE_TIMEOUT
+
+    world = World()
+    client = H1Client(world)
+    client.server.dataReceived(b"GET /ws HTTP/1.1\r\nHost: web.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    backend, backend_side = world.backends[-1]
+    backend.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    client.server.dataReceived(b"frame")
+    assert backend_side.value().endswith(b"frame")
+    world.clock.advance(TUNNEL_IDLE_TIMEOUT - 10)
+    backend.dataReceived(b"pong")  # traffic keeps it open
+    world.service._housekeeping()
+    assert not client.transport.disconnecting
+    world.clock.advance(TUNNEL_IDLE_TIMEOUT + 1)
+    world.service._housekeeping()
+    assert client.transport.disconnecting
+
+
+def test_a_client_that_half_closes_after_its_request_gets_the_answer():
+    """Issue 9.12: FIN after the request is not a 499."""
+    world = World()
+    client = H1Client(world)
+    client.send(b"GET", b"/x", b"web.test")
+    client.server.readConnectionLost()
+    assert not client.transport.disconnecting
+    world.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    answer = client.answer()
+    assert (answer.status, answer.body) == (200, b"ok")
+    assert client.transport.disconnecting
+    assert [line["status"] for line in world.log_lines()] == [200]

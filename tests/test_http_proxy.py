@@ -678,3 +678,22 @@ def test_one_gib_each_way_in_bounded_memory(edge_factory, tmp_path):
         assert growth_mib < 8
     finally:
         origin.stop()
+
+
+def test_a_half_closed_client_still_gets_its_answer(origins, edge_factory):
+    """The client shuts its sending side after the request (issue 9.12): answered, as HAProxy does."""
+    a, _ = origins
+    e = edge_factory(snapshot(web([a.target()])))
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.connect(("127.0.0.1", e.port))
+        s.sendall(b"GET /slow/0.3 HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    assert data.endswith(b"slow")

@@ -37,8 +37,10 @@ from __future__ import annotations
 from typing import Optional
 
 import httptools
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from edge.http import exchange, speedups
 from edge.http.backend import PeerReads
@@ -81,6 +83,7 @@ def _status_line(status: int, reason: bytes, _cache={}) -> bytes:
     return line
 
 
+@implementer(IHalfCloseableProtocol)
 class ServerProtocol(Protocol):
     """One client connection on an entry point."""
 
@@ -99,6 +102,7 @@ class ServerProtocol(Protocol):
         self._closed = False
         self._backend = None
         self._backend_paused = False
+        self._full_since = 0.0  # when the client's write buffer filled (send_timeout)
         self._first = True
         self._h2 = None
         self._tunnel_buffer: list | None = None
@@ -160,6 +164,20 @@ class ServerProtocol(Protocol):
         self._queue = []
         factory.connection_closed(self)
 
+    def readConnectionLost(self):
+        """
+        The client half-closed after its request: answer it, then close
+        (HAProxy's default), rather than abandoning the exchange (a 499).
+        """
+        self._input_done = True
+        if self._state is HTTP2 or self._state is TUNNEL or not self._queue:
+            self._close()
+        else:
+            self._closing = True
+
+    def writeConnectionLost(self):
+        pass
+
     def close(self, abort: bool = False):
         """Finish writing what is queued, then close (``abort``: at once)."""
         if self._h2 is not None:
@@ -206,6 +224,8 @@ class ServerProtocol(Protocol):
     def peer_full(self, full: bool):
         """The client's write buffer filled or drained: pause or resume the backend."""
         self._backend_paused = full
+        if full:
+            self._full_since = self._reactor.seconds()
         backend = self._backend
         if backend is not None and backend.transport is not None:
             if full:
@@ -220,6 +240,7 @@ class ServerProtocol(Protocol):
         if state is TUNNEL:
             backend = self._backend
             if backend is not None:
+                self._since = self._reactor.seconds()
                 backend.send(data)
             return
         if state is HTTP2:
@@ -638,6 +659,7 @@ class ServerProtocol(Protocol):
         self.proxy.record(self, req)
 
     def tunnel_data(self, data: bytes):
+        self._since = self._reactor.seconds()
         speedups.write(self.transport, data)
 
     def tunnel_closed(self):
@@ -651,8 +673,30 @@ class ServerProtocol(Protocol):
             self._h2.check_timeouts(now)
             return
         limits = self._limits
+        if self._backend_paused and now - self._full_since > exchange.SEND_TIMEOUT:
+            # The client stopped reading: its connection and the backend's go.
+            self._log.info("Client {client} read nothing for {timeout}s; closing",
+                           client=self.peer.client_ip, timeout=exchange.SEND_TIMEOUT)
+            req = self._queue[0] if self._queue else None
+            backend, self._backend = self._backend, None
+            if backend is not None:
+                if state is TUNNEL:
+                    backend.close_tunnel()
+                else:
+                    backend.abandon()
+            if req is not None and req.head_done and state is not TUNNEL:
+                req.error = "client did not read the response in time"
+                self.proxy.record(self, req)
+                self._queue = []
+            self._close(abort=True)
+            return
         idle = now - self._since
-        if state is IDLE:
+        if state is TUNNEL:
+            if idle > exchange.TUNNEL_IDLE_TIMEOUT:
+                self._log.info("Tunnel for {client} idle for {timeout}s; closing",
+                               client=self.peer.client_ip, timeout=exchange.TUNNEL_IDLE_TIMEOUT)
+                self._close()
+        elif state is IDLE:
             if idle > limits.client_idle_timeout:
                 self._close()
         elif state is HEAD:

@@ -109,7 +109,8 @@ class _Stream:
     """One request on an HTTP/2 connection: the exchange's side for it."""
 
     __slots__ = ("conn", "stream_id", "req", "factory", "proxy", "peer", "backend", "_state",
-                 "_out", "_out_end", "_unacked", "_backend_full", "_since", "_ended_in")
+                 "_out", "_out_end", "_unacked", "_backend_full", "_since", "_ended_in",
+                 "_blocked_since")
 
     def __init__(self, conn: "HTTP2Connection", stream_id: int, req: Request):
         self.conn = conn
@@ -126,6 +127,7 @@ class _Stream:
         self._backend_full = False
         self._since = conn.reactor.seconds()
         self._ended_in = False  # the client's END_STREAM arrived
+        self._blocked_since = None  # since when held bytes wait for the client (send_timeout)
 
     # -- ExchangeSide: called by the exchange -------------------------------
 
@@ -381,6 +383,11 @@ class _Stream:
             self._abandon_backend()
             self._finish(reset=None)
             return
+        if out:
+            if self._blocked_since is None:
+                self._blocked_since = conn.reactor.seconds()
+        else:
+            self._blocked_since = None
         backend = self.backend
         if backend is not None:
             if out:
@@ -432,6 +439,14 @@ class _Stream:
         self.conn.forget(self)
 
     def check_timeout(self, now: float, limits) -> None:
+        if self._state is DONE:
+            return
+        if self._out and self._blocked_since is not None and now - self._blocked_since > exchange.SEND_TIMEOUT:
+            # The client opens no window for this stream: let it and its backend go.
+            self.req.error = "client did not read the response in time"
+            self._abandon_backend()
+            self._finish(reset=_CANCEL)
+            return
         if self._state is not FORWARDING or self.backend is None:
             return
         if self._out or self.conn._write_paused or self._backend_full:
@@ -475,6 +490,7 @@ class HTTP2Connection:
         self._last_stream = None  # set by shutdown(): the last stream served
         self._since = reactor.seconds()
         self._on_close = None
+        self._full_since = 0.0  # when the client's socket buffer filled (send_timeout)
         self._resets = 0  # streams the client reset before their answer
         self._answered = 0  # streams answered completely
 
@@ -508,6 +524,7 @@ class HTTP2Connection:
 
     def pauseProducing(self):
         self._write_paused = True
+        self._full_since = self.reactor.seconds()
         for stream in self._streams.values():
             if stream.backend is not None:
                 stream.backend.pause_reading()
@@ -727,6 +744,11 @@ class HTTP2Connection:
         if self._state is CLOSED:
             return
         limits = self.limits
+        if self._write_paused and now - self._full_since > exchange.SEND_TIMEOUT:
+            self._log.info("Client {client} read nothing for {timeout}s; closing",
+                           client=self.peer.client_ip, timeout=exchange.SEND_TIMEOUT)
+            self._close(abort=True)
+            return
         for stream in list(self._streams.values()):
             stream.check_timeout(now, limits)
         if not self._streams and now - self._since > limits.client_idle_timeout:
