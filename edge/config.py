@@ -32,6 +32,9 @@ __all__ = [
     "ClusterConfig",
     "ACME_DIRECTORIES",
     "LogConfig",
+    "TCPConfig",
+    "UDPConfig",
+    "udp_address",
     "Config",
     "load",
     "parse",
@@ -89,6 +92,10 @@ class EntryPoint:
     proxy_protocol: tuple[str, ...] = ()
     # Redirect every request on this entry point to this one ("" = off).
     redirect_to: str = ""
+    # "http" (HTTP/HTTPS routers; TCP routers too when tls = true), "tcp" (TCP
+    # routers only) or "udp" (UDP routers; address "udp:PORT[:interface=ADDR]").
+    # An address starting with "udp:" makes the entry point a UDP one.
+    protocol: str = "http"
 
 
 @dataclass(frozen=True)
@@ -280,6 +287,29 @@ class ACMEResolver:
 
 
 @dataclass(frozen=True)
+class TCPConfig:
+    """Limits of TCP routers' connections (docs/tcp.md)."""
+
+    # Seconds a client may take to send its ClientHello when edge must read it.
+    hello_timeout: float = 10.0
+    # Seconds without a byte either way before a proxied connection is closed.
+    idle_timeout: float = 600.0
+    backend_connect_timeout: float = 5.0
+    # Open TCP-router connections per entry point; more are refused at once.
+    max_connections: int = 10000
+
+
+@dataclass(frozen=True)
+class UDPConfig:
+    """UDP routers' sessions (docs/tcp.md)."""
+
+    # Seconds without a datagram before a client's session ends (Traefik's default: 3).
+    session_timeout: float = 3.0
+    # Client sessions per entry point; datagrams from new clients beyond it are dropped.
+    max_sessions: int = 1024
+
+
+@dataclass(frozen=True)
 class LogConfig:
     # "text" | "json"
     format: str = "text"
@@ -302,6 +332,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     acme: tuple[ACMEResolver, ...] = ()
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    tcp: TCPConfig = field(default_factory=TCPConfig)
+    udp: UDPConfig = field(default_factory=UDPConfig)
     # Where the config came from, for messages.
     source: str = ""
 
@@ -450,7 +482,10 @@ def parse(document: dict, source: str = "") -> Config:
         for name, table in entrypoints.items():
             if not isinstance(table, dict):
                 reader.fail(f"entrypoints.{name}", "expected a table")
-            eps.append(reader.table(f"entrypoints.{name}", EntryPoint, table, name=name))
+            ep = reader.table(f"entrypoints.{name}", EntryPoint, table, name=name)
+            if "protocol" not in table and ep.address.lower().startswith("udp:"):
+                ep = dataclasses.replace(ep, protocol="udp")
+            eps.append(ep)
         kwargs["entrypoints"] = tuple(eps)
 
     routes = document.pop("routes", None)
@@ -504,6 +539,8 @@ def _check(config: Config, reader: _Reader) -> None:
         if ep.name in names:
             reader.fail(f"entrypoints.{ep.name}", "defined twice")
         names.add(ep.name)
+        if _check_l4_entrypoint(reader, ep):
+            continue
         _check_endpoint(reader, f"entrypoints.{ep.name}.address", ep.address)
         _check_cidrs(reader, f"entrypoints.{ep.name}.proxy_protocol", ep.proxy_protocol)
     for ep in config.entrypoints:
@@ -546,6 +583,14 @@ def _check(config: Config, reader: _Reader) -> None:
                 )
         _check_cidrs(reader, f"routes.{route.name}.allow_ips", route.allow_ips)
         _check_route(reader, route, names)
+    for key, value in (("tcp.hello_timeout", config.tcp.hello_timeout), ("tcp.idle_timeout", config.tcp.idle_timeout),
+                       ("tcp.backend_connect_timeout", config.tcp.backend_connect_timeout),
+                       ("udp.session_timeout", config.udp.session_timeout)):
+        if value <= 0:
+            reader.fail(key, "expected a positive number of seconds")
+    for key, value in (("tcp.max_connections", config.tcp.max_connections), ("udp.max_sessions", config.udp.max_sessions)):
+        if value < 1:
+            reader.fail(key, f"expected a whole number of at least 1, got {value}")
     _check_docker_url(reader, config.docker.url)
     _check_dns_addresses(reader, config.dns)
     _check_acme(config, reader)
@@ -596,6 +641,45 @@ def _check_acme(config: Config, reader: _Reader) -> None:
                 f"routes.{route.name}.cert_resolver",
                 f"no [acme.{route.cert_resolver}] resolver is configured",
             )
+
+
+_UDP_ADDRESS = re.compile(r"^udp:(\d+)(?::interface=([^:]+|\[[0-9a-fA-F:.]+\]|[0-9a-fA-F:]*::[0-9a-fA-F:]*))?$")
+
+
+def udp_address(address: str) -> tuple[int, str]:
+    """(port, interface) of ``udp:PORT[:interface=ADDR]``; raises ``ValueError``."""
+    match = _UDP_ADDRESS.match(address.strip())
+    if match is None:
+        raise ValueError(f"expected udp:PORT or udp:PORT:interface=ADDR, got {address!r}")
+    port, interface = int(match.group(1)), (match.group(2) or "").strip("[]")
+    if not 0 < port < 65536:
+        raise ValueError(f"expected a port number 1-65535, got {port}")
+    if interface:
+        ipaddress.ip_address(interface)
+    return port, interface
+
+
+def _check_l4_entrypoint(reader: _Reader, ep: EntryPoint) -> bool:
+    """Checks of TCP/UDP entry points; True when the address was checked here (UDP)."""
+    key = f"entrypoints.{ep.name}"
+    if ep.protocol not in ("http", "tcp", "udp"):
+        reader.fail(f"{key}.protocol", f"expected one of http, tcp, udp, got {ep.protocol!r}")
+    if ep.protocol == "http":
+        return False
+    if ep.tls:
+        reader.fail(f"{key}.tls", f"a {ep.protocol} entry point has no TLS of its own: TCP routers choose"
+                    " terminated TLS or passthrough (.tls, .tls.passthrough)")
+    if ep.redirect_to or ep.proxy_protocol:
+        reader.fail(key, f"redirect_to and proxy_protocol apply to HTTP entry points, not {ep.protocol} ones")
+    if ep.protocol == "tcp":
+        if ep.address.lower().startswith("udp:"):
+            reader.fail(f"{key}.address", f"a tcp entry point needs a TCP address, got {ep.address!r}")
+        return False
+    try:
+        udp_address(ep.address)
+    except ValueError as e:
+        reader.fail(f"{key}.address", str(e))
+    return True
 
 
 def _check_route(reader: _Reader, route: StaticRoute, entrypoints: set[str]) -> None:

@@ -95,3 +95,25 @@ tls_handshake_failures = Counter(
 tls_certificates_issued = Counter(
     "edge_tls_certificates_issued", "Leaf certificates issued by the internal CA", registry=REGISTRY
 )
+
+# TCP and UDP routers (edge.tcp, edge.udp)
+tcp_connections = Counter(
+    "edge_tcp_connections", "TCP connections given to a router", ["router", "entrypoint"], registry=REGISTRY
+)
+tcp_connections_refused = Counter(
+    "edge_tcp_connections_refused",
+    "TCP connections closed before reaching a backend (limit, allowlist, inflightconn, no backend)",
+    ["entrypoint", "reason"],
+    registry=REGISTRY,
+)
+tcp_open_connections = Gauge(
+    "edge_tcp_open_connections", "TCP-routed connections open", ["entrypoint"], registry=REGISTRY
+)
+udp_datagrams = Counter(
+    "edge_udp_datagrams", "UDP datagrams relayed", ["entrypoint", "direction"], registry=REGISTRY
+)
+udp_sessions = Gauge("edge_udp_sessions", "UDP client sessions open", ["entrypoint"], registry=REGISTRY)
+udp_dropped = Counter(
+    "edge_udp_dropped", "UDP datagrams dropped (no router, no backend, session table full)",
+    ["entrypoint", "reason"], registry=REGISTRY,
+)

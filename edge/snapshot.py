@@ -28,6 +28,14 @@ __all__ = [
     "Headers",
     "IPAllowList",
     "ForwardAuth",
+    "ReplacePath",
+    "ReplacePathRegex",
+    "AddPrefix",
+    "StripPrefixRegex",
+    "RedirectRegex",
+    "SourceCriterion",
+    "RateLimit",
+    "InFlightReq",
     "Middleware",
     "RouterTLS",
     "Router",
@@ -35,6 +43,12 @@ __all__ = [
     "PublishedPort",
     "SwarmService",
     "Problem",
+    "InFlightConn",
+    "TCPRouterTLS",
+    "TCPRouter",
+    "TCPService",
+    "UDPRouter",
+    "UDPService",
     "Snapshot",
     "EMPTY",
 ]
@@ -151,7 +165,69 @@ class ForwardAuth:
     tls_insecure_skip_verify: bool = False
 
 
-Middleware = Union[RedirectScheme, StripPrefix, BasicAuth, Headers, IPAllowList, ForwardAuth]
+@dataclass(frozen=True)
+class ReplacePath:
+    """Traefik ``replacePath``: the path becomes ``path`` (query kept)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class ReplacePathRegex:
+    """Traefik ``replacePathRegex``; ``replacement`` uses Go's ``$1``/``${name}``."""
+
+    regex: str
+    replacement: str
+
+
+@dataclass(frozen=True)
+class AddPrefix:
+    prefix: str
+
+
+@dataclass(frozen=True)
+class StripPrefixRegex:
+    regexes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RedirectRegex:
+    """Traefik ``redirectRegex``: matched against the whole URL (``http://host/path?q``)."""
+
+    regex: str
+    replacement: str
+    permanent: bool = False
+
+
+@dataclass(frozen=True)
+class SourceCriterion:
+    """Whose requests count together (Traefik ``sourceCriterion``); default the client address."""
+
+    request_header_name: str = ""
+    request_host: bool = False
+    ip_depth: int = 0  # > 0: the depth-th address from the right of X-Forwarded-For
+    excluded_ips: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Token bucket: ``average`` requests per ``period`` seconds, ``burst`` at once."""
+
+    average: int
+    period: float = 1.0
+    burst: int = 1
+    source: SourceCriterion = SourceCriterion()
+
+
+@dataclass(frozen=True)
+class InFlightReq:
+    amount: int
+    source: SourceCriterion = SourceCriterion()
+
+
+Middleware = Union[RedirectScheme, StripPrefix, BasicAuth, Headers, IPAllowList, ForwardAuth,
+                   ReplacePath, ReplacePathRegex, AddPrefix, StripPrefixRegex, RedirectRegex,
+                   RateLimit, InFlightReq]
 
 
 @dataclass(frozen=True)
@@ -254,6 +330,67 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class InFlightConn:
+    """TCP middleware: at most ``amount`` simultaneous connections per client IP."""
+
+    amount: int
+
+
+@dataclass(frozen=True)
+class TCPRouterTLS:
+    """TLS on a TCP router: terminated by edge, or passed through to the backend."""
+
+    passthrough: bool = False
+    cert_resolver: str = ""
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TCPRouter:
+    """
+    A ``traefik.tcp.routers`` router; ``rule`` is an :mod:`edge.tcp.rules`
+    value.  ``middlewares`` hold :class:`IPAllowList` and :class:`InFlightConn`.
+    """
+
+    name: str
+    rule: object
+    rule_text: str
+    service: str
+    entry_points: tuple[str, ...] = ()
+    priority: int = 0
+    middlewares: tuple[object, ...] = ()
+    tls: TCPRouterTLS | None = None
+    provider: str = "docker"
+    source: str = ""
+
+    @property
+    def effective_priority(self) -> int:
+        return self.priority if self.priority else len(self.rule_text)
+
+
+@dataclass(frozen=True)
+class TCPService:
+    name: str
+    targets: tuple[Target, ...] = ()
+    proxy_protocol: int = 0  # PROXY protocol version sent to the backend; 0 = none
+
+
+@dataclass(frozen=True)
+class UDPRouter:
+    name: str
+    service: str
+    entry_points: tuple[str, ...] = ()
+    provider: str = "docker"
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class UDPService:
+    name: str
+    targets: tuple[Target, ...] = ()
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the front ends need, sorted so equal content is equal."""
 
@@ -262,6 +399,10 @@ class Snapshot:
     nodes: tuple[Node, ...] = ()
     swarm_services: tuple[SwarmService, ...] = ()
     problems: tuple[Problem, ...] = ()
+    tcp_routers: tuple[TCPRouter, ...] = ()
+    tcp_services: tuple[TCPService, ...] = ()
+    udp_routers: tuple[UDPRouter, ...] = ()
+    udp_services: tuple[UDPService, ...] = ()
     _service_index: dict = field(
         default=None, init=False, repr=False, compare=False, hash=False
     )
@@ -293,6 +434,10 @@ class Snapshot:
         nodes=(),
         swarm_services=(),
         problems=(),
+        tcp_routers=(),
+        tcp_services=(),
+        udp_routers=(),
+        udp_services=(),
     ) -> "Snapshot":
         """Sort every part by name so equal content gives an equal snapshot."""
         return cls(
@@ -317,6 +462,23 @@ class Snapshot:
             problems=tuple(
                 sorted(set(problems), key=lambda p: (p.source, p.label, p.message))
             ),
+            tcp_routers=tuple(sorted(tcp_routers, key=lambda r: r.name)),
+            tcp_services=tuple(
+                sorted(
+                    (
+                        TCPService(s.name, tuple(sorted(s.targets, key=lambda t: t.id)), s.proxy_protocol)
+                        for s in tcp_services
+                    ),
+                    key=lambda s: s.name,
+                )
+            ),
+            udp_routers=tuple(sorted(udp_routers, key=lambda r: r.name)),
+            udp_services=tuple(
+                sorted(
+                    (UDPService(s.name, tuple(sorted(s.targets, key=lambda t: t.id))) for s in udp_services),
+                    key=lambda s: s.name,
+                )
+            ),
         )
 
     def merged(self, other: "Snapshot") -> "Snapshot":
@@ -327,6 +489,10 @@ class Snapshot:
             nodes=self.nodes + other.nodes,
             swarm_services=self.swarm_services + other.swarm_services,
             problems=self.problems + other.problems,
+            tcp_routers=self.tcp_routers + other.tcp_routers,
+            tcp_services=self.tcp_services + other.tcp_services,
+            udp_routers=self.udp_routers + other.udp_routers,
+            udp_services=self.udp_services + other.udp_services,
         )
 
 

@@ -235,14 +235,38 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
 
         root.tls = make_tls_service(config, publisher, reactor, acme=root.acme)
         root.tls.setServiceParent(root)
+    # TCP routers: "tcp" entry points, and in front of the HTTP TLS ones (edge.tcp).
+    from edge.tcp.service import make_tcp_service, tcp_entrypoints
+
+    tcp = None
+    if tcp_entrypoints(config):
+        tcp = make_tcp_service(config, publisher, reactor, tls_context=root.tls)
+        tcp.setServiceParent(root)
+        for ep in config.entrypoints:
+            if ep.protocol == "tcp":
+                listeners.expect("tcp", ep.name, ep.address, lambda name=ep.name: tcp.ports.get(name),
+                                 lambda name=ep.name: tcp.listen_errors.get(name, ""))
+    root.tcp = tcp
+    root.udp = None
+    if any(ep.protocol == "udp" for ep in config.entrypoints):  # UDP routers (edge.udp)
+        from edge.udp.service import make_udp_service
+
+        root.udp = udp = make_udp_service(config, publisher, reactor)
+        udp.setServiceParent(root)
+        for ep in config.entrypoints:
+            if ep.protocol == "udp":
+                listeners.expect("udp", ep.name, ep.address, lambda name=ep.name: udp.ports.get(name))
     from edge.http import make_http_service
 
     http = make_http_service(
         config, publisher, reactor, tls_context=root.tls,
         challenges=root.acme.board if root.acme is not None else None,  # ACME HTTP-01
+        tcp=tcp,
     )
     http.setServiceParent(root)
     for ep in config.entrypoints:
+        if ep.protocol != "http":
+            continue
         listeners.expect(
             "https" if ep.tls else "http", ep.name, ep.address,
             lambda name=ep.name: http.ports.get(name),

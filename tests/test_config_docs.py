@@ -19,6 +19,8 @@ SECTIONS = {
     "acme.NAME": config.ACMEResolver,
     "cluster": config.ClusterConfig,
     "log": config.LogConfig,
+    "tcp": config.TCPConfig,
+    "udp": config.UDPConfig,
 }
 
 

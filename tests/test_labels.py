@@ -645,6 +645,8 @@ def test_unsupported_labels_warn_once_each():
     assert set(warned) == set(labels) - {
         "traefik.http.routers.r.rule",
         "traefik.http.services.s.loadbalancer.healthcheck.path",
+        "traefik.tcp.routers.t.rule",  # TCP routers are supported (edge.discovery.l4labels)
+        "traefik.tcp.services.t.loadbalancer.server.port",
     }
     assert all(p.level == "warning" and p.label in p.message for p in config.problems)
     assert [r.name for r in config.routers] == ["r@docker"]

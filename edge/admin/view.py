@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from edge.config import Config
+from edge.admin.l4view import tcp_view, udp_view
 from edge.redact import redact_text
 from edge.discovery.publisher import ProviderStatus
 from edge.snapshot import (
@@ -31,7 +32,8 @@ from edge.snapshot import (
 
 __all__ = ["Facts", "overview", "middleware_view", "SECTIONS"]
 
-SECTIONS = ("summary", "problems", "entrypoints", "listeners", "routers", "services", "dns", "discovery", "nodes")
+SECTIONS = ("summary", "problems", "entrypoints", "listeners", "routers", "services", "dns", "discovery", "nodes",
+            "tcp", "udp")
 
 # Health as the HTTP layer reports it: (service name, target) -> True (its
 # health check passes), False (it fails), "failing" (no check, but the proxy's
@@ -284,7 +286,7 @@ def overview(snapshot: Snapshot, config: Config, facts: Facts) -> dict:
     for listener in facts.listeners:
         if listener["state"] != "listening":
             problems.insert(0, _problem("error", f"listener {listener['name']}", listener["error"]))
-    listening = {l["name"]: l for l in facts.listeners if l["kind"] in ("http", "https")}
+    listening = {l["name"]: l for l in facts.listeners if l["kind"] in ("http", "https", "tcp", "udp")}
     targets = [t for s in services.values() for t in s["targets"]]
     return {
         "version": facts.version,
@@ -309,6 +311,7 @@ def overview(snapshot: Snapshot, config: Config, facts: Facts) -> dict:
                 "name": ep.name,
                 "address": ep.address,
                 "tls": ep.tls,
+                "protocol": ep.protocol,
                 "redirect_to": ep.redirect_to,
                 "state": listening[ep.name]["state"] if ep.name in listening else "unknown",
                 "error": listening[ep.name]["error"] if ep.name in listening else "",
@@ -318,6 +321,8 @@ def overview(snapshot: Snapshot, config: Config, facts: Facts) -> dict:
         "listeners": list(facts.listeners),
         "routers": routers,
         "services": list(services.values()),
+        "tcp": tcp_view(snapshot, config),
+        "udp": udp_view(snapshot, config),
         "dns": {
             "enabled": config.dns.enabled,
             "zone": config.dns.zone,

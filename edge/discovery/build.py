@@ -279,6 +279,7 @@ class _Builder:
         self.service_origin: dict[str, list[str]] = {}
         self.service_conflicts: set[str] = set()
         self.swarm_services: dict[str, SwarmService] = {}
+        self.l4 = _L4Collector(self.problem)  # traefik.tcp.* / traefik.udp.*
         self.problems: list[Problem] = list(state.problems)
         self.nodes: dict[str, Node] = {}
         self.local_node_id = _get(state.info, "Swarm", "NodeID", default="")
@@ -388,6 +389,10 @@ class _Builder:
             config = self.routing_labels(name, labels)
             if config is None:
                 continue
+            self.l4.add(
+                name, config.l4, lambda spec: self.target_port(name, spec, ports),
+                lambda spec, _port: self.service_targets(name, raw, stack, spec, tasks, ports),
+            )
             if any(self.target_port(name, spec, ports) is None for spec in config.services):
                 continue  # as in Traefik: no usable port, no router (404, not 503)
             self.routers.extend(config.routers)
@@ -437,7 +442,8 @@ class _Builder:
     def target_port(self, source: str, spec, ports: tuple[PublishedPort, ...]) -> int | None:
         if spec.port:
             return spec.port
-        targets = sorted({p.target_port for p in ports if p.protocol == "tcp"})
+        protocol = getattr(spec, "protocol", "tcp")  # UDP services infer from UDP ports
+        targets = sorted({p.target_port for p in ports if p.protocol == protocol})
         if len(targets) == 1:
             return targets[0]
         why = (
@@ -537,7 +543,8 @@ class _Builder:
         return tuple(targets)
 
     def published_targets(self, source, spec, tasks, ports, port) -> tuple[Target, ...]:
-        matching = [p for p in ports if p.target_port == port and p.protocol == "tcp"]
+        protocol = getattr(spec, "protocol", "tcp")
+        matching = [p for p in ports if p.target_port == port and p.protocol == protocol]
         if not matching:
             self.problem(
                 source,
@@ -567,7 +574,7 @@ class _Builder:
                 for p in _get(task, "Status", "PortStatus", "Ports", default=[]):
                     if (
                         p.get("TargetPort") == port
-                        and p.get("Protocol", "tcp") == "tcp"
+                        and p.get("Protocol", "tcp") == protocol
                         and p.get("PublishMode") == "host"
                         and p.get("PublishedPort")
                     ):
@@ -660,6 +667,10 @@ class _Builder:
                 node_ids=(self.local_node_id,) if self.local_node_id else (),
                 replicas_running=merged_counts[source],
             )
+            self.l4.add(
+                source, config.l4, lambda spec: self.container_port(source, spec, own_ports),
+                lambda spec, port: self.container_targets(source, raw, labels, spec, port),
+            )
             port_of = {spec.name: self.container_port(source, spec, own_ports) for spec in config.services}
             if None in port_of.values():
                 continue  # as in Traefik: no usable port, no router (404, not 503)
@@ -739,7 +750,7 @@ class _Builder:
                 return (Target(cid, ip, port, spec.scheme, spec.weight, self.local_node_id),)
         # IPv4 bindings first: the same port is listed once per address family.
         for p in sorted(raw.get("Ports") or (), key=lambda p: ":" in p.get("IP", "")):
-            if p.get("PrivatePort") == port and p.get("PublicPort") and p.get("Type", "tcp") == "tcp":
+            if p.get("PrivatePort") == port and p.get("PublicPort") and p.get("Type", "tcp") == getattr(spec, "protocol", "tcp"):
                 host = p.get("IP", "")
                 if host in _ANY_ADDRESS:
                     host = self.state.engine_host
@@ -821,7 +832,60 @@ class _Builder:
             nodes=self.nodes.values(),
             swarm_services=self.swarm_services.values(),
             problems=self.problems,
+            **self.l4.snapshot_parts(),
         )
+
+
+class _L4Collector:
+    """TCP/UDP routers and services gathered over every Docker service, merged as Traefik does."""
+
+    def __init__(self, problem):
+        self._problem = problem
+        self.routers: dict[str, tuple] = {}
+        self.services: dict[tuple[str, str], tuple] = {}
+        self.conflicts: set[str] = set()
+
+    def add(self, source: str, l4, port_of, targets_of) -> None:
+        """``port_of(spec)`` the container port (None: reported, not routed); ``targets_of(spec, port)``."""
+        dead = set()
+        for spec in l4.services:
+            port = port_of(spec)
+            if port is None:
+                dead.add(spec.name)
+                continue
+            targets = targets_of(spec, port)
+            key = (spec.protocol, spec.name)
+            previous = self.services.get(key)
+            if previous is None:
+                self.services[key] = (spec, targets)
+            elif previous[0] == spec:
+                self.services[key] = (spec, previous[1] + targets)
+            else:
+                self.conflicts.add(spec.name)
+                self._problem(source, f"{spec.protocol.upper()} service {spec.name} is defined differently"
+                              " by several services; it is dropped with its routers, as Traefik does",
+                              level="error", label="service")
+        for router in l4.tcp_routers + l4.udp_routers:
+            if router.service in dead:
+                continue
+            previous = self.routers.get(router.name)
+            if previous is not None and replace(previous, source="") != replace(router, source=""):
+                self.conflicts.add(router.name)
+                self._problem(source, f"router {router.name} is defined differently by {previous.source}"
+                              f" and {source}; it is dropped, as Traefik does", level="error", label="router")
+            self.routers.setdefault(router.name, router)
+
+    def snapshot_parts(self) -> dict:
+        from edge.snapshot import TCPRouter, TCPService, UDPService
+
+        keep = [r for n, r in self.routers.items() if n not in self.conflicts and r.service not in self.conflicts]
+        services = [(spec, targets) for (_p, name), (spec, targets) in self.services.items() if name not in self.conflicts]
+        return {
+            "tcp_routers": [r for r in keep if isinstance(r, TCPRouter)],
+            "udp_routers": [r for r in keep if not isinstance(r, TCPRouter)],
+            "tcp_services": [TCPService(s.name, t, s.proxy_protocol) for s, t in services if s.protocol == "tcp"],
+            "udp_services": [UDPService(s.name, t) for s, t in services if s.protocol == "udp"],
+        }
 
 
 def build_snapshot(

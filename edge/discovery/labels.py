@@ -34,12 +34,21 @@ from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
+from edge.discovery.l4labels import L4Labels, read_l4_labels
 from edge.discovery.rule_parser import RuleError, parse_v1, parse_v2
 from edge.rules import Rule
 from edge.snapshot import (
+    AddPrefix,
     BasicAuth,
     ForwardAuth,
     HealthCheck,
+    InFlightReq,
+    RateLimit,
+    RedirectRegex,
+    ReplacePath,
+    ReplacePathRegex,
+    SourceCriterion,
+    StripPrefixRegex,
     Headers,
     IPAllowList,
     Middleware,
@@ -86,6 +95,7 @@ class LabelConfig:
     routers: tuple[Router, ...]
     services: tuple[ServiceSpec, ...]
     problems: tuple[Problem, ...]
+    l4: L4Labels = L4Labels()  # traefik.tcp.* / traefik.udp.* (edge.discovery.l4labels)
 
 
 def normalize_name(source: str) -> str:
@@ -130,6 +140,7 @@ class _Broken:
 
 
 _SKIP = object()  # a middleware edge does not implement but that is safe to leave out
+_SKIP_NO_LIMIT = object()  # a rateLimit with average 0: Traefik's "no limit", nothing to do
 
 # In ``shared_middlewares``: a name several services define differently.
 # Traefik drops such a middleware, so routers using it are dropped too, even
@@ -358,6 +369,20 @@ def _build_middleware(
     if kind == "forwardauth":
         return _forward_auth(reader, {opt: (label, value) for opt, (label, _w, value) in opts.items()})
 
+    if kind in _REQUEST_KINDS:
+        return _request_middleware(reader, kind, {opt: (label, value) for opt, (label, _w, value) in opts.items()})
+
+    if kind == "chain":
+        refs: tuple[str, ...] = ()
+        for opt, (label, _w, value) in opts.items():
+            if opt == "middlewares":
+                refs = _list(value)
+            else:
+                reader.unknown(label)
+        if not refs:
+            return _Broken("the chain names no middlewares", True)
+        return _ChainRef(refs)
+
     # A kind edge does not implement: warn once per label.
     for opt, (label, _w, _value) in opts.items():
         reader.unsupported(label, f"the {kind} middleware")
@@ -394,6 +419,119 @@ def _pem(reader: _Reader, label: str, value: str) -> str | None:
         reader.error(label, f"label {label}: {text!r} holds no PEM data")
         return None
     return content
+
+
+@dataclass(frozen=True)
+class _ChainRef:
+    """A ``chain`` middleware: names resolved, in order, where a router uses it."""
+
+    refs: tuple[str, ...]
+
+
+_REQUEST_KINDS = frozenset({
+    "replacepath", "replacepathregex", "addprefix", "stripprefixregex", "redirectregex",
+    "ratelimit", "inflightreq",
+})
+
+
+def _regex(reader: _Reader, label: str, value: str) -> bool:
+    try:
+        re.compile(value)
+    except re.error as e:
+        reader.error(label, f"label {label}: {value!r} is not a regular expression: {e}")
+        return False
+    return True
+
+
+def _source_criterion(reader: _Reader, opts: dict[str, tuple[str, str]]) -> SourceCriterion | None:
+    values: dict = {}
+    for opt, (label, value) in opts.items():
+        if opt == "requestheadername":
+            name = value.strip()
+            if name and not _valid_header_name(name):
+                reader.error(label, f"label {label}: {name!r} is not a header name")
+                return None
+            values["request_header_name"] = name
+        elif opt == "requesthost":
+            values["request_host"] = reader.boolean(label, value, False)
+        elif opt == "ipstrategy.depth":
+            values["ip_depth"] = reader.integer(label, value, 0, 0, 64)
+        elif opt == "ipstrategy.excludedips":
+            ips = _list(value)
+            for item in ips:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    reader.error(label, f"label {label}: {item!r} is not an address or CIDR")
+                    return None
+            values["excluded_ips"] = ips
+        elif opt == "ipstrategy.ipv6subnet":
+            reader.unsupported(label, "this sourceCriterion option")
+        else:
+            reader.unknown(label)
+    return SourceCriterion(**values)
+
+
+def _request_middleware(reader: _Reader, kind: str, opts: dict[str, tuple[str, str]]):
+    """replacePath(Regex), addPrefix, stripPrefixRegex, redirectRegex, rateLimit, inFlightReq."""
+    values: dict = {}
+    source: dict[str, tuple[str, str]] = {}
+    for opt, (label, value) in opts.items():
+        if opt.startswith("sourcecriterion.") and kind in ("ratelimit", "inflightreq"):
+            source[opt[len("sourcecriterion."):]] = (label, value)
+        elif opt in ("regex",) or (opt == "regex" and kind != "stripprefixregex"):
+            if kind == "stripprefixregex":
+                items = _list(value)
+                if not all(_regex(reader, label, item) for item in items):
+                    return _Broken("a regexp in it is invalid", True)
+                values["regexes"] = items
+            else:
+                if not _regex(reader, label, value):
+                    return _Broken("its regexp is invalid", True)
+                values["regex"] = value
+        elif opt == "replacement" and kind in ("replacepathregex", "redirectregex"):
+            values["replacement"] = value
+        elif opt == "permanent" and kind == "redirectregex":
+            values["permanent"] = reader.boolean(label, value, False)
+        elif opt == "path" and kind == "replacepath":
+            values["path"] = value.strip()
+        elif opt == "prefix" and kind == "addprefix":
+            values["prefix"] = value.strip()
+        elif opt in ("average", "burst") and kind == "ratelimit":
+            values[opt] = reader.integer(label, value, None, 0, 2**31 - 1)
+            if values[opt] is None:
+                return _Broken(f"its {opt} is not a number", True)
+        elif opt == "period" and kind == "ratelimit":
+            values["period"] = reader.duration(label, value, 1.0)
+        elif opt == "amount" and kind == "inflightreq":
+            values["amount"] = reader.integer(label, value, None, 1, 2**31 - 1)
+            if values["amount"] is None:
+                return _Broken("its amount is not a positive number", True)
+        elif kind == "ratelimit" and opt.startswith("redis"):
+            reader.unsupported(label, "edge keeps rate limits in memory")
+        else:
+            reader.unknown(label)
+    if kind in ("ratelimit", "inflightreq"):
+        criterion = _source_criterion(reader, source)
+        if criterion is None:
+            return _Broken("its sourceCriterion is invalid", True)
+        values["source"] = criterion
+    needed = {
+        "replacepath": ("path",), "replacepathregex": ("regex", "replacement"), "addprefix": ("prefix",),
+        "stripprefixregex": ("regexes",), "redirectregex": ("regex", "replacement"),
+        "ratelimit": (), "inflightreq": ("amount",),
+    }[kind]
+    missing = [n for n in needed if n not in values]
+    if missing:
+        return _Broken(f"it has no {missing[0]}", True)
+    if kind == "ratelimit":
+        if not values.get("average"):
+            return _SKIP_NO_LIMIT  # Traefik: average 0 means no limit
+        return RateLimit(**values)
+    return {
+        "replacepath": ReplacePath, "replacepathregex": ReplacePathRegex, "addprefix": AddPrefix,
+        "stripprefixregex": StripPrefixRegex, "redirectregex": RedirectRegex, "inflightreq": InFlightReq,
+    }[kind](**values)
 
 
 def _forward_auth(reader: _Reader, opts: dict[str, tuple[str, str]]):
@@ -577,8 +715,7 @@ def _collect_v2(reader: _Reader, entries, prefix: str) -> _V2Labels:
             if section == "serverstransports":
                 reader.unsupported(label, "servers transports")
                 continue
-        if rest[:1] in (["tcp"], ["udp"]):
-            reader.unsupported(label, "edge routes HTTP only")
+        if rest[:1] in (["tcp"], ["udp"]):  # read by edge.discovery.l4labels
             found.tcp_or_udp = found.tcp_or_udp or rest[1:2] in (["routers"], ["services"])
             continue
         reader.unknown(label)
@@ -687,7 +824,9 @@ def _resolve_middlewares(
     """The router's middlewares in order, and False when the router must be dropped."""
     resolved: list[Middleware] = []
     keep = True
-    for ref in _list(value):
+    pending = [(ref, ()) for ref in _list(value)]
+    while pending:
+        ref, within = pending.pop(0)
         name, _, provider = ref.partition("@")
         found: object = None
         if shared.get(f"{name}@{provider or reader.provider}") is CONFLICT:
@@ -717,6 +856,20 @@ def _resolve_middlewares(
                 reader.warn(label, f"router {router}: middleware {ref!r} is left out ({found.reason})")
         elif found is _SKIP:
             reader.warn(label, f"router {router}: middleware {ref!r} is not supported by edge and is left out")
+        elif found is _SKIP_NO_LIMIT:
+            pass
+        elif isinstance(found, _ChainRef):
+            qualified = f"{name}@{provider or reader.provider}"
+            if qualified in within or len(within) >= 16:
+                reader.error(
+                    label,
+                    f"router {router}: chain {ref!r} includes itself (or nests too deep);"
+                    " router dropped so it is not served without it",
+                )
+                keep = False
+                continue
+            # The chain's members take its place, in order, resolved as the router's own.
+            pending[0:0] = [(member, within + (qualified,)) for member in found.refs]
         else:
             resolved.append(found)  # type: ignore[arg-type]
     return tuple(resolved), keep
@@ -953,6 +1106,7 @@ def _v1_frontend(
     users: tuple[str, ...] = ()
     remove_header = False
     forward: dict[str, tuple[str, str]] = {}
+    redirect_regex: dict[str, tuple[str, str]] = {}
     for opt, (label, value) in opts.items():
         if opt == "rule":
             fields["rule"] = (label, value.strip())
@@ -976,8 +1130,10 @@ def _v1_frontend(
                     )
         elif opt == "redirect.permanent":
             redirect_permanent = reader.boolean(label, value, False)
-        elif opt in ("redirect.regex", "redirect.replacement"):
-            reader.unsupported(label, "only redirect.entryPoint is")
+        elif opt == "redirect.regex":
+            redirect_regex["regex"] = (label, value)
+        elif opt == "redirect.replacement":
+            redirect_regex["replacement"] = (label, value)
         elif opt in ("auth.basic", "auth.basic.users"):
             users = _list(value)
             bad = [u for u in users if ":" not in u or u.startswith(":")]
@@ -1032,6 +1188,14 @@ def _v1_frontend(
             reader.unsupported(label)
     if redirect_scheme:
         redirect.append(RedirectScheme(scheme=redirect_scheme, permanent=redirect_permanent))
+    elif redirect_regex:
+        # Traefik 1.7: redirect.regex with redirect.replacement (entryPoint wins when both are set).
+        built = _request_middleware(reader, "redirectregex", redirect_regex)
+        if isinstance(built, _Broken):
+            reader.error(next(iter(redirect_regex.values()))[0],
+                         f"frontend {name}: redirect regex cannot be used ({built.reason})")
+        else:
+            redirect.append(RedirectRegex(built.regex, built.replacement, redirect_permanent))
     if users and keep:
         auth.append(BasicAuth(users=users, remove_header=remove_header))
     if forward:
@@ -1354,6 +1518,8 @@ def _read_labels(
         if not enabled:
             return LabelConfig(False, (), (), tuple(reader.problems))
         edge_routing = [e for e in entries if e[2][0] == "edge" and e[2][1:] != ["enable"]]
+        l4 = read_l4_labels(reader, source, entries, "edge" if edge_routing else "traefik",
+                            normalize_name(source) or "service")
         if edge_routing:
             routers, services = _read_v2(reader, source, entries, "edge", domain, shared)
         else:
@@ -1376,12 +1542,13 @@ def _read_labels(
                 routers, services = _read_v2(reader, source, entries, "traefik", domain, shared)
             else:
                 # No labels and no default domain: nothing to route, nothing to say.
-                return LabelConfig(True, (), (), ())
+                return LabelConfig(True, (), (), (), l4)
         return LabelConfig(
             enabled=True,
             routers=tuple(sorted(routers, key=lambda r: r.name)),
             services=tuple(sorted(services, key=lambda s: s.name)),
             problems=tuple(reader.problems),
+            l4=l4,
         )
     except Exception as e:  # a bug here must not stop discovery of other services
         _log.failure("Reading labels of {source} failed", source=source)

@@ -137,11 +137,12 @@ class HTTPService(Service):
     name = "http"
 
     def __init__(self, config: Config, publisher, reactor, *, tls_context=None,
-                 challenges=None, tick: float = 1.0):
+                 challenges=None, tick: float = 1.0, tcp=None):
         self.config = config
         self._publisher = publisher
         self._reactor = reactor
         self._tls_context = tls_context
+        self._tcp = tcp  # edge.tcp.service.TCPService: TCP routers on the TLS entry points
         self._tick_interval = tick
         http = config.http
         speedups.configure(http.speedups)
@@ -163,7 +164,7 @@ class HTTPService(Service):
         https = [ep for ep in config.entrypoints if ep.tls]
         port = endpoint_port(https[0].address) if https else None
         self._https_port = "" if port in (None, 443) else str(port)
-        for ep in config.entrypoints:
+        for ep in self._entrypoints():
             factory = ProxyFactory(self.proxy, ep.name, "https" if ep.tls else "http",
                                    endpoint_port(ep.address) or "")
             if not ep.tls:
@@ -173,6 +174,10 @@ class HTTPService(Service):
         self._unsubscribe = None
         self._loop = None
         self.listening: defer.Deferred = defer.succeed(None)
+
+    def _entrypoints(self):
+        """The HTTP entry points (TCP and UDP ones belong to edge.tcp and edge.udp)."""
+        return [ep for ep in self.config.entrypoints if ep.protocol == "http"]
 
     def _backend_protocol(self, key):
         return BackendProtocol(key, self.pool, self.config.http)
@@ -252,7 +257,7 @@ class HTTPService(Service):
     def _listen(self):
         self._bound = True
         waits = []
-        for ep in self.config.entrypoints:
+        for ep in self._entrypoints():
             factory = self.factories[ep.name]
             listening = factory
             if ep.tls:
@@ -263,6 +268,8 @@ class HTTPService(Service):
                     )
                     continue
                 listening = wrap_tls(listening, self._tls_context)
+                if self._tcp is not None:
+                    listening = self._tcp.wrap(ep.name, listening)
             if ep.proxy_protocol:
                 factory.proxy_protocol = True
                 listening = _ProxyProtocolChooser(
@@ -389,7 +396,7 @@ class _ProbeEndpoints:
 
 
 def make_http_service(config: Config, publisher, reactor, *, tls_context=None,
-                      challenges=None) -> HTTPService:
+                      challenges=None, tcp=None) -> HTTPService:
     """The HTTP front end; TLS entry points need ``tls_context`` from the TLS layer."""
     return HTTPService(config, publisher, reactor, tls_context=tls_context,
-                       challenges=challenges)
+                       challenges=challenges, tcp=tcp)

@@ -60,6 +60,11 @@ def routed_names(snapshot: Snapshot) -> frozenset[str]:
         names.update(router.hosts)
         if router.tls is not None:
             names.update(router.tls.domains)
+    from edge.tcp.rules import sni_names
+
+    for tcp in snapshot.tcp_routers:  # TCP routers whose TLS edge terminates
+        if tcp.tls is not None and not tcp.tls.passthrough:
+            names.update(sni_names(tcp.rule) | set(tcp.tls.domains))
     return frozenset(normalize_name(n) for n in names if n)
 
 
