@@ -92,6 +92,14 @@ class _Logged:
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, **kwargs)
 
+    def _wait(self, port: int, deadline: float = 20.0) -> None:
+        """Wait for ``port``; a process that never listens is stopped, not leaked."""
+        try:
+            wait_port(port, deadline=deadline, proc=self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
     def log(self) -> str:
         if not self._log.closed:
             self._log.flush()
@@ -145,8 +153,8 @@ class Pebble(_Logged):
             [PEBBLE, "-config", os.path.join(directory, "pebble.json"), "-dnsserver", dns],
             env=environment, cwd=directory,
         )
-        wait_port(self.port, proc=self.proc)
-        wait_port(self.management, proc=self.proc)
+        self._wait(self.port)
+        self._wait(self.management)
 
     @property
     def directory_url(self) -> str:
@@ -226,7 +234,7 @@ class EdgeProcess(_Logged):
             self.wait()
 
     def wait(self) -> None:
-        wait_port(self.ports.admin, deadline=30, proc=self.proc)
+        self._wait(self.ports.admin, deadline=30)
 
     def api(self, path: str):
         for attempt in range(5):
@@ -292,7 +300,7 @@ class Named(_Logged):
             os.path.join(directory, "named.log"),
             [shutil.which("named") or "/usr/sbin/named", "-g", "-u", "root", "-c", os.path.join(directory, "named.conf")],
         )
-        wait_port(self.port, proc=self.proc)
+        self._wait(self.port)
 
     @property
     def address(self) -> str:
@@ -311,7 +319,7 @@ class ChallTestServer(_Logged):
             [shutil.which("pebble-challtestsrv"), "-dns01", f"127.0.0.1:{self.dns_port}",
              "-management", f"127.0.0.1:{self.management}", "-http01", "", "-https01", "", "-tlsalpn01", ""],
         )
-        wait_port(self.management, proc=self.proc)
+        self._wait(self.management)
 
     @property
     def dns(self) -> str:

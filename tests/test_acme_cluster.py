@@ -18,6 +18,15 @@ pytestmark = pytest.mark.skipif(shutil.which("pebble") is None, reason="Debian's
 
 class Trio:
     def __init__(self, tmp_path, challenge, pebble_env=None):
+        self.edges = {}
+        self.pebble = None
+        try:
+            self._start(tmp_path, challenge, pebble_env)
+        except BaseException:
+            self.stop()  # an instance that failed to start must not leave the others running
+            raise
+
+    def _start(self, tmp_path, challenge, pebble_env):
         self.tmp = tmp_path
         self.backend = Backend()
         self.ports = {name: EdgePorts() for name in "abc"}
@@ -27,7 +36,6 @@ class Trio:
         # pebble reaches instance b (HTTP-01/TLS-ALPN-01 and DNS): never the orderer a.
         b = self.ports["b"]
         self.pebble = Pebble(str(tmp_path / "pebble"), b.http, b.https, f"127.0.0.1:{b.dns}", env=pebble_env)
-        self.edges = {}
         for name in "abc":
             peers = ", ".join(f'"127.0.0.1:{self.peer_ports[o]}"' for o in "abc" if o != name)
             text = (
@@ -52,8 +60,10 @@ class Trio:
     def stop(self):
         for edge in self.edges.values():
             edge.stop()
-        self.pebble.stop()
-        self.backend.stop()
+        if self.pebble is not None:
+            self.pebble.stop()
+        if getattr(self, "backend", None) is not None:
+            self.backend.stop()
 
 
 @pytest.fixture
