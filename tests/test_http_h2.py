@@ -252,3 +252,73 @@ def test_a_client_goaway_with_a_stream_in_flight_ends_it_and_frees_its_backend()
     assert backend_side.aborted
     assert world.service.pool.idle_count() == 0
     assert [line["status"] for line in world.log_lines()] == [499]
+
+
+# -- known HTTP/2 attacks, bounded (issue 9.14) ------------------------------------
+
+
+def test_continuation_flood_is_cut_off_after_a_bounded_number_of_frames():
+    from hyperframe.frame import ContinuationFrame
+
+    world = World()
+    client = H2Client(world)
+    sid = client.h2.get_next_available_stream_id()
+    first = HeadersFrame(sid)  # no END_HEADERS: CONTINUATION frames must follow
+    first.data = client.h2.encoder.encode([(b":method", b"GET"), (b":path", b"/x"),
+                                           (b":scheme", b"https"), (b":authority", b"web.test")])
+    client.server.dataReceived(first.serialize())
+    sent = 0
+    for _ in range(10000):
+        if client.transport.disconnecting:
+            break
+        frame = ContinuationFrame(sid)
+        frame.data = b"\x00" * 16000
+        client.server.dataReceived(frame.serialize())
+        sent += 1
+    assert client.transport.disconnecting
+    assert sent < 100  # the header block edge held stayed under ~1.6 MB
+    assert world.backend_bytes() == b""
+
+
+def test_a_client_that_does_not_read_is_not_read_either():
+    """PING/SETTINGS floods from a client that reads nothing cannot grow edge's output."""
+    world = World()
+    client = H2Client(world)
+    client.server._h2.pauseProducing()  # the client's socket buffer is full
+    assert client.transport.producerState == "paused"  # edge stops reading it
+    client.server._h2.resumeProducing()
+    assert client.transport.producerState == "producing"
+
+
+def test_crlf_in_a_header_value_never_reaches_the_backend():
+    world = World()
+    client = H2Client(world)
+    client.h2.config.validate_outbound_headers = False
+    sid = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(sid, [(b":method", b"GET"), (b":path", b"/x"), (b":scheme", b"https"),
+                                 (b":authority", b"web.test"),
+                                 (b"x-a", b"1\r\nGET /admin HTTP/1.1\r\nHost: web.test")], end_stream=True)
+    client.server.dataReceived(client.h2.data_to_send())
+    assert world.backend_bytes() == b""
+    assert client.transport.disconnecting  # a malformed request: h2 ends the connection
+
+
+def test_more_concurrent_streams_than_advertised_cost_no_backend_work():
+    world = World()
+    client = H2Client(world)
+    pending = []
+    world.service.pool.connect = lambda key: pending.append(defer.Deferred()) or pending[-1]
+    fields = [(b":method", b"GET"), (b":path", b"/x"), (b":scheme", b"https"), (b":authority", b"web.test")]
+    for _ in range(http2.MAX_CONCURRENT_STREAMS):
+        client.h2.send_headers(client.h2.get_next_available_stream_id(), fields, end_stream=True)
+    client.server.dataReceived(client.h2.data_to_send())
+    assert len(pending) == http2.MAX_CONCURRENT_STREAMS
+    client.transport.clear()
+    # One past the limit (written by hand: a conforming client would not send it).
+    frame = HeadersFrame(2 * http2.MAX_CONCURRENT_STREAMS + 1, flags=["END_STREAM", "END_HEADERS"])
+    frame.data = client.h2.encoder.encode(fields)
+    client.server.dataReceived(frame.serialize())
+    assert len(pending) == http2.MAX_CONCURRENT_STREAMS  # no backend work for it
+    # h2 makes it a connection error (RFC 9113 5.1.2 allows a stream error too).
+    assert [(type(f), f.error_code) for f in _frames(client)] == [(GoAwayFrame, h2.errors.ErrorCodes.PROTOCOL_ERROR)]
+    assert client.transport.disconnecting

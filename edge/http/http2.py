@@ -525,12 +525,18 @@ class HTTP2Connection:
     def pauseProducing(self):
         self._write_paused = True
         self._full_since = self.reactor.seconds()
+        # Stop reading the client too: what it sends (PINGs, SETTINGS, new
+        # streams) makes more output, and a client that does not read it
+        # must not grow edge's buffers (PING/SETTINGS floods).
+        self.transport.pauseProducing()
         for stream in self._streams.values():
             if stream.backend is not None:
                 stream.backend.pause_reading()
 
     def resumeProducing(self):
         self._write_paused = False
+        if self._state is not CLOSED:
+            self.transport.resumeProducing()
         for stream in list(self._streams.values()):
             stream.send_pending()
         self.flush()
