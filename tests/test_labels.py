@@ -534,7 +534,7 @@ def _with_middlewares(refs: str, **defs):
         ),
         (
             "ch",
-            {"traefik__http__middlewares__ch__chain__middlewares": "a,b"},
+            {"traefik__http__middlewares__ch__chain__middlewares": "a"},
             "chain",
         ),
         (
@@ -828,8 +828,36 @@ def _value_for(label: str) -> str:
         "entrypoint": "https",
         "domain": "example.com",
         "backend": "b",
+        "address": "http://auth.test:4181/verify",
+        "authresponseheaders": "Remote-User,Remote-Groups",
+        "authrequestheaders": "Cookie",
+        "authresponseheadersregex": "^X-Auth-",
+        "addauthcookiestoresponse": "session",
+        "ca": _PEM,
+        "cert": _PEM,
+        "regex": "^/a/(.*)",
+        "replacement": "/b/$1",
+        "prefix": "/x",
+        "average": "10",
+        "burst": "20",
+        "period": "1m",
+        "amount": "5",
+        "depth": "1",
+        "excludedips": "10.0.0.0/8",
+        "requestheadername": "X-Key",
     }
     return values.get(last, "true")
+
+
+_PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+# A middleware option that needs the middleware's main options beside it.
+_MAIN_OPTIONS = {
+    ".forwardauth.": {"address": "http://auth.test/"},
+    ".replacepathregex.": {"regex": "^/a", "replacement": "/b"},
+    ".redirectregex.": {"regex": "^http://a/", "replacement": "http://b/"},
+    ".ratelimit.": {"average": "5"},
+    ".inflightreq.": {"amount": "5"},
+}
 
 
 def _concrete(label: str) -> str:
@@ -854,6 +882,7 @@ def _doc_supported():
         (section, label)
         for section, label, support in _doc_rows()
         if support in ("supported", "partly") and "*" not in label
+        and not section.startswith("TCP and UDP")  # tests/test_tcp_labels.py reads those
     ]
 
 
@@ -877,6 +906,12 @@ def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, lab
                     labels[f"{prefix}.http.middlewares.m.basicauth.users"] = "u:h"
                 if ".stripprefix." in key and not key.endswith(".prefixes"):
                     labels[f"{prefix}.http.middlewares.m.stripprefix.prefixes"] = "/x"
+                for kind, main in _MAIN_OPTIONS.items():
+                    if kind in key:
+                        for opt, v in main.items():
+                            labels.setdefault(f"{prefix}.http.middlewares.m{kind}{opt}", v)
+                if key.endswith(".tls.cert"):
+                    labels[key[: -len("cert")] + "key"] = _PEM
             elif key.endswith(".middlewares"):
                 labels[f"{prefix}.http.middlewares.m.redirectscheme.scheme"] = "https"
             if ".healthcheck." in key and not key.endswith(".path"):
@@ -894,6 +929,12 @@ def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, lab
             labels["traefik.backend.healthcheck.path"] = "/h"
         if label.lower() == "traefik.frontend.redirect.permanent":
             labels["traefik.frontend.redirect.entryPoint"] = "https"
+        if ".auth.forward." in label.lower():
+            labels.setdefault("traefik.frontend.auth.forward.address", "http://auth.test/")
+            if label.endswith(".tls.cert"):
+                labels["traefik.frontend.auth.forward.tls.key"] = _PEM
+        if label.lower() == "traefik.frontend.redirect.regex":
+            labels["traefik.frontend.redirect.replacement"] = "http://b/"
         config = read_labels("doc_svc", labels)
         assert config.problems == (), (label, config.problems)
         assert config.routers, label
@@ -901,8 +942,8 @@ def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, lab
 
 def test_every_unsupported_label_in_the_doc_warns():
     for section, label, support in _doc_rows():
-        if support != "not supported" or "*" in label:
-            continue
+        if support != "not supported" or "*" in label or section.startswith("TCP and UDP"):
+            continue  # the TCP and UDP rows: tests/test_tcp_labels.py
         label = _concrete(label)
         if section.startswith("Traefik v2"):
             labels = {"traefik.http.routers.r.rule": "Host(`a`)", label: _value_for(label)}

@@ -683,7 +683,8 @@ class _Builder:
         """The label's port, else the lowest exposed port (Traefik's getPort)."""
         if spec.port:
             return spec.port
-        exposed = sorted({p.target_port for p in ports})
+        protocol = getattr(spec, "protocol", None)  # TCP/UDP services: ports of their protocol
+        exposed = sorted({p.target_port for p in ports if protocol in (None, p.protocol)})
         if exposed:
             return exposed[0]
         self.problem(

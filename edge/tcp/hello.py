@@ -49,11 +49,8 @@ def read_hello(data: bytes, limit: int = HELLO_LIMIT):
     pos = 0
     while True:
         if len(handshake) >= 4:
+            _check_head(bytes(handshake), limit)
             need = 4 + int.from_bytes(handshake[1:4], "big")
-            if handshake[0] != _CLIENT_HELLO:
-                raise HelloError(f"first handshake message is type {handshake[0]}, not ClientHello")
-            if need > limit:
-                raise HelloError(f"ClientHello of {need} bytes is over the {limit}-byte limit")
             if len(handshake) >= need:
                 return _parse_body(bytes(handshake[4:need]))
         if pos >= limit:
@@ -70,9 +67,19 @@ def read_hello(data: bytes, limit: int = HELLO_LIMIT):
         if len(data) < pos + 5 + length:
             if pos + 5 + length > limit:
                 raise HelloError(f"no complete ClientHello in the first {limit} bytes")
+            _check_head(bytes(handshake) + data[pos + 5 :], limit)  # refuse early what cannot fit
             return MORE
         handshake += data[pos + 5 : pos + 5 + length]
         pos += 5 + length
+
+
+def _check_head(handshake: bytes, limit: int) -> None:
+    if len(handshake) >= 4:
+        if handshake[0] != _CLIENT_HELLO:
+            raise HelloError(f"first handshake message is type {handshake[0]}, not ClientHello")
+        need = 4 + int.from_bytes(handshake[1:4], "big")
+        if need > limit:
+            raise HelloError(f"ClientHello of {need} bytes is over the {limit}-byte limit")
 
 
 class _Cursor:

@@ -111,6 +111,10 @@ class TCPService(Service):
             return None
         return self._tls.wrap(_OneProtocol(splice)).buildProtocol(addr)
 
+    def factory(self, entrypoint: str) -> EntryFactory:
+        """The server factory of a ``protocol = "tcp"`` entry point."""
+        return EntryFactory(self, entrypoint)
+
     def wrap(self, entrypoint: str, factory):
         """The HTTP TLS listener ``factory`` with TCP routers in front of it."""
         return EntryFactory(self, entrypoint, fallback=factory)
@@ -142,7 +146,7 @@ class TCPService(Service):
         for ep in self._config.entrypoints:
             if ep.protocol != "tcp":
                 continue
-            d = serverFromString(self.reactor, listen_address(ep.address)).listen(EntryFactory(self, ep.name))
+            d = serverFromString(self.reactor, listen_address(ep.address)).listen(self.factory(ep.name))
             d.addCallbacks(self._listening, self._listen_failed, callbackArgs=(ep,), errbackArgs=(ep,))
 
     def _listening(self, port, ep):

@@ -1,0 +1,241 @@
+"""
+The TCP/UDP data path's pure parts and protocols in memory: ClientHello
+reading (from ClientHellos Python's own TLS stack writes), PROXY headers,
+the entry protocol's limits (hello deadline, allow list, in-flight count,
+connection cap) and the UDP session table bound.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from edge.config import Config, EntryPoint, TCPConfig, UDPConfig, parse
+from edge.snapshot import IPAllowList, InFlightConn, Snapshot, Target, TCPRouter, TCPRouterTLS, TCPService
+from edge.snapshot import UDPRouter, UDPService
+from edge.tcp.hello import MORE, NOT_TLS, Hello, HelloError, read_hello
+from edge.tcp.proxyheader import proxy_header
+from edge.tcp.rules import parse_tcp_rule
+from edge.tcp.service import TCPService as TCPFrontEnd
+
+
+def client_hello(server_name: str | None, alpn=()) -> bytes:
+    """The first flight Python's TLS client sends."""
+    context = ssl.create_default_context()
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_reads_sni_and_alpn_from_a_real_client_hello():
+    data = client_hello("Pass.Example.com", ("h2", "http/1.1"))
+    assert read_hello(data) == Hello("pass.example.com", ("h2", "http/1.1"))
+
+
+def test_no_sni_is_an_empty_name():
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    assert read_hello(outgoing.read()) == Hello("", ())
+
+
+def test_every_prefix_asks_for_more_and_the_whole_answers():
+    data = client_hello("a.test")
+    for n in range(len(data)):
+        assert read_hello(data[:n]) is MORE
+    assert read_hello(data + b"extra").sni == "a.test"
+
+
+def test_a_hello_split_over_two_records_is_reassembled():
+    data = client_hello("split.test")
+    body = data[5:]
+    cut = 40
+    records = b"".join(
+        bytes([0x16, 3, 1]) + len(part).to_bytes(2, "big") + part for part in (body[:cut], body[cut:])
+    )
+    assert read_hello(records).sni == "split.test"
+
+
+def test_plain_bytes_are_not_tls():
+    assert read_hello(b"GET / HTTP/1.1\r\n") is NOT_TLS
+    assert read_hello(b"SSH-2.0-OpenSSH_9.2\r\n") is NOT_TLS
+
+
+@pytest.mark.parametrize("data", [
+    bytes([0x16, 3, 1, 0, 4, 2, 0, 0, 0]),  # a ServerHello, not a ClientHello
+    bytes([0x16, 3, 1, 0, 0]),  # empty record
+    bytes([0x16, 2, 0, 0, 5]) + b"xxxxx",  # SSL 2-ish version
+    bytes([0x16, 3, 1, 0, 8, 1, 0, 0, 4, 3, 3, 0, 0]),  # a body cut short
+])
+def test_malformed_hellos_raise(data):
+    with pytest.raises(HelloError):
+        read_hello(data)
+
+
+def test_a_hello_longer_than_the_limit_is_refused_before_it_is_read():
+    header = bytes([0x16, 3, 1, 0x40, 0x00, 1]) + (70000).to_bytes(3, "big")
+    with pytest.raises(HelloError):
+        read_hello(header, limit=65536)
+
+
+def test_proxy_headers():
+    assert proxy_header(1, ("192.0.2.1", 5555), ("198.51.100.2", 443)) == b"PROXY TCP4 192.0.2.1 198.51.100.2 5555 443\r\n"
+    assert proxy_header(1, ("2001:db8::1", 1), ("::1", 2)) == b"PROXY TCP6 2001:db8::1 ::1 1 2\r\n"
+    v2 = proxy_header(2, ("192.0.2.1", 5555), ("198.51.100.2", 443))
+    assert v2 == (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([192, 0, 2, 1, 198, 51, 100, 2])
+                  + (5555).to_bytes(2, "big") + (443).to_bytes(2, "big"))
+    # An IPv4 client on an IPv6 listener: both named in IPv6 (the families must agree).
+    assert proxy_header(1, ("::ffff:192.0.2.1", 1), ("::1", 2)) == b"PROXY TCP6 ::ffff:c000:201 ::1 1 2\r\n"
+
+
+# -- the TCP front end in memory ------------------------------------------------
+
+
+class _Publisher:
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
+
+    def subscribe(self, subscriber):
+        subscriber(self.snapshot)
+        return lambda: None
+
+
+def _front_end(routers, *, max_connections=10000, hello_timeout=10.0):
+    config = Config(entrypoints=(EntryPoint("raw", "tcp:0", protocol="tcp"),),
+                    tcp=TCPConfig(max_connections=max_connections, hello_timeout=hello_timeout))
+    snapshot = Snapshot.build(
+        tcp_routers=routers,
+        tcp_services=[TCPService("s@docker", (Target("t1", "127.0.0.1", 9999),))],
+    )
+    reactor = MemoryReactorClock()
+    front = TCPFrontEnd(config, _Publisher(snapshot), reactor)
+    front.apply(snapshot)
+    return front, reactor
+
+
+def _router(rule="HostSNI(`*`)", middlewares=(), tls=None):
+    return TCPRouter("r@docker", parse_tcp_rule(rule), rule, "s@docker", middlewares=middlewares, tls=tls)
+
+
+def _connect(front, client="10.0.0.5"):
+    factory = front.factory("raw")
+    protocol = factory.buildProtocol(IPv4Address("TCP", client, 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", client, 40000))
+    transport.abortConnection = lambda: setattr(transport, "aborted", True)
+    transport.aborted = False
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_plain_router_connects_to_the_backend_at_once(monkeypatch):
+    front, reactor = _front_end([_router()])
+    _protocol, transport = _connect(front)
+    assert not transport.aborted
+    (host, port, *_rest) = reactor.tcpClients[0]
+    assert (host, port) == ("127.0.0.1", 9999)
+
+
+def test_allow_list_refuses_before_any_backend_connection():
+    front, reactor = _front_end([_router(middlewares=(IPAllowList(("192.168.0.0/16",)),))])
+    _protocol, transport = _connect(front, "10.0.0.5")
+    assert transport.aborted and reactor.tcpClients == []
+    _protocol, transport = _connect(front, "192.168.1.1")
+    assert not transport.aborted and len(reactor.tcpClients) == 1
+
+
+def test_in_flight_connections_are_counted_per_client_ip():
+    front, reactor = _front_end([_router(middlewares=(InFlightConn(1),))])
+    first, t1 = _connect(front, "10.0.0.5")
+    _second, t2 = _connect(front, "10.0.0.5")
+    _other, t3 = _connect(front, "10.0.0.6")
+    assert (t1.aborted, t2.aborted, t3.aborted) == (False, True, False)
+    first.connectionLost(None)
+    _again, t4 = _connect(front, "10.0.0.5")
+    assert not t4.aborted
+
+
+def test_connection_cap_per_entry_point():
+    front, _reactor = _front_end([_router()], max_connections=2)
+    transports = [_connect(front, f"10.0.0.{i}")[1] for i in range(3)]
+    assert [t.aborted for t in transports] == [False, False, True]
+
+
+def test_a_client_that_never_sends_its_hello_is_closed_at_the_deadline():
+    front, reactor = _front_end([_router("HostSNI(`a.test`)", tls=TCPRouterTLS(passthrough=True))], hello_timeout=10)
+    protocol, transport = _connect(front)
+    protocol.dataReceived(b"\x16\x03\x01")  # a record begins, and no more comes
+    reactor.advance(9)
+    assert not transport.aborted
+    reactor.advance(2)
+    assert transport.aborted and reactor.tcpClients == []
+
+
+def test_tls_with_an_unrouted_name_is_closed_on_a_tcp_entry_point():
+    front, reactor = _front_end([_router("HostSNI(`a.test`)", tls=TCPRouterTLS(passthrough=True))])
+    protocol, transport = _connect(front)
+    protocol.dataReceived(client_hello("b.test"))
+    assert transport.aborted and reactor.tcpClients == []
+    protocol, transport = _connect(front)
+    protocol.dataReceived(client_hello("a.test"))
+    assert not transport.aborted and len(reactor.tcpClients) == 1
+
+
+# -- UDP session table ----------------------------------------------------------
+
+
+def test_udp_session_table_is_bounded_and_sessions_expire():
+    from edge.udp.service import UDPService as UDPFrontEnd
+
+    config = parse({"entrypoints": {"game": {"address": "udp:27015"}}, "udp": {"max_sessions": 2, "session_timeout": 3}})
+    snapshot = Snapshot.build(udp_routers=[UDPRouter("g@docker", "g@docker")],
+                              udp_services=[UDPService("g@docker", (Target("t", "127.0.0.1", 9),))])
+    reactor = MemoryReactorClock()
+    front = UDPFrontEnd(config, _Publisher(snapshot), reactor)
+
+    class _Port:
+        def __init__(self, protocol):
+            self.protocol = protocol
+            self.protocol.transport = self
+            self.sent = []
+
+        def write(self, data, addr=None):
+            self.sent.append(data)
+
+        def connect(self, host, port):
+            self.peer = (host, port)
+
+        def stopListening(self):
+            self.stopped = True
+
+    reactor.listenUDP = lambda port, protocol, interface="": _Port(protocol)
+    front.privilegedStartService()
+    front.startService()
+    entry = front.entries["game"]
+    for client in (("10.0.0.1", 1), ("10.0.0.2", 2), ("10.0.0.3", 3)):
+        entry.datagramReceived(b"hi", client)
+    assert sorted(entry.sessions) == [("10.0.0.1", 1), ("10.0.0.2", 2)]  # the third was dropped
+    assert entry.sessions[("10.0.0.1", 1)].transport.sent == [b"hi"]
+    reactor.advance(2)
+    entry.datagramReceived(b"again", ("10.0.0.1", 1))
+    reactor.advance(2)  # 4 s after the first, 2 after the last datagram of client 1
+    assert sorted(entry.sessions) == [("10.0.0.1", 1)]
+    reactor.advance(2)
+    assert entry.sessions == {}
+    front.stopService()
+
+
+def test_config_entry_point_protocols():
+    config = parse({"entrypoints": {"g": {"address": "udp:53"}, "t": {"address": "tcp:22", "protocol": "tcp"}}})
+    assert [ep.protocol for ep in config.entrypoints] == ["udp", "tcp"]
+    assert UDPConfig().session_timeout == 3.0  # Traefik's UDP timeout
