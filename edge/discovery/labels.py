@@ -479,7 +479,7 @@ def _request_middleware(reader: _Reader, kind: str, opts: dict[str, tuple[str, s
     for opt, (label, value) in opts.items():
         if opt.startswith("sourcecriterion.") and kind in ("ratelimit", "inflightreq"):
             source[opt[len("sourcecriterion."):]] = (label, value)
-        elif opt in ("regex",) or (opt == "regex" and kind != "stripprefixregex"):
+        elif opt == "regex":
             if kind == "stripprefixregex":
                 items = _list(value)
                 if not all(_regex(reader, label, item) for item in items):
@@ -836,10 +836,11 @@ def _resolve_middlewares(
         if found is None:
             qualified = f"{name}@{provider or reader.provider}"
             found = shared.get(qualified)
+        where = f" (in chain {within[-1]!r})" if within else ""
         if found is None:
             reader.error(
                 label,
-                f"router {router}: middleware {ref!r} is not defined in this service's labels"
+                f"router {router}: middleware {ref!r}{where} is not defined in this service's labels"
                 " (edge resolves only those); router dropped so it is not served"
                 " without it",
             )
@@ -1107,6 +1108,7 @@ def _v1_frontend(
     remove_header = False
     forward: dict[str, tuple[str, str]] = {}
     redirect_regex: dict[str, tuple[str, str]] = {}
+    rate_limit: dict[str, tuple[str, str]] = {}
     for opt, (label, value) in opts.items():
         if opt == "rule":
             fields["rule"] = (label, value.strip())
@@ -1130,6 +1132,8 @@ def _v1_frontend(
                     )
         elif opt == "redirect.permanent":
             redirect_permanent = reader.boolean(label, value, False)
+        elif opt.startswith("ratelimit."):
+            rate_limit[opt[len("ratelimit."):]] = (label, value)
         elif opt == "redirect.regex":
             redirect_regex["regex"] = (label, value)
         elif opt == "redirect.replacement":
@@ -1212,7 +1216,43 @@ def _v1_frontend(
     extra: list[Middleware] = []
     if headers:
         extra.append(Headers(**headers))
-    return fields, allow + redirect + auth + extra, keep
+    limits, ok = _v1_rate_limits(reader, name, rate_limit) if rate_limit else ([], True)
+    keep = keep and ok
+    return fields, allow + limits + redirect + auth + extra, keep
+
+
+def _v1_rate_limits(reader: _Reader, name: str, opts: dict[str, tuple[str, str]]):
+    """Traefik 1.7 ``frontend.rateLimit``: one limiter per rate set, all must pass."""
+    criterion = SourceCriterion()
+    sets: dict[str, dict[str, tuple[str, str]]] = {}
+    for opt, (label, value) in opts.items():
+        if opt == "extractorfunc":
+            func = value.strip()
+            if func.lower() == "client.ip":
+                criterion = SourceCriterion()
+            elif func.lower() == "request.host":
+                criterion = SourceCriterion(request_host=True)
+            elif func.lower().startswith("request.header.") and _valid_header_name(func[len("request.header."):]):
+                criterion = SourceCriterion(request_header_name=func[len("request.header."):])
+            else:
+                reader.error(label, f"label {label}: expected client.ip, request.host or request.header.<Name>,"
+                                    f" got {value!r}; frontend {name} dropped")
+                return [], False
+        elif opt.startswith("rateset.") and opt.count(".") == 2:
+            _, set_name, key = opt.split(".")
+            sets.setdefault(set_name, {})[key] = (label, value)
+        else:
+            reader.unknown(label)
+    limits = []
+    for set_name, values in sorted(sets.items()):
+        built = _request_middleware(reader, "ratelimit", values)
+        if isinstance(built, _Broken):
+            reader.error(next(iter(values.values()))[0],
+                         f"frontend {name}: rate set {set_name} cannot be used ({built.reason}); frontend dropped")
+            return [], False
+        if isinstance(built, RateLimit):
+            limits.append(RateLimit(built.average, built.period, built.burst, criterion))
+    return limits, True
 
 
 def _v1_backend(reader: _Reader, opts: dict[str, tuple[str, str]]) -> dict:

@@ -82,6 +82,8 @@ class Request:
     # adds to the answer (forward auth's addAuthCookiesToResponse).
     peer = None
     response_cookies = None
+    # Called once when the request is done (answered or given up): inFlightReq.
+    on_finish = None
     # HTTP/1.1 response framing, set by the h1 side per exchange.
     body_mode = 0
     close_client = False

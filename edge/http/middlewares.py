@@ -18,7 +18,10 @@ from twisted.logger import Logger
 
 from edge.cidr import Networks
 from edge.http import htpasswd
-from edge.snapshot import BasicAuth, ForwardAuth, Headers, IPAllowList, RedirectScheme, StripPrefix
+from edge.snapshot import (
+    AddPrefix, BasicAuth, ForwardAuth, Headers, InFlightReq, IPAllowList, RateLimit, RedirectRegex,
+    RedirectScheme, ReplacePath, ReplacePathRegex, StripPrefix, StripPrefixRegex,
+)
 
 __all__ = ["Reply", "Chain", "compile_middlewares", "get_header", "set_header", "remove_header"]
 
@@ -238,6 +241,12 @@ class Chain:
         return headers + add if add else headers
 
 
+_REWRITES = {
+    ReplacePath: "replace_path", ReplacePathRegex: "replace_path_regex", AddPrefix: "add_prefix",
+    StripPrefixRegex: "strip_prefix_regex", RedirectRegex: "redirect_regex",
+}
+
+
 def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> Chain:
     """Compile a router's middlewares, in order, into a :class:`Chain`."""
     request = []
@@ -262,6 +271,21 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
 
                 reactor = default_reactor
             request.append(ForwardAuthCheck(mw, reactor))
+        elif type(mw) in _REWRITES:
+            from edge.http import rewrite
+
+            request.append(getattr(rewrite, _REWRITES[type(mw)])(mw))
+        elif isinstance(mw, (RateLimit, InFlightReq)):
+            from edge.http.ratelimit import InFlightLimiter, RateLimiter
+
+            if isinstance(mw, InFlightReq):
+                request.append(InFlightLimiter(mw))
+            else:
+                if reactor is None:
+                    from twisted.internet import reactor as default_reactor
+
+                    reactor = default_reactor
+                request.append(RateLimiter(mw, reactor))
         elif isinstance(mw, Headers):
             if mw.ssl_redirect:
                 request.append(_ssl_redirect(https_port))

@@ -80,6 +80,9 @@ class Proxy:
 
     def record(self, side, req):
         """A request is answered (or given up): count it and write its access log line."""
+        if req.on_finish is not None:
+            finish, req.on_finish = req.on_finish, None
+            finish()
         now = self.reactor.seconds()
         stats = self.stats
         if stats is not None:
