@@ -845,6 +845,7 @@ def _value_for(label: str) -> str:
         "depth": "1",
         "excludedips": "10.0.0.0/8",
         "requestheadername": "X-Key",
+        "extractorfunc": "client.ip",
     }
     return values.get(last, "true")
 
@@ -912,6 +913,9 @@ def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, lab
                             labels.setdefault(f"{prefix}.http.middlewares.m{kind}{opt}", v)
                 if key.endswith(".tls.cert"):
                     labels[key[: -len("cert")] + "key"] = _PEM
+                if ".chain." in key:
+                    labels[key] = "member"
+                    labels[f"{prefix}.http.middlewares.member.addprefix.prefix"] = "/p"
             elif key.endswith(".middlewares"):
                 labels[f"{prefix}.http.middlewares.m.redirectscheme.scheme"] = "https"
             if ".healthcheck." in key and not key.endswith(".path"):
@@ -935,6 +939,8 @@ def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, lab
                 labels["traefik.frontend.auth.forward.tls.key"] = _PEM
         if label.lower() == "traefik.frontend.redirect.regex":
             labels["traefik.frontend.redirect.replacement"] = "http://b/"
+        if label.lower() == "traefik.frontend.redirect.replacement":
+            labels["traefik.frontend.redirect.regex"] = "^http://a/"
         config = read_labels("doc_svc", labels)
         assert config.problems == (), (label, config.problems)
         assert config.routers, label
