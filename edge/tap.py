@@ -230,7 +230,8 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
                 )
     # TLS: certificates for the TLS entry points (root.tls feeds the HTTP service).
     root.tls = None
-    if any(ep.tls for ep in config.entrypoints):
+    # TCP routers on "tcp" entry points may terminate TLS too (edge.tcp).
+    if any(ep.tls or ep.protocol == "tcp" for ep in config.entrypoints):
         from edge.tls.service import make_tls_service
 
         root.tls = make_tls_service(config, publisher, reactor, acme=root.acme)

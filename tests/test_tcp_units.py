@@ -239,3 +239,67 @@ def test_config_entry_point_protocols():
     config = parse({"entrypoints": {"g": {"address": "udp:53"}, "t": {"address": "tcp:22", "protocol": "tcp"}}})
     assert [ep.protocol for ep in config.entrypoints] == ["udp", "tcp"]
     assert UDPConfig().session_timeout == 3.0  # Traefik's UDP timeout
+
+
+# -- the splice ------------------------------------------------------------------
+
+
+def _splice(reactor, idle=30.0, proxy=0):
+    from edge.tcp.splice import SpliceProtocol
+
+    connects = []
+
+    def connect(backend):
+        connects.append(backend)
+        return Deferred()
+
+    done = []
+    splice = SpliceProtocol(connect, reactor, idle, proxy, lambda: done.append(True), "r@docker")
+    client = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555),
+                             hostAddress=IPv4Address("TCP", "127.0.0.1", 2222))
+    client.abortConnection = lambda: setattr(client, "aborted", True)
+    splice.makeConnection(client)
+    return splice, client, connects, done
+
+
+def _backend_connects(side):
+    backend = StringTransport()
+    backend.abortConnection = lambda: setattr(backend, "aborted", True)
+    side.makeConnection(backend)
+    return backend
+
+
+def test_splice_holds_client_bytes_until_the_backend_is_there_and_sends_the_proxy_header_first():
+    reactor = MemoryReactorClock()
+    splice, client, connects, _done = _splice(reactor, proxy=1)
+    assert client.producerState == "paused"  # the client is not read while the backend connects
+    splice.dataReceived(b"hello")
+    backend = _backend_connects(connects[0])
+    assert backend.value() == b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 2222\r\nhello"
+    assert client.producerState == "producing"
+    # Each side is the other's producer: a full backend buffer pauses the client.
+    assert backend.producer is client and client.producer is backend
+    connects[0].dataReceived(b"answer")
+    assert client.value() == b"answer"
+
+
+def test_splice_closes_both_sides_after_the_idle_timeout_only():
+    reactor = MemoryReactorClock()
+    splice, client, connects, _done = _splice(reactor, idle=30)
+    backend = _backend_connects(connects[0])
+    reactor.advance(20)
+    splice.dataReceived(b"still here")
+    reactor.advance(20)  # 40 s after the start, 20 after the last byte
+    assert not getattr(client, "aborted", False)
+    reactor.advance(11)
+    assert client.aborted and backend.aborted
+
+
+def test_splice_end_of_the_backend_ends_the_client_and_reports_once():
+    reactor = MemoryReactorClock()
+    splice, client, connects, done = _splice(reactor)
+    _backend_connects(connects[0])
+    connects[0].connectionLost(None)
+    assert client.disconnecting
+    splice.connectionLost(None)
+    assert done == [True]
