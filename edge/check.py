@@ -79,7 +79,8 @@ def run_check(
         return CONFIG_ERROR
     say(f"configuration {config.source or '(built-in defaults)'}: ok")
     for ep in config.entrypoints:
-        say(f"  entry point {ep.name}: {ep.address} ({'TLS' if ep.tls else 'plain HTTP'})")
+        kind = ("TLS" if ep.tls else "plain HTTP") if ep.protocol == "http" else f"{ep.protocol.upper()} routers"
+        say(f"  entry point {ep.name}: {ep.address} ({kind})")
     say(f"  admin: {config.admin.address or 'off'}")
     if config.dns.enabled:
         say(f"  DNS: port {config.dns.port} on {', '.join(config.dns.interfaces)}, zone {config.dns.zone}")

@@ -212,9 +212,11 @@ class StartupSummary(Service):
         states = {(s.kind, s.name): s for s in self._listeners.states()}
         parts = []
         for ep in config.entrypoints:
-            state = states.get(("https" if ep.tls else "http", ep.name))
+            kind = ep.protocol if ep.protocol != "http" else ("https" if ep.tls else "http")
+            state = states.get((kind, ep.name))
             where = ep.address if state is None or state.listening else f"{ep.address} NOT LISTENING"
-            parts.append(f"{ep.name} {where} (TLS {'on' if ep.tls else 'off'})")
+            what = f"TLS {'on' if ep.tls else 'off'}" if ep.protocol == "http" else f"{ep.protocol.upper()} routers"
+            parts.append(f"{ep.name} {where} ({what})")
         if config.dns.enabled:
             down = [s.name for s in states.values() if s.kind == "dns" and not s.listening]
             dns = f"DNS {', '.join(config.dns.interfaces)} port {config.dns.port} UDP+TCP"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Union
 
-from edge.discovery.rule_parser import RuleError, _V2Parser, host_regexp
+from edge.discovery.rule_parser import RuleError, _V2Parser, _client_ip, host_regexp
 from edge.rules import And, ClientIP, Host, Not, Or, compiled
 
 __all__ = ["HostSNI", "HostSNIRegexp", "ALPN", "TCPRule", "parse_tcp_rule", "matches",
@@ -74,15 +74,6 @@ def _alpn(args: tuple[str, ...]) -> TCPRule:
     if args[0] == "acme-tls/1":
         raise RuleError("ALPN(`acme-tls/1`) is reserved for ACME, as in Traefik")
     return ALPN(args[0])
-
-
-def _client_ip(args: tuple[str, ...]) -> TCPRule:
-    for value in args:
-        try:
-            ipaddress.ip_network(value.strip(), strict=False)
-        except ValueError:
-            raise RuleError(f"ClientIP: {value!r} is not an address or CIDR") from None
-    return ClientIP(tuple(v.strip() for v in args))
 
 
 _MATCHERS = {
