@@ -134,6 +134,7 @@ def test_shutdown_says_goaway_lets_the_stream_in_flight_finish_and_refuses_newer
 
 def _frames(client):
     """Frames the server wrote since the last look, parsed without the client's state machine."""
+    client.world.clock.advance(0)  # edge writes HTTP/2 output once per reactor turn
     data = client.transport.value()
     client.transport.clear()
     frames = []

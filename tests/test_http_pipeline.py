@@ -196,6 +196,7 @@ class H2Client:
         self._pump()
 
     def _pump(self):
+        self.world.clock.advance(0)  # edge writes HTTP/2 output once per reactor turn
         data = self.transport.value()
         self.transport.clear()
         if data:

@@ -98,9 +98,10 @@ def test_h2_connections_are_handed_over_with_their_first_bytes():
     """ALPN h2: the HTTP/2 framing takes the transport, the connection stays counted and timed."""
     from hyperframe.frame import Frame, SettingsFrame
 
-    _, service, server, client = setup()
+    clock, service, server, client = setup()
     client.negotiatedProtocol = b"h2"
     server.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    clock.advance(0)  # HTTP/2 output is written once per reactor turn
     frame, _ = Frame.parse_frame_header(memoryview(client.value()[:9]))
     assert isinstance(frame, SettingsFrame)  # the server preface, not an HTTP/1.1 answer
     assert client.producer is server._h2  # HTTP/2 paces the socket itself

@@ -357,6 +357,7 @@ class _Stream:
             if out and self.backend is not None:
                 self.backend.pause_reading()
             return
+        sent = 0
         try:
             while out:
                 window = h2c.local_flow_control_window(sid)
@@ -371,9 +372,11 @@ class _Stream:
                     if last:
                         self._finish(reset=None, ended=True)
                         return
+                    sent += len(chunk)
                 else:
                     out[0] = chunk[size:]
                     h2c.send_data(sid, chunk[:size])
+                    sent += size
             else:
                 if self._out_end:
                     h2c.end_stream(sid)
@@ -383,6 +386,9 @@ class _Stream:
             self._abandon_backend()
             self._finish(reset=None)
             return
+        if sent >= 16384:
+            # Bulk data: out now (a turn's wait only pays off for small answers).
+            conn.flush_now()
         if out:
             if self._blocked_since is None:
                 self._blocked_since = conn.reactor.seconds()
@@ -491,6 +497,7 @@ class HTTP2Connection:
         self._since = reactor.seconds()
         self._on_close = None
         self._full_since = 0.0  # when the client's socket buffer filled (send_timeout)
+        self._flush_call = None  # the pending flush of this reactor turn
         self._resets = 0  # streams the client reset before their answer
         self._answered = 0  # streams answered completely
 
@@ -709,6 +716,18 @@ class HTTP2Connection:
     # -- output ------------------------------------------------------------------------
 
     def flush(self) -> None:
+        """
+        Write what h2 has queued, once per reactor turn: the answers of many
+        streams that complete in one turn (each from its own backend read)
+        leave in one TLS write instead of one record and one send each.
+        """
+        if self._flush_call is None and self._state is not CLOSED:
+            self._flush_call = self.reactor.callLater(0, self.flush_now)
+
+    def flush_now(self) -> None:
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
         data = self.h2.data_to_send()
         if data and self._state is not CLOSED:
             self.transport.write(data)
@@ -740,7 +759,7 @@ class HTTP2Connection:
             return
         self._state = DRAINING
         last = self._last_stream = self.h2.highest_inbound_stream_id
-        self.flush()
+        self.flush_now()
         # Written by hand: h2's close_connection() would end the streams in flight too.
         self.transport.write(GoAwayFrame(stream_id=0, last_stream_id=last, error_code=0).serialize())
         if not self._streams:
@@ -767,6 +786,7 @@ class HTTP2Connection:
     def _close(self, abort: bool = False) -> None:
         if self._state is CLOSED:
             return
+        self.flush_now()
         self._state = CLOSED
         try:
             self.transport.unregisterProducer()
