@@ -135,6 +135,32 @@ class Headers:
     sts_preload: bool = False
     force_sts_header: bool = False
     ssl_redirect: bool = False
+    # Traefik's security headers (unrolled/secure), set on responses.
+    frame_deny: bool = False
+    custom_frame_options_value: str = ""
+    content_type_nosniff: bool = False
+    browser_xss_filter: bool = False
+    custom_browser_xss_value: str = ""
+    content_security_policy: str = ""
+    content_security_policy_report_only: str = ""
+    referrer_policy: str = ""
+    permissions_policy: str = ""
+    feature_policy: str = ""
+    # Requests: hosts allowed (else 500 "Bad Host"), headers that may carry
+    # the host, and (header, value) pairs that mean the request was HTTPS.
+    allowed_hosts: tuple[str, ...] = ()
+    hosts_proxy_headers: tuple[str, ...] = ()
+    ssl_proxy_headers: tuple[tuple[str, str], ...] = ()
+    is_development: bool = False
+    # CORS.
+    access_control_allow_origin_list: tuple[str, ...] = ()
+    access_control_allow_origin_list_regex: tuple[str, ...] = ()
+    access_control_allow_methods: tuple[str, ...] = ()
+    access_control_allow_headers: tuple[str, ...] = ()
+    access_control_expose_headers: tuple[str, ...] = ()
+    access_control_allow_credentials: bool = False
+    access_control_max_age: int = 0
+    add_vary_header: bool = False
 
 
 @dataclass(frozen=True)

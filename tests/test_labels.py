@@ -635,8 +635,8 @@ def test_unsupported_labels_warn_once_each():
         "traefik.http.routers.r.tls.options": "modern",
         "traefik.http.services.s.loadbalancer.healthcheck.followredirects": "true",
         "traefik.http.services.s.loadbalancer.healthcheck.path": "/",
-        "traefik.http.middlewares.m.headers.framedeny": "true",
-        "traefik.http.middlewares.m.headers.contenttypenosniff": "true",
+        "traefik.http.middlewares.m.headers.sslhost": "a.test",
+        "traefik.http.middlewares.m.headers.publickey": "pin",
         "traefik.madeup": "1",
     }
     config = read_labels("app", labels)
@@ -846,6 +846,8 @@ def _value_for(label: str) -> str:
         "excludedips": "10.0.0.0/8",
         "requestheadername": "X-Key",
         "extractorfunc": "client.ip",
+        "accesscontrolmaxage": "60",
+        "sslproxyheaders": "X-Forwarded-Proto:https",
     }
     return values.get(last, "true")
 

@@ -595,12 +595,59 @@ _HEADER_BOOLS = {
     "stspreload": "sts_preload",
     "forcestsheader": "force_sts_header",
     "sslredirect": "ssl_redirect",
+    "framedeny": "frame_deny",
+    "contenttypenosniff": "content_type_nosniff",
+    "browserxssfilter": "browser_xss_filter",
+    "isdevelopment": "is_development",
+    "accesscontrolallowcredentials": "access_control_allow_credentials",
+    "addvaryheader": "add_vary_header",
 }
+_HEADER_STRINGS = {
+    "customframeoptionsvalue": "custom_frame_options_value",
+    "custombrowserxssvalue": "custom_browser_xss_value",
+    "contentsecuritypolicy": "content_security_policy",
+    "contentsecuritypolicyreportonly": "content_security_policy_report_only",
+    "referrerpolicy": "referrer_policy",
+    "permissionspolicy": "permissions_policy",
+    "featurepolicy": "feature_policy",
+}
+_HEADER_LISTS = {
+    "allowedhosts": "allowed_hosts",
+    "hostsproxyheaders": "hosts_proxy_headers",
+    "accesscontrolalloworiginlist": "access_control_allow_origin_list",
+    "accesscontrolalloworiginlistregex": "access_control_allow_origin_list_regex",
+    "accesscontrolallowmethods": "access_control_allow_methods",
+    "accesscontrolallowheaders": "access_control_allow_headers",
+    "accesscontrolexposeheaders": "access_control_expose_headers",
+}
+
+
+def _header_option(reader: _Reader, opt: str, label: str, value: str, values: dict) -> bool:
+    """One of the security/CORS options shared by v1 and v2 ``headers``; False if ``opt`` is none."""
+    if opt in _HEADER_STRINGS:
+        if "\r" in value or "\n" in value:
+            reader.error(label, f"label {label}: a header value cannot hold a line break")
+        else:
+            values[_HEADER_STRINGS[opt]] = value.strip()
+    elif opt in _HEADER_LISTS:
+        items = _list(value)
+        if opt == "accesscontrolalloworiginlistregex":
+            items = tuple(i for i in items if _regex(reader, label, i))
+        elif opt == "hostsproxyheaders" and not all(_valid_header_name(i) for i in items):
+            reader.error(label, f"label {label}: expected header names, got {value!r}")
+            return True
+        values[_HEADER_LISTS[opt]] = items
+    elif opt == "accesscontrolmaxage":
+        values["access_control_max_age"] = reader.integer(label, value, 0, 0, 2**31 - 1)
+    else:
+        return False
+    return True
 
 
 def _headers_v2(reader: _Reader, opts: dict[str, tuple[str, str, str]]) -> Headers:
     request: list[tuple[str, str]] = []
     response: list[tuple[str, str]] = []
+    ssl_proxy: list[tuple[str, str]] = []
     values: dict = {}
     for opt, (label, written, value) in opts.items():
         head, _, rest = opt.partition(".")
@@ -614,8 +661,18 @@ def _headers_v2(reader: _Reader, opts: dict[str, tuple[str, str, str]]) -> Heade
             values["sts_seconds"] = reader.integer(label, value, 0, 0, 2**31 - 1)
         elif opt in _HEADER_BOOLS:
             values[_HEADER_BOOLS[opt]] = reader.boolean(label, value, False)
+        elif head == "sslproxyheaders" and rest:
+            header = written.split(".", 1)[1]
+            if not _valid_header_name(header):
+                reader.error(label, f"label {label}: {header!r} is not a header name")
+                continue
+            ssl_proxy.append((header, value.strip()))
+        elif _header_option(reader, opt, label, value, values):
+            pass
         else:
             reader.unsupported(label, "this headers option")
+    if ssl_proxy:
+        values["ssl_proxy_headers"] = tuple(ssl_proxy)
     return Headers(custom_request=tuple(request), custom_response=tuple(response), **values)
 
 
@@ -1186,6 +1243,10 @@ def _v1_frontend(
             headers["sts_seconds"] = reader.integer(label, value, 0, 0, 2**31 - 1)
         elif opt.startswith("headers.") and opt[len("headers.") :] in _HEADER_BOOLS:
             headers[_HEADER_BOOLS[opt[len("headers.") :]]] = reader.boolean(label, value, False)
+        elif opt == "headers.sslproxyheaders":
+            headers["ssl_proxy_headers"] = _v1_header_pairs(reader, label, value)
+        elif opt.startswith("headers.") and _header_option(reader, opt[len("headers."):], label, value, headers):
+            pass
         elif opt.startswith("headers."):
             reader.unsupported(label, "this headers option")
         else:

@@ -199,10 +199,15 @@ def _custom_request_headers(pairs):
     return custom_request_headers
 
 
-def _ssl_redirect(https_port: str):
+def _ssl_redirect(https_port: str, ssl_proxy: tuple = ()):
     def ssl_redirect(request):
         if request.scheme == "https":
             return None
+        if ssl_proxy:
+            from edge.http.secure import is_ssl
+
+            if is_ssl(request, ssl_proxy):
+                return None
         return _redirect(request, "https", https_port, True)
 
     return ssl_redirect
@@ -219,10 +224,15 @@ class Chain:
     # Strict-Transport-Security value, and whether to send it on plain HTTP too.
     sts: bytes | None = None
     sts_always: bool = False
+    # sslProxyHeaders (lower-case name, value): such a request counts as HTTPS for HSTS.
+    ssl_proxy: tuple = ()
+    # edge.http.secure.Cors of the headers middlewares with CORS options.
+    cors: tuple = ()
 
     @property
     def empty(self) -> bool:
-        return not self.request and not self.response_drop and not self.response_add and self.sts is None
+        return (not self.request and not self.response_drop and not self.response_add and self.sts is None
+                and not self.cors)
 
     def response_headers(self, headers: list, scheme: str, request=None) -> list:
         """``headers`` with this chain's response edits applied (and ``request``'s own)."""
@@ -233,12 +243,22 @@ class Chain:
             headers = add_response_cookies(headers, cookies)
         drop = self.response_drop
         add = list(self.response_add)
-        if self.sts is not None and (scheme == "https" or self.sts_always):
+        if self.sts is not None and (scheme == "https" or self.sts_always or (
+                self.ssl_proxy and request is not None and _is_ssl(request, self.ssl_proxy))):
             drop = drop | {b"strict-transport-security"}
             add.append((b"Strict-Transport-Security", self.sts))
         if drop:
             headers = [(k, v) for k, v in headers if k.lower() not in drop]
-        return headers + add if add else headers
+        headers = headers + add if add else headers
+        for cors in self.cors:
+            headers = cors.response(headers, request)
+        return headers
+
+
+def _is_ssl(request, pairs) -> bool:
+    from edge.http.secure import is_ssl
+
+    return is_ssl(request, pairs)
 
 
 _REWRITES = {
@@ -254,6 +274,8 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
     add: list = []
     sts = None
     sts_always = False
+    ssl_proxy: tuple = ()
+    cors: list = []
     for mw in middlewares:
         if isinstance(mw, RedirectScheme):
             request.append(_redirect_scheme(mw, https_port))
@@ -287,8 +309,21 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
                     reactor = default_reactor
                 request.append(RateLimiter(mw, reactor))
         elif isinstance(mw, Headers):
-            if mw.ssl_redirect:
-                request.append(_ssl_redirect(https_port))
+            from edge.http import secure
+
+            if mw.ssl_proxy_headers:
+                ssl_proxy = secure.ssl_by_proxy_headers(mw.ssl_proxy_headers)
+            if mw.allowed_hosts and not mw.is_development:
+                request.append(secure.AllowedHosts(mw))
+            if mw.ssl_redirect and not mw.is_development:
+                request.append(_ssl_redirect(https_port, ssl_proxy))
+            if secure.has_cors(mw):
+                cors_one = secure.Cors(mw)
+                request.append(cors_one.preflight)
+                cors.append(cors_one)
+            for name, value in secure.security_headers(mw):
+                drop.add(name.lower())
+                add = [(k, v) for k, v in add if k.lower() != name.lower()] + [(name, value)]
             if mw.custom_request:
                 request.append(_custom_request_headers(mw.custom_request))
             for name, value in mw.custom_response:
@@ -297,7 +332,7 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
                 add = [(k, v) for k, v in add if k.lower() != lower]
                 if value:
                     add.append((name.encode("latin-1"), value.encode("latin-1")))
-            if mw.sts_seconds > 0 or mw.force_sts_header:
+            if (mw.sts_seconds > 0 or mw.force_sts_header) and not mw.is_development:
                 value = f"max-age={mw.sts_seconds}"
                 if mw.sts_include_subdomains:
                     value += "; includeSubDomains"
@@ -313,4 +348,6 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
         response_add=tuple(add),
         sts=sts,
         sts_always=sts_always,
+        ssl_proxy=ssl_proxy,
+        cors=tuple(cors),
     )
