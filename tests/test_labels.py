@@ -519,8 +519,8 @@ def _with_middlewares(refs: str, **defs):
         ),
         (
             "ba",
-            {"traefik__http__middlewares__ba__basicauth__usersfile": "/run/secrets/users"},
-            "lists no users",
+            {"traefik__http__middlewares__ba__basicauth__usersfile": "/nonexistent/users"},
+            "users file cannot be read",
         ),
         (
             "ba",
@@ -848,10 +848,24 @@ def _value_for(label: str) -> str:
         "extractorfunc": "client.ip",
         "accesscontrolmaxage": "60",
         "sslproxyheaders": "X-Forwarded-Proto:https",
+        "usersfile": _users_file(),
     }
     return values.get(last, "true")
 
 
+def _users_file() -> str:
+    """An htpasswd file for the usersFile rows (made once per test run)."""
+    import tempfile
+
+    global _USERS_PATH
+    if _USERS_PATH is None:
+        fd, _USERS_PATH = tempfile.mkstemp(prefix="edge-users-")
+        os.write(fd, b"# doc test\nu:$apr1$x$y\n")
+        os.close(fd)
+    return _USERS_PATH
+
+
+_USERS_PATH = None
 _PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 # A middleware option that needs the middleware's main options beside it.
 _MAIN_OPTIONS = {

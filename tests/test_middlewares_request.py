@@ -289,3 +289,27 @@ def test_request_middlewares_over_http2(tmp_path, origin):
         assert codes == ["200", "200", "429"]
     finally:
         e.stop()
+
+
+def test_basic_auth_users_file_through_edge(tmp_path, origin):
+    import base64
+    import hashlib
+
+    users = tmp_path / "htpasswd"
+    digest = base64.b64encode(hashlib.sha1(b"s3cret").digest()).decode()
+    users.write_text(f"# team\nalice:{{SHA}}{digest}\n\n")
+    config = read_labels("app", {
+        "traefik.http.routers.r.rule": "Host(`uf.test`)",
+        "traefik.http.routers.r.middlewares": "auth",
+        "traefik.http.middlewares.auth.basicauth.usersfile": str(users),
+        "traefik.http.services.s.loadbalancer.server.port": "80",
+    })
+    assert not config.problems
+    e = Edge(tmp_path, snapshot(web([origin.target()], name="uf", host="uf.test",
+                                    middlewares=config.routers[0].middlewares)))
+    try:
+        assert e.get("/echo", host="uf.test").status_code == 401
+        assert e.get("/echo", host="uf.test", auth=("alice", "wrong")).status_code == 401
+        assert e.get("/echo", host="uf.test", auth=("alice", "s3cret")).status_code == 200
+    finally:
+        e.stop()

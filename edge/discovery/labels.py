@@ -317,6 +317,7 @@ def _build_middleware(
 
     if kind == "basicauth":
         users: tuple[str, ...] = ()
+        file_users: tuple[str, ...] = ()
         realm, remove = "", False
         users_label = ""
         for opt, (label, _w, value) in opts.items():
@@ -329,9 +330,13 @@ def _build_middleware(
             elif opt == "headerfield":
                 reader.unsupported(label, "the user name is not forwarded in a header")
             elif opt == "usersfile":
-                reader.unsupported(label, "use basicauth.users")
+                from_file = _users_file(reader, label, value)
+                if from_file is None:
+                    return _Broken("its users file cannot be read", True)
+                file_users = from_file
             else:
                 reader.unknown(label)
+        users = users + file_users
         bad = [u for u in users if ":" not in u or u.startswith(":")]
         if bad:
             reader.error(users_label, f"label {users_label}: expected user:hash entries, got {bad[0]!r}")
@@ -402,6 +407,37 @@ _FORWARD_LISTS = {
     "authrequestheaders": "auth_request_headers",
     "addauthcookiestoresponse": "add_auth_cookies_to_response",
 }
+
+
+def _users_file(reader: _Reader, label: str, value: str) -> tuple[str, ...] | None:
+    """
+    An htpasswd file's ``user:hash`` lines (Traefik ``usersFile``; ``#`` comments
+    and blank lines skipped), read when the labels are read.  A file that
+    cannot be read, or holds a line that is no entry, is None.
+    """
+    path = value.strip()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(4 * 1024 * 1024 + 1)
+    except (OSError, ValueError) as e:
+        reader.error(label, f"label {label}: cannot read users file {path!r}: {e}")
+        return None
+    if len(text) > 4 * 1024 * 1024:
+        reader.error(label, f"label {label}: users file {path!r} is over 4 MiB")
+        return None
+    users = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if ":" not in line or line.startswith(":"):
+            reader.error(label, f"label {label}: line {number} of {path!r} is not a user:hash entry")
+            return None
+        users.append(line)
+    if not users:
+        reader.error(label, f"label {label}: users file {path!r} lists no users")
+        return None
+    return tuple(users)
 
 
 def _pem(reader: _Reader, label: str, value: str) -> str | None:
@@ -1166,6 +1202,7 @@ def _v1_frontend(
     forward: dict[str, tuple[str, str]] = {}
     redirect_regex: dict[str, tuple[str, str]] = {}
     rate_limit: dict[str, tuple[str, str]] = {}
+    file_users: tuple[str, ...] = ()
     for opt, (label, value) in opts.items():
         if opt == "rule":
             fields["rule"] = (label, value.strip())
@@ -1209,7 +1246,14 @@ def _v1_frontend(
             remove_header = reader.boolean(label, value, False)
         elif opt.startswith("auth.forward."):
             forward[opt[len("auth.forward."):]] = (label, value)
-        elif opt in ("auth.basic.usersfile", "auth.digest", "auth.digest.users", "auth.digest.usersfile") or opt.startswith("auth.forward"):
+        elif opt == "auth.basic.usersfile":
+            from_file = _users_file(reader, label, value)
+            if from_file is None:
+                reader.error(label, f"frontend {name}: frontend dropped so it is not served unprotected")
+                keep = False
+            else:
+                file_users = from_file
+        elif opt in ("auth.digest", "auth.digest.users", "auth.digest.usersfile") or opt.startswith("auth.forward"):
             reader.unsupported(label)
             reader.error(
                 label,
@@ -1261,6 +1305,7 @@ def _v1_frontend(
                          f"frontend {name}: redirect regex cannot be used ({built.reason})")
         else:
             redirect.append(RedirectRegex(built.regex, built.replacement, redirect_permanent))
+    users = users + file_users
     if users and keep:
         auth.append(BasicAuth(users=users, remove_header=remove_header))
     if forward:
