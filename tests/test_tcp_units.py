@@ -303,3 +303,53 @@ def test_splice_end_of_the_backend_ends_the_client_and_reports_once():
     assert client.disconnecting
     splice.connectionLost(None)
     assert done == [True]
+
+
+class _Fallback:
+    """Stands for the HTTPS side of an entry point."""
+
+    def __init__(self):
+        self.built = []
+
+    def buildProtocol(self, addr):
+        from twisted.internet.protocol import Protocol
+
+        protocol = Protocol()
+        received = []
+        protocol.dataReceived = received.append
+        protocol.received = received
+        self.built.append(protocol)
+        return protocol
+
+
+def _https_connect(front, fallback, client="10.0.0.5"):
+    factory = front.wrap("raw", fallback)
+    protocol = factory.buildProtocol(IPv4Address("TCP", client, 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", client, 40000))
+    transport.abortConnection = lambda: setattr(transport, "aborted", True)
+    transport.aborted = False
+    protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def test_https_side_gets_unmatched_names_and_acme_validation_with_the_hello_bytes():
+    front, reactor = _front_end([_router("HostSNI(`*`)", tls=TCPRouterTLS(passthrough=True))])
+    fallback = _Fallback()
+    protocol, transport = _https_connect(front, fallback)
+    hello = client_hello("a.test", ("acme-tls/1",))
+    protocol.dataReceived(hello)
+    assert reactor.tcpClients == [] and not transport.aborted
+    assert fallback.built[0].received == [hello]  # every byte read so far, unchanged
+    protocol.dataReceived(b"more")
+    assert fallback.built[0].received == [hello, b"more"]
+    # Any other TLS name goes to the catch-all passthrough router.
+    protocol, _transport = _https_connect(front, fallback)
+    protocol.dataReceived(client_hello("a.test", ("h2",)))
+    assert len(reactor.tcpClients) == 1 and len(fallback.built) == 1
+
+
+def test_https_entry_point_without_tcp_routers_does_not_peek():
+    front, _reactor = _front_end([])
+    fallback = _Fallback()
+    protocol, _transport = _https_connect(front, fallback)
+    assert protocol is fallback.built[0]

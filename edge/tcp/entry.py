@@ -99,6 +99,10 @@ class EntryProtocol(Protocol):
             return
         if hello is NOT_TLS:
             self._choose(None, ())
+        elif "acme-tls/1" in hello.alpn and self._factory.fallback is not None:
+            # TLS-ALPN-01 validation is edge's own (as in Traefik): never a TCP router's.
+            self._cancel_timer()
+            self._hand_to(self._factory.fallback.buildProtocol(self._addr))
         else:
             self._choose(hello.sni, hello.alpn)
 
@@ -109,10 +113,13 @@ class EntryProtocol(Protocol):
                             name=self._factory.entrypoint, client=self._client)
             self.transport.abortConnection()
 
-    def _choose(self, sni, alpn):
+    def _cancel_timer(self):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+
+    def _choose(self, sni, alpn):
+        self._cancel_timer()
         route = self._table.match(sni, alpn, self._client)
         if route is None:
             if self._factory.fallback is not None:
