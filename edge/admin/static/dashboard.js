@@ -153,10 +153,32 @@ function renderDNS(dns) {
       el("td", { class: "muted", text: n.source }))));
 }
 
+// TCP and UDP routers (/api/tcp, /api/udp); older API answers have neither.
+function renderL4(data) {
+  const rows = [];
+  for (const [protocol, section] of [["TCP", data.tcp], ["UDP", data.udp]]) {
+    if (!section) continue;
+    const services = Object.fromEntries(section.services.map((s) => [s.name, s]));
+    for (const r of section.routers) {
+      const service = services[r.service];
+      const targets = service ? service.targets.map((t) => t.address).join(", ") : "";
+      rows.push(el("tr", { "data-filter": (r.name + " " + (r.rule || "") + " " + r.service).toLowerCase() },
+        el("td", {}, el("code", { text: r.name })), el("td", { text: protocol }),
+        el("td", {}, el("code", { text: r.rule || "" })),
+        el("td", {}, ...r.entrypoints.map((e) => pill("plain", e))),
+        el("td", {}, r.tls ? pill("tls", r.tls) : null),
+        el("td", {}, el("code", { text: r.service })),
+        el("td", {}, targets ? el("code", { text: targets }) : pill("error", "0 targets"))));
+    }
+  }
+  fill("l4", rows);
+}
+
 function renderTables(data) {
+  renderL4(data);
   fill("entrypoints", data.entrypoints.map((e) =>
     el("tr", {}, el("td", { text: e.name }), el("td", {}, el("code", { text: e.address })),
-      el("td", {}, e.tls ? pill("tls", "TLS") : e.redirect_to ? pill("plain", "→ " + e.redirect_to) : pill("plain", "plain"),
+      el("td", {}, e.tls ? pill("tls", "TLS") : e.protocol && e.protocol !== "http" ? pill("plain", e.protocol.toUpperCase()) : e.redirect_to ? pill("plain", "→ " + e.redirect_to) : pill("plain", "plain"),
         e.state === "not listening" ? pill("error", "not listening: " + e.error) : null))));
   fill("nodes", data.nodes.map((n) =>
     el("tr", {}, el("td", {}, n.hostname, n.leader ? el("span", { class: "muted", text: " (leader)" }) : null),
