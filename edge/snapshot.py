@@ -166,6 +166,10 @@ class Headers:
 @dataclass(frozen=True)
 class IPAllowList:
     source_ranges: tuple[str, ...]
+    # ipStrategy: the depth-th X-Forwarded-For address from the right, or the
+    # first from the right not excluded, instead of the client address.
+    ip_depth: int = 0
+    excluded_ips: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -874,6 +874,7 @@ _MAIN_OPTIONS = {
     ".redirectregex.": {"regex": "^http://a/", "replacement": "http://b/"},
     ".ratelimit.": {"average": "5"},
     ".inflightreq.": {"amount": "5"},
+    ".ipallowlist.": {"sourcerange": "10.0.0.0/8"},
 }
 
 

@@ -313,3 +313,25 @@ def test_basic_auth_users_file_through_edge(tmp_path, origin):
         assert e.get("/echo", host="uf.test", auth=("alice", "s3cret")).status_code == 200
     finally:
         e.stop()
+
+
+def test_ip_allow_list_by_forwarded_for_depth(tmp_path, origin):
+    from edge.snapshot import IPAllowList
+
+    e = Edge(tmp_path, snapshot(
+        web([origin.target()], name="d", host="depth.test",
+            middlewares=[IPAllowList(("203.0.113.0/24",), ip_depth=1)]),
+        web([origin.target()], name="x", host="excl.test",
+            middlewares=[IPAllowList(("203.0.113.0/24",), excluded_ips=("10.0.0.0/8",))]),
+    ))
+    try:
+        def status(host, xff=None):
+            return e.get("/echo", host=host, headers={"X-Forwarded-For": xff} if xff else {}).status_code
+
+        assert status("depth.test", "198.51.100.1, 203.0.113.7") == 200
+        assert status("depth.test", "203.0.113.7, 10.0.0.1") == 403
+        assert status("depth.test") == 403  # no address at that depth
+        assert status("excl.test", "203.0.113.7, 10.0.0.1, 10.0.0.2") == 200
+        assert status("excl.test", "198.51.100.1, 10.0.0.1") == 403
+    finally:
+        e.stop()

@@ -352,6 +352,7 @@ def _build_middleware(
 
     if kind in ("ipwhitelist", "ipallowlist"):
         ranges: tuple[str, ...] = ()
+        strategy: dict = {}
         for opt, (label, _w, value) in opts.items():
             if opt == "sourcerange":
                 ranges = _list(value)
@@ -361,15 +362,26 @@ def _build_middleware(
                     except ValueError:
                         reader.error(label, f"label {label}: {item!r} is not an address or CIDR")
                         return _Broken("its source range is invalid", True)
+            elif opt == "ipstrategy.depth":
+                strategy["ip_depth"] = reader.integer(label, value, 0, 0, 64)
+            elif opt == "ipstrategy.excludedips":
+                excluded = _list(value)
+                for item in excluded:
+                    try:
+                        ipaddress.ip_network(item, strict=False)
+                    except ValueError:
+                        reader.error(label, f"label {label}: {item!r} is not an address or CIDR")
+                        return _Broken("its ipStrategy.excludedIPs is invalid", True)
+                strategy["excluded_ips"] = excluded
             elif opt.startswith("ipstrategy"):
-                reader.unsupported(label, "edge takes client addresses from [http] trusted_proxies")
+                reader.unsupported(label, "this ipStrategy option")
             elif opt == "rejectstatuscode":
                 reader.unsupported(label, "edge answers 403")
             else:
                 reader.unknown(label)
         if not ranges:
             return _Broken("it has no source range", True)
-        return IPAllowList(ranges)
+        return IPAllowList(ranges, **strategy)
 
     if kind == "forwardauth":
         return _forward_auth(reader, {opt: (label, value) for opt, (label, _w, value) in opts.items()})

@@ -178,6 +178,18 @@ class _BasicAuth:
 def _ip_allow(mw: IPAllowList):
     networks = Networks(mw.source_ranges)
     forbidden = Reply(403, b"Forbidden", [(b"Content-Type", b"text/plain; charset=utf-8")], b"403 Forbidden\n")
+    if mw.ip_depth or mw.excluded_ips:
+        from edge.http.ratelimit import source_key
+        from edge.snapshot import SourceCriterion
+
+        address = source_key(SourceCriterion(ip_depth=mw.ip_depth, excluded_ips=mw.excluded_ips))
+
+        def ip_allow_by_strategy(request):
+            # No such address (too few X-Forwarded-For entries): refused, as Traefik does.
+            found = address(request).decode("latin-1")
+            return None if found and found in networks else forbidden
+
+        return ip_allow_by_strategy
 
     def ip_allow(request):
         return None if request.client_ip in networks else forbidden
