@@ -167,3 +167,17 @@ def test_rule_matching(rule, sni, alpn, client, expected):
 def test_bad_rules_raise_rule_error(rule):
     with pytest.raises(RuleError):
         parse_tcp_rule(rule)
+
+
+def test_api_snapshot_names_tcp_and_udp_parts():
+    from edge.discovery.jsonview import snapshot_to_data
+
+    labels = {"traefik.tcp.routers.db.rule": "HostSNI(`*`)", "traefik.udp.routers.dns.entrypoints": "dns",
+              "traefik.tcp.routers.db.middlewares": "few", "traefik.tcp.middlewares.few.inflightconn.amount": "2"}
+    state = DockerState(containers=[_container(labels, [(5432, "tcp"), (53, "udp")])], containers_read=True,
+                        networks=[{"Id": "n1", "Name": "net", "Driver": "bridge"}])
+    data = snapshot_to_data(build_snapshot(state, DockerConfig(backend_addressing="task")))
+    (router,) = data["tcp_routers"]
+    assert (router["rule"], router["middlewares"]) == ("HostSNI(`*`)", [{"type": "InFlightConn", "amount": 2}])
+    assert [s["targets"][0]["port"] for s in data["udp_services"]] == [53]
+    assert [r["name"] for r in data["udp_routers"]] == ["dns@docker"]

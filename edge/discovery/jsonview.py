@@ -65,4 +65,12 @@ def snapshot_to_data(snapshot: Snapshot) -> dict:
         "nodes": to_data(snapshot.nodes),
         "swarm_services": to_data(snapshot.swarm_services),
         "problems": to_data(snapshot.problems),
+        # TCP/UDP routers: the rule as written, middlewares with their type.
+        "tcp_routers": [
+            {**to_data(r), "rule": r.rule_text, "middlewares": [_middleware(m) for m in r.middlewares]}
+            for r in snapshot.tcp_routers
+        ],
+        "tcp_services": to_data(snapshot.tcp_services),
+        "udp_routers": to_data(snapshot.udp_routers),
+        "udp_services": to_data(snapshot.udp_services),
     }
