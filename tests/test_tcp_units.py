@@ -353,3 +353,18 @@ def test_https_entry_point_without_tcp_routers_does_not_peek():
     fallback = _Fallback()
     protocol, _transport = _https_connect(front, fallback)
     assert protocol is fallback.built[0]
+
+
+def test_behind_an_entry_points_proxy_protocol_the_allow_list_sees_the_named_client():
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory  # as edge.http.service
+
+    allow = (IPAllowList(("203.0.113.9/32",)),)
+    front, reactor = _front_end([_router(middlewares=allow, tls=TCPRouterTLS(passthrough=True))])
+    for client, routed in (("203.0.113.9", 1), ("203.0.113.10", 1)):  # backend connections so far
+        factory = HAProxyWrappingFactory(front.wrap("raw", _Fallback()))
+        protocol = factory.buildProtocol(IPv4Address("TCP", "10.0.0.2", 40000))  # the load balancer
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.2", 40000))
+        transport.abortConnection = lambda: None
+        protocol.makeConnection(transport)
+        protocol.dataReceived(f"PROXY TCP4 {client} 10.0.0.1 5555 443\r\n".encode() + client_hello("a.test"))
+        assert len(reactor.tcpClients) == routed

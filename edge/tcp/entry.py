@@ -120,6 +120,9 @@ class EntryProtocol(Protocol):
 
     def _choose(self, sni, alpn):
         self._cancel_timer()
+        # The transport's peer, read now: behind an HTTPS entry point's proxy_protocol
+        # (always peeked, so this runs after the PROXY header) it is the client it named.
+        self._client = getattr(self.transport.getPeer(), "host", self._client)
         route = self._table.match(sni, alpn, self._client)
         if route is None:
             if self._factory.fallback is not None:
