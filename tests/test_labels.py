@@ -849,6 +849,7 @@ def _value_for(label: str) -> str:
         "accesscontrolmaxage": "60",
         "sslproxyheaders": "X-Forwarded-Proto:https",
         "usersfile": _users_file(),
+        "autodetect": "false",
     }
     return values.get(last, "true")
 

@@ -335,3 +335,18 @@ def test_ip_allow_list_by_forwarded_for_depth(tmp_path, origin):
         assert status("excl.test", "198.51.100.1, 10.0.0.1") == 403
     finally:
         e.stop()
+
+
+def test_content_type_without_auto_detection_is_accepted_and_with_it_warned():
+    def read(value):
+        return read_labels("app", {
+            "traefik.http.routers.r.rule": "Host(`a.test`)",
+            "traefik.http.routers.r.middlewares": "ct",
+            "traefik.http.middlewares.ct.contenttype.autodetect": value,
+            "traefik.http.services.s.loadbalancer.server.port": "80",
+        })
+
+    quiet = read("false")
+    assert quiet.problems == () and quiet.routers[0].middlewares == ()
+    sniff = read("true")
+    assert sniff.routers and any("never guesses" in p.message for p in sniff.problems)

@@ -140,7 +140,7 @@ class _Broken:
 
 
 _SKIP = object()  # a middleware edge does not implement but that is safe to leave out
-_SKIP_NO_LIMIT = object()  # a rateLimit with average 0: Traefik's "no limit", nothing to do
+_NOTHING_TO_DO = object()  # a middleware that changes nothing in edge (rateLimit average 0, contentType without auto-detection)
 
 # In ``shared_middlewares``: a name several services define differently.
 # Traefik drops such a middleware, so routers using it are dropped too, even
@@ -389,6 +389,22 @@ def _build_middleware(
     if kind in _REQUEST_KINDS:
         return _request_middleware(reader, kind, {opt: (label, value) for opt, (label, _w, value) in opts.items()})
 
+    if kind == "contenttype":
+        # Traefik v2 sniffs a missing Content-Type unless autoDetect=false; v3
+        # sniffs only with this middleware. edge never sniffs: "false" is what
+        # it does anyway, anything else is not implemented.
+        auto = True
+        for opt, (label, _w, value) in opts.items():
+            if opt == "autodetect":
+                auto = reader.boolean(label, value, True)
+            elif opt:  # v3 writes the empty middleware as contenttype=true
+                reader.unknown(label)
+        if auto:
+            for label, _w, _v in opts.values() or [(f"middleware {name}", "", "")]:
+                reader.unsupported(label, "edge never guesses a Content-Type")
+            return _SKIP
+        return _NOTHING_TO_DO
+
     if kind == "chain":
         refs: tuple[str, ...] = ()
         for opt, (label, _w, value) in opts.items():
@@ -574,7 +590,7 @@ def _request_middleware(reader: _Reader, kind: str, opts: dict[str, tuple[str, s
         return _Broken(f"it has no {missing[0]}", True)
     if kind == "ratelimit":
         if not values.get("average"):
-            return _SKIP_NO_LIMIT  # Traefik: average 0 means no limit
+            return _NOTHING_TO_DO  # Traefik: average 0 means no limit
         return RateLimit(**values)
     return {
         "replacepath": ReplacePath, "replacepathregex": ReplacePathRegex, "addprefix": AddPrefix,
@@ -962,7 +978,7 @@ def _resolve_middlewares(
                 reader.warn(label, f"router {router}: middleware {ref!r} is left out ({found.reason})")
         elif found is _SKIP:
             reader.warn(label, f"router {router}: middleware {ref!r} is not supported by edge and is left out")
-        elif found is _SKIP_NO_LIMIT:
+        elif found is _NOTHING_TO_DO:
             pass
         elif isinstance(found, _ChainRef):
             qualified = f"{name}@{provider or reader.provider}"
