@@ -21,6 +21,7 @@ import requests
 from edge.discovery.labels import read_labels
 from edge.http.forwardauth import add_response_cookies, canonical
 from edge.snapshot import ForwardAuth
+from tests.h2curl import curl_h2
 from tests.ports import free_port
 from tests.test_http_proxy import ROOT, Edge, Origin, snapshot, web
 
@@ -321,19 +322,7 @@ def test_forward_auth_over_http2(tmp_path, origin, auth):
     e = Edge(tmp_path, _routers(origin, auth), entrypoints=eps, env=env)
 
     def curl(host, path, *args):
-        done = subprocess.run(
-            ["curl", "-sS", "--http2", "-i", "--max-time", "20", "--cacert", root,
-             "--resolve", f"{host}:{port}:127.0.0.1", *args, f"https://{host}:{port}{path}"],
-            capture_output=True, timeout=30,
-        )
-        assert done.returncode == 0, done.stderr
-        head, _, body = done.stdout.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers: dict = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers.setdefault(k.strip().lower(), []).append(v.strip())
-        return lines[0], headers, body
+        return curl_h2(root, port, host, path, *args)
 
     try:
         status, headers, body = curl("fa.test", "/echo?q=2")

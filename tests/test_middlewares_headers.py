@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import subprocess
 
 import pytest
 import requests
@@ -18,6 +17,7 @@ from edge.discovery.labels import read_labels
 from edge.http.middlewares import compile_middlewares
 from edge.rules import Host
 from edge.snapshot import Headers
+from tests.h2curl import curl_h2
 from tests.ports import free_port
 from tests.test_http_proxy import Edge, Origin, snapshot, web
 
@@ -163,15 +163,8 @@ def test_headers_over_http2(tmp_path, origin):
     e = Edge(tmp_path, _snapshot(origin, secure), entrypoints=eps, env=env)
 
     def curl(host, *args):
-        done = subprocess.run(
-            ["curl", "-sS", "--http2", "-i", "--max-time", "20", "--cacert", root,
-             "--resolve", f"{host}:{port}:127.0.0.1", *args, f"https://{host}:{port}/echo"],
-            capture_output=True, timeout=30,
-        )
-        assert done.returncode == 0, done.stderr
-        head, _, body = done.stdout.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        return lines[0], {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}, body
+        status, headers, body = curl_h2(root, port, host, "/echo", *args)
+        return status, {k: v[-1] for k, v in headers.items()}, body
 
     try:
         status, headers, _ = curl("ok.test")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import threading
 
 import pytest
@@ -28,6 +27,7 @@ from edge.snapshot import (
     AddPrefix, InFlightReq, RateLimit, RedirectRegex, ReplacePath, ReplacePathRegex, SourceCriterion,
     StripPrefixRegex,
 )
+from tests.h2curl import curl_h2
 from tests.ports import free_port
 from tests.swarmkit import wait_for
 from tests.test_http_proxy import Edge, Origin, snapshot, web
@@ -264,19 +264,8 @@ def test_request_middlewares_over_http2(tmp_path, origin):
     e = Edge(tmp_path, _routers(origin), entrypoints=eps, env=env)
 
     def curl(host, path, *args):
-        done = subprocess.run(
-            ["curl", "-sS", "--http2", "-i", "--max-time", "20", "--cacert", root,
-             "--resolve", f"{host}:{port}:127.0.0.1", *args, f"https://{host}:{port}{path}"],
-            capture_output=True, timeout=30,
-        )
-        assert done.returncode == 0, done.stderr
-        head, _, body = done.stdout.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        return lines[0], headers, body
+        status, headers, body = curl_h2(root, port, host, path, *args)
+        return status, {k: v[-1] for k, v in headers.items()}, body
 
     try:
         status, _h, body = curl("rp.test", "/anything?q=1")

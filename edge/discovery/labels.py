@@ -355,23 +355,16 @@ def _build_middleware(
         strategy: dict = {}
         for opt, (label, _w, value) in opts.items():
             if opt == "sourcerange":
-                ranges = _list(value)
-                for item in ranges:
-                    try:
-                        ipaddress.ip_network(item, strict=False)
-                    except ValueError:
-                        reader.error(label, f"label {label}: {item!r} is not an address or CIDR")
-                        return _Broken("its source range is invalid", True)
+                checked = _cidrs(reader, label, value)
+                if checked is None:
+                    return _Broken("its source range is invalid", True)
+                ranges = checked
             elif opt == "ipstrategy.depth":
                 strategy["ip_depth"] = reader.integer(label, value, 0, 0, 64)
             elif opt == "ipstrategy.excludedips":
-                excluded = _list(value)
-                for item in excluded:
-                    try:
-                        ipaddress.ip_network(item, strict=False)
-                    except ValueError:
-                        reader.error(label, f"label {label}: {item!r} is not an address or CIDR")
-                        return _Broken("its ipStrategy.excludedIPs is invalid", True)
+                excluded = _cidrs(reader, label, value)
+                if excluded is None:
+                    return _Broken("its ipStrategy.excludedIPs is invalid", True)
                 strategy["excluded_ips"] = excluded
             elif opt.startswith("ipstrategy"):
                 reader.unsupported(label, "this ipStrategy option")
@@ -507,6 +500,18 @@ def _regex(reader: _Reader, label: str, value: str) -> bool:
     return True
 
 
+def _cidrs(reader: _Reader, label: str, value: str) -> tuple[str, ...] | None:
+    """A comma list of addresses/CIDRs, or None (an error said which item is not one)."""
+    items = _list(value)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            reader.error(label, f"label {label}: {item!r} is not an address or CIDR")
+            return None
+    return items
+
+
 def _source_criterion(reader: _Reader, opts: dict[str, tuple[str, str]]) -> SourceCriterion | None:
     values: dict = {}
     for opt, (label, value) in opts.items():
@@ -521,13 +526,9 @@ def _source_criterion(reader: _Reader, opts: dict[str, tuple[str, str]]) -> Sour
         elif opt == "ipstrategy.depth":
             values["ip_depth"] = reader.integer(label, value, 0, 0, 64)
         elif opt == "ipstrategy.excludedips":
-            ips = _list(value)
-            for item in ips:
-                try:
-                    ipaddress.ip_network(item, strict=False)
-                except ValueError:
-                    reader.error(label, f"label {label}: {item!r} is not an address or CIDR")
-                    return None
+            ips = _cidrs(reader, label, value)
+            if ips is None:
+                return None
             values["excluded_ips"] = ips
         elif opt == "ipstrategy.ipv6subnet":
             reader.unsupported(label, "this sourceCriterion option")

@@ -157,7 +157,9 @@ class Clients:
         pool = HTTPConnectionPool(self._reactor, persistent=True)
         pool.maxPersistentPerHost = 16
         pool.cachedConnectionTimeout = 30
-        pool.retryAutomatically = False  # a failed auth call is answered, not replayed
+        # A GET on a pooled connection the auth server had closed is retried once on a
+        # new one (Twisted retries only idempotent requests that got no answer).
+        pool.retryAutomatically = True
         agent = Agent(self._reactor, contextFactory=_policy(mw), connectTimeout=CONNECT_TIMEOUT, pool=pool)
         self._agents[key] = agent
         self._pools[key] = pool
