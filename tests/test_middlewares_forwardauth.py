@@ -345,3 +345,43 @@ def test_forward_auth_over_http2(tmp_path, origin, auth):
         assert status.startswith("HTTP/2 500")
     finally:
         e.stop()
+
+
+def test_pooled_connection_closed_by_the_auth_server_is_retried(tmp_path, origin):
+    """An auth server that answers one request per connection and drops the next one unanswered."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(30)
+    answered = []
+
+    def serve():
+        try:
+            while len(answered) < 3:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(10)
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nRemote-User: bob\r\n\r\n")
+                    answered.append(True)
+                    conn.recv(65536)  # the next request on this connection: dropped unanswered
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    fa = ForwardAuth(address=f"http://127.0.0.1:{listener.getsockname()[1]}/", auth_response_headers=("Remote-User",))
+    e = Edge(tmp_path, snapshot(web([origin.target()], name="r", host="retry.test", middlewares=[fa])))
+    try:
+        for _ in range(2):
+            r = e.get("/echo", host="retry.test")
+            assert r.status_code == 200 and ["Remote-User", "bob"] in r.json()["headers"]
+        assert len(answered) == 2  # the second check needed a new connection
+    finally:
+        e.stop()
+        listener.close()
