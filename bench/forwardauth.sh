@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# A router with forwardauth + headers in edge beside nginx's auth_request doing
+# the same (bench/forwardauth/nginx-proxy.conf): every request asks the auth
+# server (nginx, /auth -> 200 + Remote-User), nothing cached. Also edge with
+# the same route and no middlewares, for the cost of the check.
+#
+# edge runs its HTTP service alone (tests/test_http_harness.py, the harness
+# the proxy tests use) on a pickled snapshot, one process; nginx one worker.
+# compress is not part of the router: edge does not implement it yet.
+#
+#   bash bench/forwardauth.sh            # 5 s per run, 32 connections
+#   SECONDS_PER_RUN=10 CONNS=64 bash bench/forwardauth.sh
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+CONF="$HERE/forwardauth"
+RUN_SECONDS=${SECONDS_PER_RUN:-5}
+CONNS=${CONNS:-32}
+BASE_PORT=${BASE_PORT:-28900}
+ORIGIN=$BASE_PORT NGINX=$((BASE_PORT + 1)) EDGE=$((BASE_PORT + 2)) PLAIN=$((BASE_PORT + 3))
+
+for tool in wrk /usr/sbin/nginx; do
+    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+
+DIR=$(mktemp -d /tmp/edge-bench-fa.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+chmod 755 "$DIR"
+mkdir -p "$DIR/www"
+head -c 100 /dev/zero | tr '\0' 'a' > "$DIR/www/small"
+
+render() { sed -e "s#@DIR@#$DIR#g" -e "s#@PORT@#$2#g" -e "s#@ORIGIN@#$ORIGIN#g" "$1"; }
+wait_port() {
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/small" && return 0
+        sleep 0.1
+    done
+    echo "nothing answers on port $1" >&2
+    return 1
+}
+
+render "$CONF/origin.conf" "$ORIGIN" > "$DIR/origin.conf"
+/usr/sbin/nginx -c "$DIR/origin.conf" -e "$DIR/origin-error.log" & PIDS+=($!)
+wait_port "$ORIGIN"
+render "$CONF/nginx-proxy.conf" "$NGINX" > "$DIR/nginx.conf"
+/usr/sbin/nginx -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" & master=$!; PIDS+=($master)
+wait_port "$NGINX"
+declare -A WORK_PID=([nginx]=$(pgrep -P "$master" | head -1))
+
+start_edge() {  # start_edge NAME PORT [plain]
+    (cd "$ROOT" && .venv/bin/python bench/forwardauth/snapshot.py "$ORIGIN" "$DIR/$1.pickle" ${3:-})
+    printf '[entrypoints.http]\naddress = "tcp:%s:interface=127.0.0.1:backlog=4096"\n[http]\n' "$2" > "$DIR/$1.toml"
+    (cd "$ROOT" && exec .venv/bin/python -m tests.test_http_harness edge "$DIR/$1.toml" "$DIR/$1.pickle" \
+        > "$DIR/$1.log" 2>&1) & WORK_PID[$1]=$!; PIDS+=(${WORK_PID[$1]})
+    wait_port "$2"
+}
+start_edge edge "$EDGE"
+start_edge plain "$PLAIN" plain
+
+# The check really happens: edge's answer carries the headers, the origin saw Remote-User.
+curl -sfI "http://127.0.0.1:$EDGE/small" | grep -qi '^X-Frame-Options: DENY' || { echo "edge: no headers" >&2; exit 1; }
+curl -sfI "http://127.0.0.1:$NGINX/small" | grep -qi '^X-Frame-Options: DENY' || { echo "nginx: no headers" >&2; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+measure() {  # measure NAME PORT
+    local pid=${WORK_PID[$1]}
+    wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$2/small" > /dev/null 2>&1 || true
+    local before after out requests
+    before=$(cpu_ticks "$pid")
+    out=$(wrk -t1 -c"$CONNS" -d"${RUN_SECONDS}s" --latency "http://127.0.0.1:$2/small" 2>&1)
+    after=$(cpu_ticks "$pid")
+    requests=$(awk '/requests in/ {print $1}' <<< "$out")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$(awk '/Requests\/sec/ {print $2}' <<< "$out")" \
+        "$(awk '$1 == "50%" {print $2}' <<< "$out")" "$(( (after - before) * 1000000 / HZ / (requests > 0 ? requests : 1) ))" \
+        "$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<< "$out")" >> "$DIR/results.tsv"
+}
+: > "$DIR/results.tsv"
+for name in nginx edge plain; do
+    case $name in nginx) port=$NGINX ;; edge) port=$EDGE ;; plain) port=$PLAIN ;; esac
+    measure "$name" "$port"
+done
+
+echo "forward auth bench, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), ${RUN_SECONDS}s, $CONNS connections"
+python3 - "$DIR/results.tsv" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+ref = float(rows[0][1])
+names = {"nginx": "nginx auth_request + add_header", "edge": "edge forwardauth + headers", "plain": "edge, no middlewares"}
+print("| proxy | req/s | × nginx | p50 | CPU µs/req (proxy process) | errors |")
+print("|---|---|---|---|---|---|")
+for name, rps, p50, cpu, errors in rows:
+    print(f"| {names[name]} | {float(rps):.0f} | {float(rps) / ref:.2f} | {p50} | {cpu} | {errors.strip() or '-'} |")
+PY
