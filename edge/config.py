@@ -173,6 +173,13 @@ class HTTPConfig:
     # (a head is parsed on the reactor; an unbounded one costs every client).
     backend_max_header_bytes: int = 65536
     backend_max_header_count: int = 1000
+    # A client that takes no byte of its answer for this long loses its
+    # connection and the backend's (nginx's send_timeout), seconds.
+    send_timeout: float = 60.0
+    # An upgraded connection (WebSocket...) idle both ways this long is closed.
+    tunnel_idle_timeout: float = 600.0
+    # Client connections per entry point; more are closed at once (logged, counted).
+    max_client_connections: int = 10000
     # Speed-ups on private internals of Twisted, pyOpenSSL and hpack
     # (edge.http.speedups); false runs the stock public code paths.
     speedups: bool = True

@@ -61,6 +61,12 @@ http_upstream_connect_failures = Counter(
 http_open_connections = Gauge(
     "edge_http_open_connections", "Client connections open", ["entrypoint"], registry=REGISTRY
 )
+http_refused_connections = Counter(
+    "edge_http_refused_connections",
+    "Client connections closed at once: the entry point had max_client_connections open",
+    ["entrypoint"],
+    registry=REGISTRY,
+)
 target_health = Gauge(
     "edge_target_up", "1 when a target is considered healthy", ["service", "target"], registry=REGISTRY
 )

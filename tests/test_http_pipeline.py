@@ -417,8 +417,8 @@ def test_a_malformed_pipelined_request_does_not_cancel_the_backend_timeout():
 
 
 def test_a_client_that_stops_reading_loses_its_connection_and_backend_after_the_send_timeout():
-    """Issue 9.6: nothing read for SEND_TIMEOUT closes both sides."""
-    from edge.http.exchange import SEND_TIMEOUT
+    """Issue 9.6: nothing read for send_timeout closes both sides."""
+    SEND_TIMEOUT = HTTPConfig().send_timeout
 
     world = World()
     client = H1Client(world)
@@ -440,7 +440,7 @@ def test_an_h2_stream_whose_window_stays_shut_is_reset_after_the_send_timeout():
     import h2.events
     import h2.settings
 
-    from edge.http.exchange import SEND_TIMEOUT
+    SEND_TIMEOUT = HTTPConfig().send_timeout
 
     world = World()
     client = H2Client(world)
@@ -459,7 +459,7 @@ def test_an_h2_stream_whose_window_stays_shut_is_reset_after_the_send_timeout():
 
 
 def test_an_idle_tunnel_is_closed():
-    from edge.http.exchange import TUNNEL_IDLE_TIMEOUT
+    TUNNEL_IDLE_TIMEOUT = HTTPConfig().tunnel_idle_timeout
 
     world = World()
     client = H1Client(world)
@@ -489,3 +489,15 @@ def test_a_client_that_half_closes_after_its_request_gets_the_answer():
     assert (answer.status, answer.body) == (200, b"ok")
     assert client.transport.disconnecting
     assert [line["status"] for line in world.log_lines()] == [200]
+
+
+
+def test_connections_past_max_client_connections_are_closed_at_once_and_counted():
+    """Issue 9.3: a cap per entry point, with a log line and a metric."""
+    world = World(HTTPConfig(max_client_connections=2))
+    clients = [H1Client(world) for _ in range(3)]
+    assert [c.transport.aborted for c in clients] == [False, False, True]
+    assert len(world.factory.connections) == 2
+    assert world.service.stats._refused == {"web": 1}
+    clients[0].server.connectionLost(None)
+    assert not H1Client(world).transport.aborted  # room again

@@ -23,8 +23,7 @@ from edge.http.balancer import target_key
 from edge.http.forwarding import apply_trusted_scheme
 from edge.http.middlewares import Reply, _redirect as redirect
 
-__all__ = ["Request", "ExchangeSide", "route", "dispatch", "error", "REASONS", "TEXT",
-           "SEND_TIMEOUT", "TUNNEL_IDLE_TIMEOUT"]
+__all__ = ["Request", "ExchangeSide", "route", "dispatch", "error", "REASONS", "TEXT"]
 
 _log = Logger(namespace="edge.http.exchange")
 
@@ -37,13 +36,6 @@ REASONS = {
     504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
-
-# A client that takes no byte of its answer for this long loses its
-# connection, and the backend connection serving it (nginx's send_timeout).
-SEND_TIMEOUT = 60.0
-# An upgraded connection (WebSocket...) with no byte either way for this long
-# is closed (nginx's proxy_read_timeout is 60 s; tunnels idle longer).
-TUNNEL_IDLE_TIMEOUT = 600.0
 
 
 class Request:

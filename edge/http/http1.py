@@ -122,6 +122,13 @@ class ServerProtocol(Protocol):
         self._scheme = factory.scheme
         self._identify()
         self._since = self._reactor.seconds()
+        if len(factory.connections) >= limits.max_client_connections:
+            # The entry point is full: this connection goes at once.
+            self._closed = True
+            self._state = CLOSED
+            factory.refused(self.transport.getPeer())
+            self.transport.abortConnection()
+            return
         self.transport.registerProducer(PeerReads(self), True)
         factory.connections.add(self)
         proxy.open_connections(factory.name, +1)
@@ -673,10 +680,10 @@ class ServerProtocol(Protocol):
             self._h2.check_timeouts(now)
             return
         limits = self._limits
-        if self._backend_paused and now - self._full_since > exchange.SEND_TIMEOUT:
+        if self._backend_paused and now - self._full_since > limits.send_timeout:
             # The client stopped reading: its connection and the backend's go.
             self._log.info("Client {client} read nothing for {timeout}s; closing",
-                           client=self.peer.client_ip, timeout=exchange.SEND_TIMEOUT)
+                           client=self.peer.client_ip, timeout=limits.send_timeout)
             req = self._queue[0] if self._queue else None
             backend, self._backend = self._backend, None
             if backend is not None:
@@ -692,9 +699,9 @@ class ServerProtocol(Protocol):
             return
         idle = now - self._since
         if state is TUNNEL:
-            if idle > exchange.TUNNEL_IDLE_TIMEOUT:
+            if idle > limits.tunnel_idle_timeout:
                 self._log.info("Tunnel for {client} idle for {timeout}s; closing",
-                               client=self.peer.client_ip, timeout=exchange.TUNNEL_IDLE_TIMEOUT)
+                               client=self.peer.client_ip, timeout=limits.tunnel_idle_timeout)
                 self._close()
         elif state is IDLE:
             if idle > limits.client_idle_timeout:

@@ -447,7 +447,7 @@ class _Stream:
     def check_timeout(self, now: float, limits) -> None:
         if self._state is DONE:
             return
-        if self._out and self._blocked_since is not None and now - self._blocked_since > exchange.SEND_TIMEOUT:
+        if self._out and self._blocked_since is not None and now - self._blocked_since > limits.send_timeout:
             # The client opens no window for this stream: let it and its backend go.
             self.req.error = "client did not read the response in time"
             self._abandon_backend()
@@ -769,9 +769,9 @@ class HTTP2Connection:
         if self._state is CLOSED:
             return
         limits = self.limits
-        if self._write_paused and now - self._full_since > exchange.SEND_TIMEOUT:
+        if self._write_paused and now - self._full_since > limits.send_timeout:
             self._log.info("Client {client} read nothing for {timeout}s; closing",
-                           client=self.peer.client_ip, timeout=exchange.SEND_TIMEOUT)
+                           client=self.peer.client_ip, timeout=limits.send_timeout)
             self._close(abort=True)
             return
         for stream in list(self._streams.values()):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 
 from edge.cidr import Networks
 from edge.http.backend import BackendProtocol
@@ -28,6 +29,7 @@ class ProxyFactory(Factory):
 
     protocol = ServerProtocol
     noisy = False
+    _log = Logger()
 
     def __init__(self, proxy, name: str, scheme: str, port: int | str = ""):
         self.proxy = proxy
@@ -43,6 +45,21 @@ class ProxyFactory(Factory):
         # routing: an object with respond(host, target) -> Reply | None.
         self.challenges = None
         self._drained = []
+        self._refused = 0
+        self._refused_logged = float("-inf")
+
+    def refused(self, peer) -> None:
+        """A connection closed at once: ``max_client_connections`` are open (logged every 10 s at most)."""
+        self.proxy.refused_connection(self.name)
+        now = self.proxy.reactor.seconds()
+        self._refused += 1
+        if now - self._refused_logged >= 10.0:
+            self._log.warn(
+                "Entry point {name}: {limit} client connections open; closed {count} new ones"
+                " (last from {client})", name=self.name, limit=len(self.connections),
+                count=self._refused, client=getattr(peer, "host", "?"))
+            self._refused_logged = now
+            self._refused = 0
 
     def connection_closed(self, protocol):
         if self.stopping and not self.connections:
@@ -94,6 +111,10 @@ class Proxy:
     def connect_failed(self, service: str):
         if self.stats is not None:
             self.stats.connect_failed(service)
+
+    def refused_connection(self, entrypoint: str):
+        if self.stats is not None:
+            self.stats.refused(entrypoint)
 
     def open_connections(self, entrypoint: str, delta: int):
         if self.stats is not None:

@@ -45,6 +45,7 @@ class Stats:
         self._durations: dict[str, list] = {}
         self._connect_failures: dict[str, int] = defaultdict(int)
         self._connections: dict[str, int] = defaultdict(int)
+        self._refused: dict[str, int] = defaultdict(int)
 
     def request(self, router: str, entrypoint: str, status: int, duration: float) -> None:
         self._requests[(router, entrypoint, status // 100)] += 1
@@ -59,6 +60,9 @@ class Stats:
 
     def connections(self, entrypoint: str, delta: int) -> None:
         self._connections[entrypoint] += delta
+
+    def refused(self, entrypoint: str) -> None:
+        self._refused[entrypoint] += 1
 
     def flush(self) -> None:
         requests, self._requests = self._requests, defaultdict(int)
@@ -83,6 +87,9 @@ class Stats:
             metrics.http_upstream_connect_failures.labels(service).inc(count)
         for entrypoint, value in self._connections.items():
             metrics.http_open_connections.labels(entrypoint).set(value)
+        refused, self._refused = self._refused, defaultdict(int)
+        for entrypoint, count in refused.items():
+            metrics.http_refused_connections.labels(entrypoint).inc(count)
 
 
 def endpoint_port(address: str) -> int | None:
