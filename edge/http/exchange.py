@@ -120,6 +120,14 @@ class ExchangeSide(_Protocol):
 def route(side, req: Request) -> None:
     """A request head is complete and checked: answer it or send it on its way."""
     factory = side.factory
+    challenges = factory.challenges
+    if challenges is not None and req.target.startswith(b"/.well-known/acme-challenge/"):
+        # ACME HTTP-01 answers (plain-HTTP entry points), before redirects and routing.
+        reply = challenges.respond(req.host, req.target)
+        if reply is not None:
+            req.error = "ACME challenge"
+            side.reply(req, reply)
+            return
     if factory.redirect is not None:
         scheme, port = factory.redirect
         req.error = "entry point redirect"

@@ -472,13 +472,6 @@ class ServerProtocol(Protocol):
         limit = self._limits.max_body_bytes
         if limit and req.content_length is not None and req.content_length > limit:
             raise _Reject(413, "request body too large")
-        challenges = self.factory.challenges
-        if challenges is not None and req.target.startswith(b"/.well-known/acme-challenge/"):
-            reply = challenges.respond(req.host, req.target)
-            if reply is not None:
-                req.error = "ACME challenge"
-                self._send_reply(req, reply)
-                return
         exchange.route(self, req)
 
     # -- ExchangeSide: called by the exchange ---------------------------------

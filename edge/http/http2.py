@@ -704,13 +704,6 @@ class HTTP2Connection:
             req.error = why
             stream.reply(req, Reply(status, REASONS[status], [TEXT], f"{status} {why}\n".encode()))
             return
-        challenges = self.factory.challenges
-        if challenges is not None and req.target.startswith(b"/.well-known/acme-challenge/"):
-            reply = challenges.respond(req.host, req.target)
-            if reply is not None:
-                req.error = "ACME challenge"
-                stream.reply(req, reply)
-                return
         exchange.route(stream, req)
 
     # -- output ------------------------------------------------------------------------
