@@ -14,12 +14,22 @@ pytestmark = pytest.mark.swarm
 
 def test_check_reads_the_swarms_labels_and_fails_on_a_bad_entry_point(swarm, tmp_path, unique):
     good, typo = f"chk-{unique}", f"chkt-{unique}"
-    swarm.create_web_service(good, labels={"traefik.port": "80", "traefik.frontend.rule": f"Host:{good}.test"})
-    swarm.create_web_service(typo, labels={
-        "traefik.http.routers.t.rule": f"Host(`{typo}.test`)",
-        "traefik.http.routers.t.entrypoints": "htps",
-        "traefik.http.services.t.loadbalancer.server.port": "80",
-    })
+    created = [
+        swarm.create_web_service(good, labels={"traefik.port": "80", "traefik.frontend.rule": f"Host:{good}.test"}),
+        swarm.create_web_service(typo, labels={
+            f"traefik.http.routers.{typo}.rule": f"Host(`{typo}.test`)",
+            f"traefik.http.routers.{typo}.entrypoints": "htps",
+            f"traefik.http.services.{typo}.loadbalancer.server.port": "80",
+        }),
+    ]
+    try:
+        _check(swarm, tmp_path, good, typo)
+    finally:  # other tests watch the same swarm: leave nothing behind
+        for service in created:
+            swarm.remove_service(service.id)
+
+
+def _check(swarm, tmp_path, good, typo):
     path = tmp_path / "edge.toml"
     path.write_text(f'[docker]\nurl = "{swarm.url}"\n[dns]\nadvertise = ["192.0.2.10"]\n')
     done = subprocess.run([sys.executable, "-m", "edge", "check", str(path)], cwd=ROOT,

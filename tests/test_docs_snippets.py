@@ -127,6 +127,8 @@ def _shell(tmp_path) -> dict:
     (tmp_path / ".venv").symlink_to(venv.parent)  # the venv running this test
     (tmp_path / "config").symlink_to(ROOT / "config")
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    # The snippets are about flags and config: no engine of the test run is read.
+    env["DOCKER_HOST"] = "unix:///nonexistent/docs-test.sock"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     return env
 
@@ -145,11 +147,17 @@ def test_shell_snippets_run_or_say_why_not(block, tmp_path):
     for command, expected in found:
         if not RUNNABLE.match(command):
             continue
-        if re.search(r"\btwistd\b", command):
+        check = bool(re.search(r"\btwistd\b", command))
+        if check:
             command = command.split(" #", 1)[0].replace("/etc/edge/edge.toml", "config/edge.toml") + " --check"
         done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"{block}: {command}\n{done.stdout}\n{done.stderr}"
+        # --check exits 3 when an engine it reached has routers that would not
+        # serve (a --docker-url in the snippet may name a real socket): the
+        # snippet's flags and config were still fine.
+        assert done.returncode in ((0, 3) if check else (0,)), f"{block}: {command}\n{done.stdout}\n{done.stderr}"
+        if check:
+            assert re.search(r"^configuration .*: ok$", done.stdout, re.M), done.stdout
         assert "Traceback" not in done.stderr, f"{block}: {command}\n{done.stderr}"
         if expected:
             pattern = "\n".join(re.escape(line).replace(re.escape("..."), ".*") for line in expected)
