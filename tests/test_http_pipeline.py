@@ -501,3 +501,12 @@ def test_connections_past_max_client_connections_are_closed_at_once_and_counted(
     assert world.service.stats._refused == {"web": 1}
     clients[0].server.connectionLost(None)
     assert not H1Client(world).transport.aborted  # room again
+
+
+def test_a_half_close_in_the_middle_of_a_head_closes_at_once():
+    world = World()
+    client = H1Client(world)
+    client.server.dataReceived(b"GET /x HTTP/1.1\r\nHost: web")
+    client.server.readConnectionLost()
+    assert client.transport.disconnecting
+    assert world.backend_bytes() == b""

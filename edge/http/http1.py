@@ -177,8 +177,9 @@ class ServerProtocol(Protocol):
         (HAProxy's default), rather than abandoning the exchange (a 499).
         """
         self._input_done = True
-        if self._state is HTTP2 or self._state is TUNNEL or not self._queue:
-            self._close()
+        if (self._state is HTTP2 or self._state is TUNNEL or not self._queue
+                or not self._queue[0].head_done):
+            self._close()  # nothing complete to answer
         else:
             self._closing = True
 
