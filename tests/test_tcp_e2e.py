@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 import urllib.request
 import uuid
 
@@ -132,6 +133,16 @@ def test_https_router_on_the_same_port_still_answers(edge):
     # No TCP router matches web.test: the HTTP side terminated TLS (edge's certificate) and routed it.
     assert name == "web.test"
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+def test_https_router_on_the_same_port_speaks_http2_through_the_peek(edge):
+    port = edge["ports"]["https"]
+    result = subprocess.run(
+        ["curl", "-s", "--http2", "--cacert", edge["edge_ca"], "--resolve", f"web.test:{port}:127.0.0.1",
+         "-o", "/dev/null", "-w", "%{http_version} %{http_code}", f"https://web.test:{port}/"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert result.stdout == "2 200", (result.stdout, result.stderr)
 
 
 def test_allow_list_refuses_a_client_outside_it(edge, backends):
