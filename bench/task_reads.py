@@ -9,7 +9,10 @@ unix socket, in a subprocess so its CPU is not counted.  The real docker SDK
 client reads it as the provider does, and the script reports, per poll:
 
 - read: ``GET /tasks?filters=desired-state=running`` + ``GET /nodes``, JSON
-  decoded, plus the digest (what every poll costs, in edge's pool thread);
+  decoded, plus the digest, through the SDK; and with ``RAW_COMPARE``
+  (:class:`~edge.discovery.poll.TaskReader`: bytes equal to the last read's
+  are not decoded), unchanged and changed (what every poll costs, in edge's
+  pool thread);
 - rebuild: ``ClusterMemory.apply`` + ``build_snapshot`` of the whole view
   (only when the digest changed, on the reactor thread);
 - the unchanged-digest check.
@@ -126,7 +129,7 @@ def main() -> None:
     from edge.discovery.build import DockerState, SelfFacts, build_snapshot
     from edge.discovery.docker_client import api_client
     from edge.discovery.memory import ClusterMemory
-    from edge.discovery.poll import digest, read_tasks_nodes
+    from edge.discovery.poll import TaskReader, digest, read_tasks_nodes
 
     with open(RECORDED) as f:
         recorded = json.load(f)
@@ -144,12 +147,26 @@ def main() -> None:
         assert server.stdout.readline().strip() == "ready"
         client = api_client(f"unix://{sock}", timeout=10.0)
         read_tasks_nodes(client)  # warm the connection
-        wall, cpu = [], []
-        for _ in range(args.polls):
-            w, c = time.perf_counter(), time.process_time()
-            tasks, nodes, seen = read_tasks_nodes(client)
-            wall.append(time.perf_counter() - w)
-            cpu.append(time.process_time() - c)
+
+        def measure(read):
+            wall, cpu = [], []
+            for _ in range(args.polls):
+                w, c = time.perf_counter(), time.process_time()
+                result = read()
+                wall.append(time.perf_counter() - w)
+                cpu.append(time.process_time() - c)
+            return result, wall, cpu
+
+        (tasks, nodes, seen), wall, cpu = measure(lambda: read_tasks_nodes(client))
+        cached = TaskReader(raw_compare=True)
+        (_, _, raw_seen), raw_wall, raw_cpu = measure(lambda: cached.read(client))
+        assert raw_seen == seen and cached.decoded == 1
+        changed_cpu = []
+        for _ in range(max(5, args.polls // 5)):
+            fresh = TaskReader(raw_compare=True)  # nothing to compare with: decodes
+            c = time.process_time()
+            fresh.read(client)
+            changed_cpu.append(time.process_time() - c)
         body = len(json.dumps(tasks)) + len(json.dumps(nodes))
 
         config = DockerConfig(url="unix:///x.sock")
@@ -175,11 +192,14 @@ def main() -> None:
     load = os.getloadavg()
     print(f"task reads: {args.services} services, {len(tasks)} tasks, {len(nodes)} nodes,"
           f" {body / 1024:.0f} KiB of JSON per poll; load {load[0]:.2f}")
-    print(f"  poll (GET /tasks + /nodes, decode, digest): CPU {_ms(cpu)}; wall {_ms(wall)}")
+    print(f"  poll through the SDK (GET /tasks + /nodes, decode, digest): CPU {_ms(cpu)}; wall {_ms(wall)}")
+    print(f"  poll with RAW_COMPARE, bytes unchanged (no decode): CPU {_ms(raw_cpu)}; wall {_ms(raw_wall)}")
+    print(f"  poll with RAW_COMPARE, bytes changed (decode): CPU {_ms(changed_cpu)}")
     print(f"  of which digest alone: {_ms(check)}")
     print(f"  rebuild on change (memory + build_snapshot): CPU {_ms(rebuild)}; {routed} targets routed")
     every = 0.5
-    print(f"  at one poll per {every} s with no change: {statistics.median(cpu) / every * 100:.1f}% of one core")
+    print(f"  at one poll per {every} s with no change: {statistics.median(raw_cpu) / every * 100:.1f}% of one core"
+          f" ({statistics.median(cpu) / every * 100:.1f}% through the SDK)")
 
 
 if __name__ == "__main__":

@@ -326,3 +326,65 @@ def test_a_failing_poll_keeps_the_snapshot_and_the_connection():
         h.clock.advance(0.5)
     assert h.source.polls == 4 and h.provider.connected
     assert [t[0] for t in web_targets(h.publisher.current)] == ["t1"]
+
+
+# -- the raw-compare reader ------------------------------------------------------
+
+
+class FakeResponse:
+    def __init__(self, body: bytes, status: int = 200):
+        self.content, self.status = body, status
+
+    def raise_for_status(self):
+        if self.status >= 400:
+            raise RuntimeError(f"HTTP {self.status}")
+
+
+class FakeClient:
+    """The parts of docker.APIClient (a requests.Session) the reader uses."""
+
+    base_url = "http+docker://localhost"
+    api_version = "1.41"
+    timeout = 5.0
+
+    def __init__(self, tasks, nodes):
+        import json
+
+        self.bodies = {"/tasks": json.dumps(tasks).encode(), "/nodes": json.dumps(nodes).encode()}
+        self.requests = []
+
+    def get(self, url, params=None, timeout=None):
+        path = url.split("/v1.41", 1)[1]
+        self.requests.append((path, params, timeout))
+        if path not in self.bodies:
+            return FakeResponse(b"", 404)
+        return FakeResponse(self.bodies[path])
+
+
+def test_task_reader_decodes_only_when_the_bytes_change():
+    from edge.discovery.poll import TaskReader
+
+    t1 = task("t1", "s1", N1, host_ports=[(80, 8080)])
+    client = FakeClient([t1], cluster_nodes())
+    reader = TaskReader(raw_compare=True)
+    first = reader.read(client)
+    assert first == ([t1], cluster_nodes(), digest([t1], cluster_nodes()))
+    assert reader.read(client) is first and reader.decoded == 1
+    assert client.requests[0] == ("/tasks", {"filters": '{"desired-state": ["running"]}'}, 5.0)
+    client.bodies = FakeClient([t1, task("t2", "s1", N2)], cluster_nodes()).bodies
+    tasks, _, seen = reader.read(client)
+    assert [t["ID"] for t in tasks] == ["t1", "t2"] and seen != first[2] and reader.decoded == 2
+
+
+def test_task_reader_rejects_what_is_not_a_list_and_http_errors():
+    import pytest
+
+    from edge.discovery.poll import TaskReader
+
+    client = FakeClient({"message": "oops"}, [])
+    with pytest.raises(ValueError):
+        TaskReader().read(client)
+    del client.bodies["/nodes"]
+    client.bodies["/tasks"] = b"[]"
+    with pytest.raises(RuntimeError):
+        TaskReader().read(client)

@@ -28,7 +28,7 @@ from twisted.python.threadpool import ThreadPool
 
 from edge.config import DockerConfig
 from edge.discovery.build import DockerState, SelfFacts
-from edge.discovery.poll import read_tasks_nodes
+from edge.discovery.poll import TaskReader
 from edge.snapshot import Problem
 
 __all__ = [
@@ -245,6 +245,7 @@ class DockerSource:
         self._client_factory = client_factory or (lambda: api_client(config.url, config.timeout))
         self._client = None
         self._poll_client = None
+        self._task_reader = TaskReader()
         self._watches: set[EventWatch] = set()
         self._container_id = detect_container_id()
         self._in_container = bool(self._container_id) or os.path.exists("/.dockerenv")
@@ -280,7 +281,7 @@ class DockerSource:
         def work():
             if self._poll_client is None:
                 self._poll_client = self._client_factory()
-            return read_tasks_nodes(self._poll_client)
+            return self._task_reader.read(self._poll_client)
 
         return deferToThreadPool(self._reactor, self._pool, work)
 

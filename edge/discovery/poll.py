@@ -14,7 +14,10 @@ events and the slow re-sync still drive.  The cost is measured by
 
 from __future__ import annotations
 
-__all__ = ["digest", "lookup", "read_tasks_nodes"]
+import hashlib
+import json
+
+__all__ = ["digest", "lookup", "read_tasks_nodes", "TaskReader", "RAW_COMPARE"]
 
 
 def lookup(d, *path, default=None):
@@ -81,7 +84,50 @@ def digest(tasks: list, nodes: list) -> int:
 
 
 def read_tasks_nodes(client) -> tuple[list, list, int]:
-    """One blocking poll: (tasks meant to run, nodes, their digest)."""
+    """One blocking poll through the SDK: (tasks meant to run, nodes, their digest)."""
     tasks = client.tasks(filters={"desired-state": "running"})
     nodes = client.nodes()
     return tasks, nodes, digest(tasks, nodes)
+
+
+# The speed-up switch: compare a poll's raw bytes with the previous poll's and
+# decode only when they differ (decoding is most of a poll's cost: 9 of 16 ms
+# at 600 tasks).  It reads through the SDK client as the requests.Session it
+# is, with the Engine API's own URL layout, instead of client.tasks().
+RAW_COMPARE = True
+
+_TASK_FILTER = json.dumps({"desired-state": ["running"]})
+
+
+class TaskReader:
+    """Polls /tasks and /nodes; an answer byte-identical to the last one is not decoded again."""
+
+    def __init__(self, raw_compare: bool = RAW_COMPARE):
+        self._raw_compare = raw_compare
+        self._key: bytes | None = None
+        self._last: tuple[list, list, int] | None = None
+        self.decoded = 0  # how many reads were decoded (bench, tests)
+
+    def read(self, client) -> tuple[list, list, int]:
+        if not self._raw_compare:
+            self.decoded += 1
+            return read_tasks_nodes(client)
+        tasks_body = _body(client, "/tasks", {"filters": _TASK_FILTER})
+        nodes_body = _body(client, "/nodes", None)
+        key = hashlib.blake2b(tasks_body + b"\0" + nodes_body, digest_size=16).digest()
+        if key != self._key or self._last is None:
+            tasks, nodes = json.loads(tasks_body), json.loads(nodes_body)
+            if not isinstance(tasks, list) or not isinstance(nodes, list):
+                raise ValueError("the Engine API answered /tasks or /nodes with something other than a list")
+            self._last = (tasks, nodes, digest(tasks, nodes))
+            self._key = key
+            self.decoded += 1
+        return self._last
+
+
+def _body(client, path: str, params) -> bytes:
+    response = client.get(
+        f"{client.base_url}/v{client.api_version}{path}", params=params, timeout=client.timeout
+    )
+    response.raise_for_status()
+    return response.content
