@@ -128,8 +128,9 @@ def _router(rule="HostSNI(`*`)", middlewares=(), tls=None):
     return TCPRouter("r@docker", parse_tcp_rule(rule), rule, "s@docker", middlewares=middlewares, tls=tls)
 
 
-def _connect(front, client="10.0.0.5"):
-    factory = front.factory("raw")
+def _connect(front, client="10.0.0.5", fallback=None):
+    """A connection to the entry point "raw"; with ``fallback``, as an HTTPS one in front of it."""
+    factory = front.factory("raw") if fallback is None else front.wrap("raw", fallback)
     protocol = factory.buildProtocol(IPv4Address("TCP", client, 40000))
     transport = StringTransport(peerAddress=IPv4Address("TCP", client, 40000))
     transport.abortConnection = lambda: setattr(transport, "aborted", True)
@@ -322,20 +323,10 @@ class _Fallback:
         return protocol
 
 
-def _https_connect(front, fallback, client="10.0.0.5"):
-    factory = front.wrap("raw", fallback)
-    protocol = factory.buildProtocol(IPv4Address("TCP", client, 40000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", client, 40000))
-    transport.abortConnection = lambda: setattr(transport, "aborted", True)
-    transport.aborted = False
-    protocol.makeConnection(transport)
-    return protocol, transport
-
-
 def test_https_side_gets_unmatched_names_and_acme_validation_with_the_hello_bytes():
     front, reactor = _front_end([_router("HostSNI(`*`)", tls=TCPRouterTLS(passthrough=True))])
     fallback = _Fallback()
-    protocol, transport = _https_connect(front, fallback)
+    protocol, transport = _connect(front, fallback=fallback)
     hello = client_hello("a.test", ("acme-tls/1",))
     protocol.dataReceived(hello)
     assert reactor.tcpClients == [] and not transport.aborted
@@ -343,7 +334,7 @@ def test_https_side_gets_unmatched_names_and_acme_validation_with_the_hello_byte
     protocol.dataReceived(b"more")
     assert fallback.built[0].received == [hello, b"more"]
     # Any other TLS name goes to the catch-all passthrough router.
-    protocol, _transport = _https_connect(front, fallback)
+    protocol, _transport = _connect(front, fallback=fallback)
     protocol.dataReceived(client_hello("a.test", ("h2",)))
     assert len(reactor.tcpClients) == 1 and len(fallback.built) == 1
 
@@ -351,7 +342,7 @@ def test_https_side_gets_unmatched_names_and_acme_validation_with_the_hello_byte
 def test_https_entry_point_without_tcp_routers_does_not_peek():
     front, _reactor = _front_end([])
     fallback = _Fallback()
-    protocol, _transport = _https_connect(front, fallback)
+    protocol, _transport = _connect(front, fallback=fallback)
     assert protocol is fallback.built[0]
 
 
