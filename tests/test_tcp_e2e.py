@@ -47,7 +47,7 @@ def edge(swarm, tmp_path_factory, backends):
     """One edge and one set of labelled containers for the module (removed at its end)."""
     tmp_path = tmp_path_factory.mktemp("edge")
     unique = uuid.uuid4().hex[:8]
-    ports = {name: free_port() for name in ("https", "raw", "udp", "admin", "web")}
+    ports = {name: free_port() for name in ("https", "raw", "few", "udp", "admin", "web")}
     b = backends
     labels = {
         # TLS passthrough by SNI to the TLS backend.
@@ -75,6 +75,12 @@ def edge(swarm, tmp_path_factory, backends):
         "traefik.tcp.routers.raw.service": "proxied",
         "traefik.tcp.services.proxied.loadbalancer.server.port": str(b["proxied"].port),
         "traefik.tcp.services.proxied.loadbalancer.proxyprotocol.version": "2",
+        # One connection at a time per client IP.
+        "traefik.tcp.routers.few.rule": "HostSNI(`*`)",
+        "traefik.tcp.routers.few.entrypoints": "few",
+        "traefik.tcp.routers.few.service": "echo",
+        "traefik.tcp.routers.few.middlewares": "one",
+        "traefik.tcp.middlewares.one.inflightconn.amount": "1",
         # UDP.
         "traefik.udp.routers.game.entrypoints": "game",
         "traefik.udp.routers.game.service": "game",
@@ -94,6 +100,7 @@ def edge(swarm, tmp_path_factory, backends):
         f'[docker]\nurl = "{swarm.url}"\nswarm = "false"\ncontainers = "true"\ndebounce = 0.05\n'
         f'[entrypoints.websecure]\naddress = "tcp:{ports["https"]}:interface=127.0.0.1"\ntls = true\n'
         f'[entrypoints.raw]\naddress = "tcp:{ports["raw"]}:interface=127.0.0.1"\nprotocol = "tcp"\n'
+        f'[entrypoints.few]\naddress = "tcp:{ports["few"]}:interface=127.0.0.1"\nprotocol = "tcp"\n'
         f'[entrypoints.game]\naddress = "udp:{ports["udp"]}:interface=127.0.0.1"\n'
         f'[admin]\naddress = "tcp:{ports["admin"]}:interface=127.0.0.1"\n'
         '[dns]\nenabled = false\n'
@@ -101,7 +108,7 @@ def edge(swarm, tmp_path_factory, backends):
     )
     with twistd_edge(config, tmp_path):
         admin = f"http://127.0.0.1:{ports['admin']}"
-        wait_for(lambda: len(_api(admin, "tcp")["routers"]) == 4, 60, "edge's TCP routers")
+        wait_for(lambda: len(_api(admin, "tcp")["routers"]) == 5, 60, "edge's TCP routers")
         yield {"ports": ports, "admin": admin, "edge_ca": str(state / "ca" / "edge-ca.crt")}
     for container in containers:
         container.remove(force=True)
@@ -168,6 +175,16 @@ def test_plain_tcp_entry_point_sends_every_connection_with_a_proxy_header(edge, 
     assert socket.inet_ntoa(got[16:20]) == socket.inet_ntoa(got[20:24]) == "127.0.0.1"
     assert int.from_bytes(got[26:28], "big") == edge["ports"]["raw"]  # destination: edge's entry point
     assert got[28:] == b"ping"
+
+
+def test_in_flight_connections_per_client_ip_are_capped(edge):
+    port = edge["ports"]["few"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as first:
+        first.sendall(b"one")
+        assert first.recv(100) == b"echo:one"
+        # The second connection while the first is open: closed by edge before any backend.
+        assert exchange(port, b"two") == b""
+    wait_for(lambda: exchange(port, b"three") == b"echo:three", 10, "the slot freed")
 
 
 def test_udp_route_echoes_per_client(edge, backends):
