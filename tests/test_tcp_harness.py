@@ -141,12 +141,12 @@ class UDPEcho:
 
 def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """Send ``data`` to 127.0.0.1:``port`` and read one answer (b"" if the connection is closed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.sendall(data)
             return sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):  # edge closed it first
-            return b""
+    except (ConnectionResetError, BrokenPipeError):  # edge closed it first (even as it connected)
+        return b""
 
 
 def tls_exchange(port: int, server_name: str, cafile: str, data: bytes, timeout: float = 5.0):
