@@ -2,36 +2,35 @@
 TCP passthrough by SNI and a UDP route to swarm services on the real test
 swarm, through a real ``twistd edge`` discovering them by their labels.
 
-The backends are Python programs in swarm tasks (the Debian base image
-``tests/testbed/image.sh`` caches, imported here when the engine lacks
-it): a TLS server with a certificate from a CA only the test knows, and a
-UDP echo.  Edge reaches them on their host-mode published ports (the test
+The backends are Python programs in swarm tasks (the test busybox image
+with the node's own ``/usr`` mounted read-only, so no image needs building):
+a TLS server with a certificate from a CA only the test knows, and a UDP
+echo.  Edge reaches them on their host-mode published ports (the test
 swarm has no routing mesh).  Run inside the test namespace.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 
-import docker
 import pytest
-from docker.types import EndpointSpec
+from docker.types import EndpointSpec, Mount
 
 from tests.ports import free_port
-from tests.swarmkit import NETWORK, twistd_edge, wait_for
+from tests.swarmkit import IMAGE, NETWORK, twistd_edge, wait_for
 from tests.test_tcp_harness import make_tls_files, tls_exchange
 
 pytestmark = pytest.mark.swarm
 
-PYTHON = "edge-test/python:bookworm"
-CACHE = os.environ.get("EDGE_TEST_CACHE", "/tmp/edge-test-cache")
+# The node's Python and OpenSSL, read-only, in the busybox image (Debian's merged /usr).
+HOST_PYTHON = [Mount(target, source, type="bind", read_only=True)
+               for target, source in (("/usr", "/usr"), ("/lib", "/usr/lib"), ("/lib64", "/usr/lib64"))]
 
 TLS_SERVER = """
 import os, socket, ssl
-open('/tmp/c.pem', 'w').write(os.environ['CERT']); open('/tmp/k.pem', 'w').write(os.environ['KEY'])
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('/tmp/c.pem', '/tmp/k.pem')
+open('/c.pem', 'w').write(os.environ['CERT']); open('/k.pem', 'w').write(os.environ['KEY'])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain('/c.pem', '/k.pem')
 srv = socket.create_server(('', 8443))
 for _ in range(1000):
     conn, _ = srv.accept()
@@ -52,23 +51,10 @@ for _ in range(10000):
 """
 
 
-def _python_image(client) -> None:
-    try:
-        client.images.get(PYTHON)
-        return
-    except docker.errors.ImageNotFound:
-        pass
-    tarball = os.path.join(CACHE, "bookworm-python.tar")
-    if not os.path.exists(tarball):
-        pytest.skip(f"no Python base image: run tests/testbed/image.sh once (it caches {tarball})")
-    repository, tag = PYTHON.split(":")
-    client.api.import_image_from_file(tarball, repository=repository, tag=tag)
-
-
 def _service(swarm, name, script, port, protocol, labels, env=None):
     service = swarm.client.services.create(
-        PYTHON, command=["python3", "-c", script], name=name, labels=labels, env=env or [],
-        networks=[NETWORK],
+        IMAGE, command=["/usr/bin/python3", "-c", script], name=name, labels=labels, env=env or [],
+        networks=[NETWORK], mounts=HOST_PYTHON,
         endpoint_spec=EndpointSpec(ports=[{"Protocol": protocol, "TargetPort": port, "PublishMode": "host"}]),
     )
     swarm._services.append(service.id)
@@ -76,7 +62,6 @@ def _service(swarm, name, script, port, protocol, labels, env=None):
 
 
 def test_passthrough_by_sni_and_a_udp_route_to_swarm_services(swarm, tmp_path, unique):
-    _python_image(swarm.client)
     ca, cert, key = make_tls_files(str(tmp_path), "db.swarm.test")
     https, udp = free_port(), free_port()
     _service(swarm, f"tls-{unique}", TLS_SERVER, 8443, "tcp", {
