@@ -359,3 +359,20 @@ def test_behind_an_entry_points_proxy_protocol_the_allow_list_sees_the_named_cli
         protocol.makeConnection(transport)
         protocol.dataReceived(f"PROXY TCP4 {client} 10.0.0.1 5555 443\r\n".encode() + client_hello("a.test"))
         assert len(reactor.tcpClients) == routed
+
+
+def test_splice_closes_the_client_when_the_backend_cannot_be_reached():
+    from edge.tcp.splice import SpliceProtocol
+    from twisted.internet.error import ConnectionRefusedError
+
+    reactor = MemoryReactorClock()
+    attempt = Deferred()
+    done = []
+    splice = SpliceProtocol(lambda backend: attempt, reactor, 30.0, 0, lambda: done.append(True), "r@docker")
+    client = StringTransport()
+    splice.makeConnection(client)
+    splice.dataReceived(b"held")
+    attempt.errback(ConnectionRefusedError())
+    assert client.disconnecting and client.value() == b""
+    splice.connectionLost(None)
+    assert done == [True] and not reactor.getDelayedCalls()  # the idle timer is gone too
