@@ -11,8 +11,9 @@ request it is asked about, as Authelia or Authentik would:
 - under ``/big``: 401 with a 2 MiB body;
 - otherwise 401 with ``WWW-Authenticate``, ``X-Auth-Reason`` and a body.
 
-``GET /_seen`` (asked directly, not through edge) returns the method and
-headers of every auth request so far, newest last.
+``GET /_seen`` (asked directly, not through edge) returns the method, path,
+headers and client port (one per connection) of every auth request so far,
+newest last.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Auth(resource.Resource):
             return json.dumps(SEEN).encode()
         headers = [[k.decode("latin-1"), v.decode("latin-1")]
                    for k, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
-        SEEN.append({"method": request.method.decode(), "path": request.uri.decode(), "headers": headers})
+        SEEN.append({"method": request.method.decode(), "path": request.uri.decode(), "headers": headers,
+                     "port": request.getClientAddress().port})
         uri = (request.getHeader(b"x-forwarded-uri") or b"").decode("latin-1")
         if request.getHeader(b"authorization") == b"Bearer good":
             request.setResponseCode(200)

@@ -220,12 +220,14 @@ def test_allowed_request_gets_the_chosen_headers_and_cookie(edge, auth):
     assert auth.last_headers()["cookie"] == ["c=1"]
 
 
-def test_every_request_is_checked(edge, auth):
+def test_every_request_is_checked_on_one_kept_alive_connection(edge, auth):
     count = len(auth.seen())
     for _ in range(3):
         assert edge.get("/echo", host="fa.test", headers={"Authorization": "Bearer good"}).status_code == 200
     assert edge.get("/echo", host="fa.test").status_code == 401
-    assert len(auth.seen()) == count + 4
+    calls = auth.seen()[count:]
+    assert len(calls) == 4
+    assert len({c["port"] for c in calls}) == 1  # the auth connection is reused, not one per request
 
 
 def test_redirect_location_is_resolved_against_the_auth_address(edge, auth):
@@ -385,3 +387,19 @@ def test_pooled_connection_closed_by_the_auth_server_is_retried(tmp_path, origin
     finally:
         e.stop()
         listener.close()
+
+
+def test_preserve_request_method_asks_with_the_clients_method(tmp_path, origin, auth):
+    fa = ForwardAuth(address=auth.address(), preserve_request_method=True)
+    e = Edge(tmp_path, snapshot(web([origin.target()], name="pm", host="pm.test", middlewares=[fa])))
+    try:
+        r = requests.post(e.base + "/echo", data=b"x" * 10, timeout=10,
+                          headers={"Host": "pm.test", "Authorization": "Bearer good"})
+        assert r.status_code == 200 and auth.seen()[-1]["method"] == "POST"
+        assert "content-length" not in auth.last_headers()  # the body is never sent to the auth server
+        r = requests.head(e.base + "/echo", timeout=10, headers={"Host": "pm.test"})
+        assert r.status_code == 401 and auth.seen()[-1]["method"] == "HEAD"  # the Agent path
+        r = requests.head(e.base + "/echo", timeout=10, headers={"Host": "pm.test", "Authorization": "Bearer good"})
+        assert r.status_code == 200
+    finally:
+        e.stop()

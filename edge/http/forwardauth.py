@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers as TwistedHeaders
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from edge.http.authclient import Answer, AuthClient
 from edge.http.middlewares import Reply
 from edge.snapshot import ForwardAuth
 
@@ -54,6 +55,9 @@ _CLIENT_FORWARDED = frozenset({
     b"x-forwarded-tls-client-cert", b"x-forwarded-tls-client-cert-info", b"x-real-ip",
 })
 _REPLY_DROP = _HOP | {b"content-length"}
+# Written by _auth_headers itself (the client's own are dropped or taken as given).
+_SET_HERE = frozenset({b"x-forwarded-for", b"x-forwarded-method", b"x-forwarded-proto", b"x-forwarded-host",
+                       b"x-forwarded-uri", b"x-forwarded-port"})
 _INTERNAL = Reply(500, b"Internal Server Error", [(b"Content-Type", b"text/plain; charset=utf-8")],
                   b"500 Internal Server Error\n")
 
@@ -144,9 +148,25 @@ class Clients:
         self._reactor = reactor
         self._agents: dict[tuple, Agent] = {}
         self._pools: dict[tuple, HTTPConnectionPool] = {}
+        self._lean: dict[tuple, AuthClient] = {}
+
+    @staticmethod
+    def _key(mw: ForwardAuth) -> tuple:
+        return (mw.tls_ca, mw.tls_cert, mw.tls_key, mw.tls_insecure_skip_verify)
+
+    def client(self, mw: ForwardAuth) -> AuthClient:
+        """The lean client (edge.http.authclient), for every method but HEAD."""
+        key = self._key(mw)
+        client = self._lean.get(key)
+        if client is None:
+            if len(self._lean) >= self.limit:
+                self._lean.pop(next(iter(self._lean))).close()
+            client = self._lean[key] = AuthClient(self._reactor, _policy(mw), CONNECT_TIMEOUT, MAX_BODY)
+        return client
 
     def agent(self, mw: ForwardAuth) -> Agent:
-        key = (mw.tls_ca, mw.tls_cert, mw.tls_key, mw.tls_insecure_skip_verify)
+        """Twisted's Agent, for HEAD (an answer without a body by method)."""
+        key = self._key(mw)
         agent = self._agents.get(key)
         if agent is not None:
             return agent
@@ -155,7 +175,7 @@ class Clients:
             del self._agents[oldest]
             self._pools.pop(oldest).closeCachedConnections()
         pool = HTTPConnectionPool(self._reactor, persistent=True)
-        pool.maxPersistentPerHost = 16
+        pool.maxPersistentPerHost = 64
         pool.cachedConnectionTimeout = 30
         # A GET on a pooled connection the auth server had closed is retried once on a
         # new one (Twisted retries only idempotent requests that got no answer).
@@ -168,6 +188,9 @@ class Clients:
     def close(self):
         """Close every pooled connection (edge is stopping)."""
         pools, self._pools, self._agents = self._pools, {}, {}
+        lean, self._lean = self._lean, {}
+        for client in lean.values():
+            client.close()
         return defer.DeferredList([p.closeCachedConnections() for p in pools.values()])
 
 
@@ -192,6 +215,13 @@ class ForwardAuthCheck:
         self._reactor = reactor
         self._clients = clients or clients_for(reactor)
         self._address = mw.address.encode("ascii")
+        parts = urlsplit(mw.address)
+        self._scheme = parts.scheme
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        self._head_start = (b" " + target.encode("ascii") + b" HTTP/1.1\r\nHost: "
+                            + parts.netloc.encode("ascii") + b"\r\n")
         self._trust = mw.trust_forward_header
         self._allowed = frozenset(h.lower().encode("latin-1") for h in mw.auth_request_headers)
         self._copy = tuple(canonical(h) for h in mw.auth_response_headers)
@@ -200,12 +230,12 @@ class ForwardAuthCheck:
 
     # -- the auth request
 
-    def _auth_headers(self, request) -> TwistedHeaders:
+    def _auth_headers(self, request) -> list:
         peer = request.peer
         trusted = peer is not None and peer.trusted
         trust = trusted and self._trust
         allowed = self._allowed
-        out = TwistedHeaders()
+        out: list = []
         prior: dict[bytes, list[bytes]] = {}
         for name, value in request.headers:
             lower = name.lower()
@@ -214,9 +244,9 @@ class ForwardAuthCheck:
                     prior.setdefault(lower, []).append(value)
                 else:
                     continue
-            if lower in _NOT_FORWARDED or (allowed and lower not in allowed):
+            if lower in _NOT_FORWARDED or lower in _SET_HERE or (allowed and lower not in allowed):
                 continue
-            out.addRawHeader(name, value)
+            out.append((name, value))
 
         def given(name: bytes) -> bytes | None:
             values = prior.get(name)
@@ -225,26 +255,32 @@ class ForwardAuthCheck:
         ip = request.client_ip.encode("ascii", "replace")
         if trust and b"x-forwarded-for" in prior:
             ip = b", ".join(prior[b"x-forwarded-for"]) + b", " + ip
-        out.setRawHeaders(b"X-Forwarded-For", [ip])
-        out.setRawHeaders(b"X-Forwarded-Method", [given(b"x-forwarded-method") or request.method])
+        out.append((b"X-Forwarded-For", ip))
+        out.append((b"X-Forwarded-Method", given(b"x-forwarded-method") or request.method))
         scheme = peer.scheme.encode("ascii") if peer is not None else request.scheme.encode("ascii")
-        out.setRawHeaders(b"X-Forwarded-Proto", [given(b"x-forwarded-proto") or scheme])
-        port = given(b"x-forwarded-port")
+        out.append((b"X-Forwarded-Proto", given(b"x-forwarded-proto") or scheme))
+        # A trusted proxy's X-Forwarded-Port is copied as any header (Traefik
+        # copies it, and sets it only with trustForwardHeader).
+        port = prior.get(b"x-forwarded-port", [None])[0] if trusted else None
         if port is not None:
-            out.setRawHeaders(b"X-Forwarded-Port", [port])
+            out.append((b"X-Forwarded-Port", port))
         host = given(b"x-forwarded-host") or request.host
         if host:
-            out.setRawHeaders(b"X-Forwarded-Host", [host])
-        else:
-            out.removeHeader(b"X-Forwarded-Host")
-        out.setRawHeaders(b"X-Forwarded-Uri", [given(b"x-forwarded-uri") or request.target])
+            out.append((b"X-Forwarded-Host", host))
+        out.append((b"X-Forwarded-Uri", given(b"x-forwarded-uri") or request.target))
         return out
 
     def __call__(self, request):
         method = request.method if self._mw.preserve_request_method else b"GET"
-        agent = self._clients.agent(self._mw)
-        d = defer.maybeDeferred(agent.request, method, self._address, self._auth_headers(request), None)
-        d.addCallback(self._read)
+        headers = self._auth_headers(request)
+        if method == b"HEAD":
+            agent = self._clients.agent(self._mw)
+            d = defer.maybeDeferred(agent.request, method, self._address, TwistedHeaders(_grouped(headers)), None)
+            d.addCallback(self._read)
+        else:
+            head = b"".join([method, self._head_start, *[k + b": " + v + b"\r\n" for k, v in headers], b"\r\n"])
+            d = defer.maybeDeferred(self._clients.client(self._mw).request,
+                                    self._scheme, self._host, self._port, head)
         d.addTimeout(TIMEOUT, self._reactor)
         d.addCallbacks(self._answer, self._failed, callbackArgs=(request,), errbackArgs=(request,))
         return d
@@ -259,7 +295,9 @@ class ForwardAuthCheck:
         done: defer.Deferred = defer.Deferred(cancel)
         collect = _Collect(done, MAX_BODY)
         response.deliverBody(collect)
-        done.addCallback(lambda body: (response, body))
+        done.addCallback(lambda body: Answer(
+            response.code, response.phrase or b"",
+            [(k, v) for k, vs in response.headers.getAllRawHeaders() for v in vs], body))
         return done
 
     def _failed(self, failure, request):
@@ -274,33 +312,31 @@ class ForwardAuthCheck:
 
     # -- its answer
 
-    def _answer(self, result, request):
-        response, body = result
-        if not 200 <= response.code < 300:
-            return self._denied(response, body)
+    def _answer(self, answer: Answer, request):
+        if not 200 <= answer.code < 300:
+            return self._denied(answer)
         headers = request.headers
         if self._copy or self._regex is not None:
-            answered = list(response.headers.getAllRawHeaders())
-            drop = {c.lower() for c in self._copy}
+            listed = {c.lower() for c in self._copy}
+            drop = set(listed)
             add: list = []
             for name in self._copy:
-                values = response.headers.getRawHeaders(name.encode("latin-1"))
-                if values:
-                    add += [(name.encode("latin-1"), v) for v in values]
+                lower = name.lower().encode("latin-1")
+                add += [(name.encode("latin-1"), v) for k, v in answer.headers if k.lower() == lower]
             regex = self._regex
             if regex is not None:
                 for name, _v in headers:
                     text = name.decode("latin-1")
                     if regex.search(canonical(text)):
                         drop.add(text.lower())
-                for name, values in answered:
-                    text = name.decode("latin-1")
-                    if regex.search(canonical(text)) and text.lower() not in {c.lower() for c in self._copy}:
-                        add += [(name, v) for v in values]
+                for name, value in answer.headers:
+                    text = canonical(name.decode("latin-1"))
+                    if regex.search(text) and text.lower() not in listed:
+                        add.append((text.encode("latin-1"), value))
             headers[:] = [(k, v) for k, v in headers if k.decode("latin-1").lower() not in drop] + add
         if self._cookies:
             cookies = []
-            for value in response.headers.getRawHeaders(b"set-cookie", []):
+            for value in (v for k, v in answer.headers if k.lower() == b"set-cookie"):
                 name = value.split(b"=", 1)[0].strip().decode("latin-1")
                 if name in self._cookies:
                     cookies.append((name.encode("latin-1"), value))
@@ -308,20 +344,27 @@ class ForwardAuthCheck:
                 request.response_cookies = cookies
         return None
 
-    def _denied(self, response, body: bytes) -> Reply:
+    def _denied(self, answer: Answer) -> Reply:
         headers = []
-        for name, values in response.headers.getAllRawHeaders():
+        for name, value in answer.headers:
             lower = name.lower()
             if lower in _REPLY_DROP:
                 continue
             if lower == b"location" and not self._mw.preserve_location_header:
-                values = [urljoin(self._mw.address, values[0].decode("latin-1")).encode("latin-1")]
-            headers += [(name, v) for v in values]
+                value = urljoin(self._mw.address, value.decode("latin-1")).encode("latin-1")
+            headers.append((name, value))
         try:
-            reason = response.phrase or HTTPStatus(response.code).phrase.encode("ascii")
+            reason = answer.phrase or HTTPStatus(answer.code).phrase.encode("ascii")
         except ValueError:
             reason = b"Unknown"
-        return Reply(response.code, reason, headers, body)
+        return Reply(answer.code, reason, headers, answer.body)
+
+
+def _grouped(pairs) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return out
 
 
 def add_response_cookies(headers: list, cookies) -> list:
