@@ -103,6 +103,15 @@ def test_issue_and_serve_by_sni(lab, challenge):
     (row,) = edge.api("/api/certificates")["certificates"]
     assert row["names"] == ["app.test"] and row["resolver"] == "pebble" and row["challenge"] == challenge
     assert "Pebble Intermediate CA" in row["issuer"] and row["not_after"] and row["last_error"] == ""
+    if challenge == "http-01":
+        # The dashboard a person opens shows the same certificate.
+        from tests.test_admin_browser import Tables, render
+
+        page = Tables()
+        page.feed(render(f"http://127.0.0.1:{edge.ports.admin}/", "--virtual-time-budget=10000", "--dump-dom"))
+        (shown,) = page.tables["certificates"]
+        assert shown[0] == "issued" and shown[1] == "app.test" and shown[2] == "pebble (http-01)"
+        assert "Pebble Intermediate CA" in shown[3] and shown[4] == row["not_after"]
 
 
 

@@ -153,6 +153,26 @@ function renderDNS(dns) {
       el("td", { class: "muted", text: n.source }))));
 }
 
+// ACME-managed certificates (/api/certificates): what was issued, when it
+// renews, and the last order's error while there is one.
+function renderCertificates(certificates) {
+  fill("certificates", certificates.map((c) => {
+    const status = c.ordering ? pill("warning", "ordering")
+      : c.last_error ? pill(c.not_after ? "warning" : "error", c.not_after ? "renewal failing" : "not issued")
+      : c.not_after ? pill("ok", "issued") : pill("unknown", "waiting");
+    return el("tr", { "data-filter": (c.names.join(" ") + " " + c.resolver).toLowerCase() },
+      el("td", {}, status),
+      el("td", {}, ...c.names.map((n) => el("div", {}, el("code", { text: n })))),
+      el("td", { text: c.resolver + " (" + c.challenge + ")" }),
+      el("td", { class: "muted", text: c.issuer || "-" }),
+      el("td", { text: c.not_after || "-" }),
+      el("td", { class: "muted", text: c.renew_at || "-" }),
+      el("td", {}, c.last_attempt || "never",
+        c.last_error ? el("div", { class: "muted", text: c.last_error }) : null,
+        c.next_attempt ? el("div", { class: "muted", text: "next try " + c.next_attempt }) : null));
+  }));
+}
+
 // TCP and UDP routers (/api/tcp, /api/udp); older API answers have neither.
 function renderL4(data) {
   const rows = [];
@@ -212,6 +232,11 @@ async function refresh() {
     const response = await fetch("api/overview", { cache: "no-store", credentials: "same-origin" });
     if (!response.ok) throw new Error("HTTP " + response.status);
     render(await response.json());
+    const certificates = await fetch("api/certificates", { cache: "no-store", credentials: "same-origin" });
+    if (certificates.ok) {
+      renderCertificates((await certificates.json()).certificates);
+      applyFilter();
+    }
     banner.hidden = true;
   } catch (error) {
     banner.textContent = "Cannot reach edge's API (" + error.message + ")" + (last ? "; showing the last answer." : ".");
