@@ -66,7 +66,8 @@ def demote_noise(event: dict) -> dict:
     return event
 
 
-def _rfc3339(seconds: float | None) -> str | None:
+def rfc3339(seconds: float | None) -> str | None:
+    """``seconds`` since the epoch as RFC 3339 UTC with milliseconds (``...T15:16:55.449Z``)."""
     if seconds is None:
         return None
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -91,7 +92,7 @@ def event_as_json(event: dict) -> str:
     """One flat JSON object for ``event``, without a trailing newline."""
     level = event.get("log_level") or LogLevel.info
     record = {
-        "time": _rfc3339(event.get("log_time")),
+        "time": rfc3339(event.get("log_time")),
         "level": level.name,
         "namespace": event.get("log_namespace") or "-",
         "message": redact_text(formatEvent(event)),

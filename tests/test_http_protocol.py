@@ -92,6 +92,7 @@ def test_json_access_log_line():
     server.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
     record = json.loads(out.getvalue())
     assert record["status"] == 404 and record["router"] == "-" and record["error"] == "no route"
+    assert record["time"] == "1970-01-01T00:00:01.500Z"  # RFC 3339, like edge's own JSON log lines
 
 
 def test_h2_connections_are_handed_over_with_their_first_bytes():

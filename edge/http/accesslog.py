@@ -13,6 +13,7 @@ import sys
 import time
 
 from edge.http.middlewares import get_header
+from edge.logs import rfc3339
 
 __all__ = ["AccessLog", "open_access_log"]
 
@@ -48,7 +49,7 @@ class AccessLog:
         target = req.target.decode("latin-1") or "-"
         if self._format == "json":
             record = {
-                "time": self._wall(),
+                "time": rfc3339(self._wall()),
                 "client": req.client_ip,
                 "method": method,
                 "host": req.host.decode("latin-1"),
