@@ -385,9 +385,15 @@ def test_a_header_claiming_two_questions_with_one_present_gets_formerr(big_edge)
 
 def test_refused_tcp_connections_are_logged_once_not_once_each(big_edge):
     sockets = []
+    reset_at_connect = 0
     try:
         for _ in range(300):  # 256 are allowed; bounded
-            sockets.append(socket.create_connection(("127.0.0.1", big_edge.port), timeout=5))
+            try:
+                sockets.append(socket.create_connection(("127.0.0.1", big_edge.port), timeout=5))
+            except ConnectionResetError:
+                # On a loaded machine edge can accept and refuse a connection
+                # before connect() has returned here: a refusal all the same.
+                reset_at_connect += 1
         refused = set()
         for _ in range(300):  # until edge has accepted and refused the 44 over the limit; bounded
             readable, _, _ = select.select([s for s in sockets if s not in refused], [], [], 0.1)
@@ -397,9 +403,9 @@ def test_refused_tcp_connections_are_logged_once_not_once_each(big_edge):
                 except ConnectionResetError:
                     pass
                 refused.add(s)
-            if len(refused) >= 300 - 256:
+            if len(refused) + reset_at_connect >= 300 - 256:
                 break
-        assert len(refused) == 300 - 256
+        assert len(refused) + reset_at_connect == 300 - 256
         lines = [line for line in big_edge.log.read_text().splitlines() if "Refusing DNS TCP connection" in line]
         assert len(lines) == 1, lines
     finally:
