@@ -6,14 +6,16 @@ three manager addresses (and retries the next one when one fails) keeps
 asking for a routed name over DNS and HTTP while edge itself is rolled, a
 manager is lost and the leader is lost.
 
-Asserted: every manager answers DNS with all three manager addresses and
-proxies to the tasks on every node; after each event the surviving managers
-serve again.  Measured (FIGURE lines): the retrying client's failed requests.
+Asserted: every manager answers DNS with all three manager addresses,
+proxies to the tasks on every node, and serves HTTPS with certificates from
+one shared CA (docs/tls.md's set-up: ``init-ca`` once, two swarm secrets);
+after each event the surviving managers serve again.  Measured (FIGURE lines): the retrying client's failed requests.
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,7 +44,46 @@ services:
       update_config:
         delay: 2s
         monitor: 5s
+    secrets:
+      - edge-ca.crt
+      - edge-ca.key
+configs:
+  edge-toml-v1:
+    file: {toml}
+secrets:
+  edge-ca.crt:
+    file: {ca_dir}/edge-ca.crt
+  edge-ca.key:
+    file: {ca_dir}/edge-ca.key
 """
+
+
+def _shared_ca_stack(tmp_path: Path, image: str, prefix: str) -> Path:
+    """
+    The stack file's set-up with one CA for every manager, as docs/tls.md
+    tells a user: ``python -m edge.tls init-ca`` once, both files as swarm
+    secrets, ``[tls] ca_certificate``/``ca_key`` pointing at them.
+    """
+    ca_dir = tmp_path / "ca"
+    subprocess.run([sys.executable, "-m", "edge.tls", "init-ca", str(ca_dir)], check=True,
+                   capture_output=True, timeout=60, cwd=ROOT)
+    toml = (ROOT / "config" / "edge-stack.toml").read_text()
+    toml = toml.replace('# ca_certificate = "/run/secrets/edge-ca.crt"', 'ca_certificate = "/run/secrets/edge-ca.crt"')
+    toml = toml.replace('# ca_key = "/run/secrets/edge-ca.key"', 'ca_key = "/run/secrets/edge-ca.key"')
+    assert 'ca_key = "/run/secrets/edge-ca.key"' in toml.splitlines()
+    (tmp_path / "edge-stack.toml").write_text(toml)
+    override = tmp_path / "override.yml"
+    override.write_text(OVERRIDE.format(image=image, prefix=prefix, toml=tmp_path / "edge-stack.toml",
+                                        ca_dir=ca_dir))
+    return ca_dir / "edge-ca.crt"
+
+
+def _https_body(cluster: Cluster, manager: str, host: str, root: Path) -> str:
+    """A request over HTTPS through ``manager``, verified against ``root`` alone."""
+    r = subprocess.run(cluster.in_ns("w1", "curl", "-sS", "-m", "5", "--cacert", str(root),
+                                     "--resolve", f"{host}:443:{cluster.addr(manager)}", f"https://{host}/"),
+                       capture_output=True, text=True, timeout=15)
+    return r.stdout.strip() if r.returncode == 0 else f"curl {r.returncode}: {r.stderr.strip()}"
 
 
 def _docker(cluster: Cluster, via: str, *args: str, cwd: Path | None = None) -> str:
@@ -83,8 +124,8 @@ def test_edge_global_on_every_manager_survives_its_update_and_manager_losses(clu
     stack = f"edge{unique}"
     host = f"g{unique}.test"
     home, leader, other = home_and_others(cluster)
+    root = _shared_ca_stack(tmp_path, edge_image, cluster.prefix)
     override = tmp_path / "override.yml"
-    override.write_text(OVERRIDE.format(image=edge_image, prefix=cluster.prefix))
     _docker(cluster, home, "stack", "deploy", "-c", str(ROOT / "config" / "edge-stack.yml"),
             "-c", str(override), stack)
     web = f"gweb-{unique}"
@@ -97,6 +138,11 @@ def test_edge_global_on_every_manager_survives_its_update_and_manager_losses(clu
         containers = {t["Status"]["ContainerStatus"]["ContainerID"][:12] for t in tasks.values()}
         # Every manager: DNS answers all three managers; HTTP reaches the tasks on every node.
         wait_for(lambda: _serving(cluster, MANAGERS, host, containers), 120, "edge serving on every manager", 1.0)
+        # Every manager serves HTTPS with a leaf it issued itself from the one
+        # shared CA: a client that trusts that root alone is served by each.
+        for m in MANAGERS:
+            assert wait_for(lambda: (lambda b: b if b in containers else None)(_https_body(cluster, m, host, root)),
+                            30, f"HTTPS through {m} verified against the shared root", 1.0)
 
         args = ["--host", host, "--rate", "10", "--duration", "400"]
         for m in MANAGERS:
