@@ -30,8 +30,8 @@ def origin():
     o.stop()
 
 
-@pytest.fixture
-def edge(origin, tmp_path):
+def tls_edge(tmp_path, targets, extra: str = "") -> Edge:
+    """A real edge serving web.test over TLS with ALPN h2 to ``targets`` (also used by test_hostile_h2)."""
     from tests.test_tls_store import TestCA, write
 
     ca = TestCA()
@@ -40,9 +40,15 @@ def edge(origin, tmp_path):
     port = free_port()
     eps = f'[entrypoints.https]\naddress = "tcp:{port}:interface=127.0.0.1"\ntls = true\n'
     env = {**os.environ, "EDGE_TEST_CERT": pem, "EDGE_TEST_ALPN": "h2,http/1.1"}
-    e = Edge(tmp_path, snapshot(web([origin.target()])), entrypoints=eps, env=env)
+    e = Edge(tmp_path, snapshot(web(targets)), extra=extra, entrypoints=eps, env=env)
     e.https_port = port
     e.root = root
+    return e
+
+
+@pytest.fixture
+def edge(origin, tmp_path):
+    e = tls_edge(tmp_path, [origin.target()])
     yield e
     e.stop()
 

@@ -43,6 +43,8 @@ Stream states (``_Stream._state``):
 
 from __future__ import annotations
 
+import re
+
 import h2.config
 import h2.connection
 import h2.errors
@@ -76,6 +78,12 @@ MAX_REQUEST_LINE = 8192
 # finish, before the connection is closed (rapid reset, CVE-2023-44487: each
 # such stream costs a route and maybe a backend connect, the client nothing).
 RESET_LIMIT = 200
+
+# h2 refuses CR, LF and NUL in fields; the rest of what could split or bend the
+# HTTP/1.1 head built from them (RFC 9113 8.2.1, RFC 9110 5.5, 9.1) is refused here.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _CANCEL = h2.errors.ErrorCodes.CANCEL
@@ -636,9 +644,12 @@ class HTTP2Connection:
         cookies = None
         count = 0
         size = 0
+        bad = False
         for name, value in event.headers:
             count += 1
             size += len(name) + len(value) + 4
+            if _BAD_VALUE.search(value) is not None:
+                bad = True
             if name[:1] == b":":
                 if name == b":method":
                     method = value
@@ -647,6 +658,8 @@ class HTTP2Connection:
                 elif name == b":authority":
                     authority = value
                 continue
+            if _TOKEN.match(name) is None:
+                bad = True
             if name == b"cookie":
                 # Split across fields in HTTP/2; one field for HTTP/1.1 (RFC 9113 8.2.3).
                 cookies = value if cookies is None else cookies + b"; " + value
@@ -682,6 +695,12 @@ class HTTP2Connection:
             status, why = 431, "header fields too large"
         elif len(req.target) > MAX_REQUEST_LINE:
             status, why = 414, "request target too long"
+        elif bad:
+            status, why = 400, "invalid character in a header field"
+        elif _TOKEN.match(req.method) is None:
+            status, why = 400, "invalid :method"
+        elif _BAD_TARGET.search(req.target) is not None or _BAD_TARGET.search(req.host) is not None:
+            status, why = 400, "invalid character in :path or :authority"
         elif req.method == b"CONNECT":
             status, why = 405, "CONNECT is not supported"
         elif req.content_length is not None and req.content_length < 0:
