@@ -32,7 +32,7 @@ _OFFSETS = {"m1": 11, "m2": 12, "m3": 13, "w1": 21}
 
 class Cluster:
     def __init__(self, prefix: str | None = None, subnet: str | None = None):
-        self.prefix = prefix or os.environ.get("EDGE_CLUSTER_PREFIX", "eh2")
+        self.prefix = prefix or os.environ.get("EDGE_CLUSTER_PREFIX", "edgecl")
         self.subnet = subnet or os.environ.get("EDGE_CLUSTER_SUBNET", "10.213.7.0/24")
         self.base = self.subnet.rsplit(".", 1)[0]
         self._services: list[tuple[str, str]] = []
@@ -328,7 +328,7 @@ def record_figure(name: str, value, unit: str = "s") -> None:
     """A measured figure, for the report: printed and kept in /tmp/<prefix>/figures.jsonl."""
     line = {"figure": name, "value": value, "unit": unit, "at": time.time()}
     print(f"FIGURE {name}: {value} {unit}")
-    prefix = os.environ.get("EDGE_CLUSTER_PREFIX", "eh2")
+    prefix = os.environ.get("EDGE_CLUSTER_PREFIX", "edgecl")
     try:
         with open(f"/tmp/{prefix}/figures.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")

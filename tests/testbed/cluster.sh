@@ -12,12 +12,12 @@
 # Probes (dig, curl, edge in host mode) must run inside a node namespace.
 #
 # Usage: tests/testbed/cluster.sh up|down|env|stop NODE|start NODE|status|image [TAG]
-# Names: EDGE_CLUSTER_PREFIX (default eh2) gives namespaces PREFIX-sw,
+# Names: EDGE_CLUSTER_PREFIX (default edgecl) gives namespaces PREFIX-sw,
 # PREFIX-m1..m3, PREFIX-w1 and state under /run/PREFIX and /tmp/PREFIX;
 # EDGE_CLUSTER_SUBNET (default 10.213.7.0/24, a /24) gives the addresses
 # (.11-.13 managers, .21 worker).
 set -euo pipefail
-PREFIX=${EDGE_CLUSTER_PREFIX:-eh2}
+PREFIX=${EDGE_CLUSTER_PREFIX:-edgecl}
 SUBNET=${EDGE_CLUSTER_SUBNET:-10.213.7.0/24}
 RUN=/run/$PREFIX
 TMP=/tmp/$PREFIX
