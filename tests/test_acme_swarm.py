@@ -49,10 +49,14 @@ def test_labelled_services_get_acme_certificates(swarm, tmp_path, unique):
         print(f"v2 labelled service: served with a pebble certificate {time.monotonic() - created:.1f} s after"
               " `docker service create` (task start included)")
         assert wait_until(lambda: served(f"{v1}.test"), 120), edge.log()[-3000:]
-        assert pebble.orders() == 2
         log = edge.log()
-        assert f"Ordering a certificate for {v2}.test from ACME resolver pebble" in log
-        assert f"Ordering a certificate for {v1}.test from ACME resolver v1" in log
+        # Each of the two names was ordered once.  The test swarm is shared:
+        # v1 routers other tests left on it also match on_host_rule, so
+        # pebble's total is held to edge's own count of orders, not to 2.
+        assert log.count(f"Ordering a certificate for {v2}.test from ACME resolver pebble") == 1
+        assert log.count(f"Ordering a certificate for {v1}.test from ACME resolver v1") == 1
+        assert wait_until(lambda: pebble.orders() == edge.log().count("Ordering a certificate for "), 10), (
+            pebble.orders(), edge.log().count("Ordering a certificate for "))
     finally:
         edge.stop()
         pebble.stop()
