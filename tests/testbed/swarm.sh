@@ -29,6 +29,14 @@ up() {
         done
         docker info >/dev/null 2>&1 || { log "dockerd did not start"; tail -20 "$ROOT/dockerd.log" >&2; exit 1; }
         log "dockerd up on $SOCK"
+        # A throw-away engine: what an earlier run left in its swarm (a run
+        # that was stopped before its clean-up) must not show up in the
+        # snapshots this run's tests read. Images stay, as a cache.
+        leftover=$(docker service ls -q)
+        [ -z "$leftover" ] || { docker service rm $leftover >/dev/null; log "removed services left by an earlier run"; }
+        leftover=$(docker ps -aq)
+        [ -z "$leftover" ] || { docker rm -f $leftover >/dev/null; log "removed containers left by an earlier run"; }
+        docker network prune -f >/dev/null 2>&1 || true
     fi
     if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
         docker swarm init --advertise-addr 127.0.0.1 >/dev/null
