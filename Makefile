@@ -41,8 +41,9 @@ system-deps:
 			chromium debootstrap qemu-user-static binfmt-support pebble bind9 nghttp2-client; \
 	fi
 
+# EDGE_TEST_CLEAN: an engine this starts drops what an earlier run left in its swarm.
 testbed-up:
-	bash tests/testbed/swarm.sh up
+	EDGE_TEST_CLEAN=1 bash tests/testbed/swarm.sh up
 
 testbed-down:
 	bash tests/testbed/swarm.sh down

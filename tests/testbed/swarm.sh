@@ -29,18 +29,20 @@ up() {
         done
         docker info >/dev/null 2>&1 || { log "dockerd did not start"; tail -20 "$ROOT/dockerd.log" >&2; exit 1; }
         log "dockerd up on $SOCK"
-        # A throw-away engine: what an earlier run left in its swarm (a run
-        # that was stopped before its clean-up) must not show up in the
-        # snapshots this run's tests read. Images stay, as a cache.
-        leftover=$(docker service ls -q)
-        [ -z "$leftover" ] || { docker service rm $leftover >/dev/null; log "removed services left by an earlier run"; }
-        leftover=$(docker ps -aq)
-        [ -z "$leftover" ] || { docker rm -f $leftover >/dev/null; log "removed containers left by an earlier run"; }
-        docker network prune -f >/dev/null 2>&1 || true
+        started=1
     fi
     if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != active ]; then
         docker swarm init --advertise-addr 127.0.0.1 >/dev/null
         log "swarm initialised"
+    elif [ "${started:-}" = 1 ] && [ "${EDGE_TEST_CLEAN:-}" = 1 ]; then
+        # `make test` on a throw-away engine just started: what an earlier
+        # run left in its swarm (a run stopped before its clean-up; CI reuses
+        # the machine) must not show up in this run's snapshots. Images stay.
+        leftover=$(docker service ls -q)
+        [ -z "$leftover" ] || { docker service rm $leftover >/dev/null; log "removed services an earlier run left"; }
+        leftover=$(docker ps -aq)
+        [ -z "$leftover" ] || { docker rm -f $leftover >/dev/null; log "removed containers an earlier run left"; }
+        docker network prune -f >/dev/null 2>&1 || true
     fi
     docker network inspect frontend >/dev/null 2>&1 || \
         docker network create -d overlay --attachable frontend >/dev/null
