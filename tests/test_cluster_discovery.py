@@ -25,6 +25,7 @@ import pytest
 
 from tests.clusterkit import MANAGERS, Cluster, Sampler, record_figure
 from tests.swarmkit import DiscoveryWatch, find_service, wait_for
+from tests.processes import terminate
 
 pytestmark = [pytest.mark.swarm, pytest.mark.cluster]
 
@@ -113,13 +114,7 @@ class Edge:
         return Sampler(self.cluster, self.home, *args, log=workdir / f"sample-{uuid.uuid4().hex[:6]}.jsonl")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 @pytest.fixture
