@@ -32,18 +32,26 @@ WAIT = 90.0
 SHARED_ROOT = os.environ.get("EDGE_TEST_ROOT", "/tmp/edge-test")
 
 
-def host_ports(task: dict) -> set[int]:
-    return {
-        p["PublishedPort"]
-        for p in task["Status"].get("PortStatus", {}).get("Ports", [])
-        if p["TargetPort"] == 80
-    }
+def host_port(kit: Swarm, task: dict) -> int:
+    """
+    The host port a task's port 80 answers on at 127.0.0.1, read from its container.
+
+    With IPv6 on, the engine binds 0.0.0.0 and :: separately, and their ephemeral
+    ports differ once the two allocators drift apart (an earlier IPv4-only
+    binding is enough): the task's PortStatus then lists two published ports for
+    one target port, IPv4's first.  The container's own bindings say which is
+    which (HostIp), so the expectation does not rely on that order.
+    """
+    container_id = task["Status"]["ContainerStatus"]["ContainerID"]
+    bindings = kit.client.api.inspect_container(container_id)["NetworkSettings"]["Ports"]["80/tcp"]
+    (port,) = {int(b["HostPort"]) for b in bindings if b["HostIp"] in ("0.0.0.0", "")}
+    return port
 
 
 def expected_targets(kit: Swarm, service: str, count: int) -> set[tuple[str, str, int]]:
-    """(task id, 127.0.0.1, published port) for each running task, from the daemon."""
+    """(task id, 127.0.0.1, IPv4 host port) for each running task, from the daemon."""
     tasks = kit.wait_running(service, count)
-    return {(t["ID"], "127.0.0.1", port) for t in tasks for port in host_ports(t)}
+    return {(t["ID"], "127.0.0.1", host_port(kit, t)) for t in tasks}
 
 
 def snapshot_targets(snapshot: dict, name: str) -> set[tuple[str, str, int]] | None:
@@ -191,6 +199,38 @@ def test_task_addressing_and_unreachable_problem(swarm, tmp_path, unique):
         swarm.remove_service(hidden)
 
 
+def test_host_mode_target_is_the_ipv4_binding_when_ipv4_and_ipv6_ports_differ(swarm, watcher, unique):
+    """
+    An IPv4-only binding first makes the engine's two ephemeral allocators drift.
+
+    A host-mode task then listens on one port at 0.0.0.0 and another at ::, and
+    on 127.0.0.1 the IPv6 one is some other container's port: edge must route
+    to the IPv4 binding.
+    """
+    squatter = swarm.run_container(f"disc-v4-{unique}", ports={"80/tcp": ("0.0.0.0", None)})
+    name = f"disc-v6-{unique}"
+    key = f"{name}@docker"
+    swarm.create_web_service(name, labels={"traefik.port": "80", "traefik.frontend.rule": f"Host:{name}.test"})
+    (task,) = swarm.wait_running(name, 1)
+    bindings = swarm.client.api.inspect_container(task["Status"]["ContainerStatus"]["ContainerID"])[
+        "NetworkSettings"
+    ]["Ports"]["80/tcp"]
+    by_family = {b["HostIp"]: int(b["HostPort"]) for b in bindings}
+    if "::" not in by_family:
+        pytest.skip("the test engine binds no IPv6 address, so its ports cannot drift apart")
+    if by_family["::"] == by_family["0.0.0.0"]:
+        pytest.skip(f"the engine's IPv4 and IPv6 ports happened to line up: {bindings}")
+    squatter.reload()
+    (squatter_port,) = {int(b["HostPort"]) for b in squatter.attrs["NetworkSettings"]["Ports"]["80/tcp"]}
+    published = sorted(p["PublishedPort"] for p in task["Status"]["PortStatus"]["Ports"] if p["TargetPort"] == 80)
+    assert published == sorted(by_family.values())  # the engine lists both, without their addresses
+    expected = {(task["ID"], "127.0.0.1", by_family["0.0.0.0"])}
+    wait_targets(watcher, key, expected, "the task on its IPv4 port")
+    # What the other port would have reached on 127.0.0.1: possibly the squatter.
+    print(f"bindings {bindings}; squatter on {squatter_port}")
+    swarm.remove_service(name)
+
+
 def test_auto_addressing_follows_edges_own_container(swarm, unique):
     """read_state on the real engine, as if edge ran in a container: on `frontend` -> task IPs."""
     from edge.config import DockerConfig
@@ -217,7 +257,7 @@ def test_auto_addressing_follows_edges_own_container(swarm, unique):
 
     state, me = read_state(client, config, container_id=elsewhere.id, in_container=True)
     assert overlay[0] not in me.network_ids
-    (port,) = host_ports(task)
+    port = host_port(swarm, task)
     assert snapshot_targets_of(build_snapshot(state, config, me), key) == {(task["ID"], "127.0.0.1", port)}
     swarm.remove_service(name)
 

@@ -571,6 +571,9 @@ class _Builder:
                 continue
             published = 0
             if host_mode:
+                # With IPv6 on, the engine binds 0.0.0.0 and :: on ports that can
+                # differ, and lists both here without their addresses, IPv4's
+                # first: the first is the one a node's IPv4 address reaches.
                 for p in _get(task, "Status", "PortStatus", "Ports", default=[]):
                     if (
                         p.get("TargetPort") == port
