@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import struct
 from dataclasses import dataclass, field, replace
 
 import h2.config
@@ -24,6 +26,7 @@ import pytest
 from twisted.internet import defer, error
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols import policies
 
 from edge.config import Config, EntryPoint, HTTPConfig
 from edge.discovery.publisher import SnapshotPublisher
@@ -162,15 +165,21 @@ class Answer:
 class H1Client:
     name = "http/1.1"
 
-    def __init__(self, world: World):
+    def __init__(self, world: World, listening=None, source="127.0.0.1", preamble=b""):
+        """A connection to ``world.factory``, or through ``listening`` (what edge listens with) from ``source``."""
         self.world = world
-        self.transport = Transport()
-        self.server = ServerProtocol()
-        self.server.factory = world.factory
+        self.transport = Transport(source)
+        if listening is None:
+            self.server = ServerProtocol()
+            self.server.factory = world.factory
+        else:
+            self.server = listening.buildProtocol(self.transport.getPeer())
         self.server.makeConnection(self.transport)
+        self._preamble = preamble  # sent before the first request (a PROXY header)
 
     def send(self, method, path, host, headers=(), body=None):
-        lines = [b"%s %s HTTP/1.1\r\n" % (method, path)]
+        lines = [self._preamble, b"%s %s HTTP/1.1\r\n" % (method, path)]
+        self._preamble = b""
         if host is not None:
             lines.append(b"Host: %s\r\n" % host)
         for k, v in headers:
@@ -205,17 +214,20 @@ class H1Client:
 class H2Client:
     name = "h2"
 
-    def __init__(self, world: World):
+    def __init__(self, world: World, listening=None, source="127.0.0.1", preamble=b""):
         self.world = world
-        # Through the hand-off a TLS connection takes when ALPN picked h2.
-        self.transport = Transport()
-        self.transport.negotiatedProtocol = b"h2"
-        self.server = ServerProtocol()
-        self.server.factory = world.factory
+        self.transport = Transport(source)
+        if listening is None:
+            # Through the hand-off a TLS connection takes when ALPN picked h2.
+            self.transport.negotiatedProtocol = b"h2"
+            self.server = ServerProtocol()
+            self.server.factory = world.factory
+        else:
+            self.server = listening.buildProtocol(self.transport.getPeer())
         self.server.makeConnection(self.transport)
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.h2.initiate_connection()
-        self.server.dataReceived(self.h2.data_to_send())
+        self.server.dataReceived(preamble + self.h2.data_to_send())
         self.events = []
         self._pump()
 
@@ -673,3 +685,243 @@ def test_a_half_close_in_the_middle_of_a_head_closes_at_once():
     client.server.readConnectionLost()
     assert client.transport.disconnecting
     assert world.backend_bytes() == b""
+
+
+# -- middlewares whose answer depends on earlier requests, both framings ---------------
+
+FRAMINGS = pytest.mark.parametrize("framing", [H1Client, H2Client], ids=["http1", "h2"])
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@FRAMINGS
+def test_ratelimit_refuses_past_the_burst_and_holds_a_short_wait(framing):
+    world = World(middlewares=(RateLimit(1, burst=1),))
+    world.clock.advance(100)
+    first = framing(world)
+    first.send(b"GET", b"/x", b"mw.test")
+    world.answer(OK)
+    assert first.answer().status == 200
+    second = framing(world)
+    second.send(b"GET", b"/x", b"mw.test")
+    answer = second.answer()
+    assert (answer.status, answer.header(b"retry-after")) == (429, b"1")
+    assert len(world.backends) == 1  # the refused request reached no backend
+    # 0.6 s later a token is 0.4 s away: within Traefik's 500 ms, the request waits for it.
+    world.clock.advance(0.6)
+    third = framing(world)
+    third.send(b"GET", b"/x", b"mw.test")
+    assert third.answer().status is None and world.service.pool.idle_count() == 1
+    world.clock.advance(0.5)
+    third.answer()  # pumps what the held request sent
+    world.answer(OK)
+    assert third.answer().status == 200
+    assert [line["status"] for line in world.log_lines()] == [200, 429, 200]
+
+
+@FRAMINGS
+def test_inflightreq_refuses_a_second_request_in_flight_and_frees_the_slot(framing):
+    world = World(middlewares=(InFlightReq(1),))
+    world.clock.advance(100)
+    first = framing(world)
+    first.send(b"GET", b"/x", b"mw.test")
+    second = framing(world)
+    second.send(b"GET", b"/x", b"mw.test")
+    assert second.answer().status == 429
+    world.answer(OK)
+    assert first.answer().status == 200
+    third = framing(world)
+    third.send(b"GET", b"/x", b"mw.test")
+    assert world.backends[-1][1].value().startswith(b"GET /x")
+    # A client that goes away mid-request gives its slot back too.
+    third.server.connectionLost(None)
+    fourth = framing(world)
+    fourth.send(b"GET", b"/x", b"mw.test")
+    world.answer(OK)
+    assert fourth.answer().status == 200
+    assert [line["status"] for line in world.log_lines()] == [429, 200, 499, 200]
+
+
+# -- access log and metrics: the same for both framings ------------------------------
+
+# (method, path, host, headers, body, backend answer or None for none / "timeout")
+LOGGED = [
+    (b"GET", b"/x?q=1", b"web.test", ((b"Referer", b"https://ref.test/"), (b"User-Agent", b"curl/8")), None, OK),
+    (b"POST", b"/up", b"web.test", ((b"User-Agent", b"up"),), b"12345", OK),
+    (b"GET", b"/x", b"nothing.test", (), None, None),
+    (b"GET", b"/x", b"auth.test", (), None, None),
+    (b"GET", b"/x", b"mw.test", (), None, None),
+    (b"GET", b"/a%2fb", b"web.test", (), None, None),
+    (b"POST", b"/big", b"web.test", (), b"x" * 20, None),
+    (b"GET", b"/bad", b"web.test", (), None, b"HTTP/1.1 2OO OK\r\n\r\n"),
+    (b"GET", b"/slow", b"web.test", (), None, "timeout"),
+    (b"GET", b"/x", b"two.test", (), None, OK),
+]
+
+
+def _run_logged(framing, log_format):
+    world = World(HTTPConfig(max_body_bytes=10), middlewares=(IPAllowList(("10.0.0.0/8",)),),
+                  log_format=log_format)
+    world.clock.advance(100)
+    for method, path, host, headers, body, response in LOGGED:
+        client = framing(world)
+        before = len(world.backend_bytes())
+        client.send(method, path, host, headers, body)
+        assert (len(world.backend_bytes()) > before) == (response is not None)
+        if response == "timeout":
+            world.clock.advance(HTTPConfig().backend_response_timeout + 2)
+            world.service._housekeeping()
+        elif response is not None:
+            world.answer(response)
+        assert client.answer().status is not None
+    world.service._housekeeping()
+    return world
+
+
+@pytest.mark.parametrize("log_format", ["common", "combined", "json"])
+def test_the_access_log_line_is_the_same_for_both_framings_but_the_protocol(log_format):
+    h1 = _run_logged(H1Client, log_format).log_lines()
+    h2 = _run_logged(H2Client, log_format).log_lines()
+    assert len(h1) == len(h2) == len(LOGGED)
+    if log_format == "json":
+        assert [line.pop("protocol") for line in h1] == ["HTTP/1.1"] * len(LOGGED)
+        assert [line.pop("protocol") for line in h2] == ["HTTP/2.0"] * len(LOGGED)
+        statuses = [line["status"] for line in h1]
+    else:
+        assert all(' HTTP/1.1" ' in line for line in h1) and all(' HTTP/2.0" ' in line for line in h2)
+        h2 = [line.replace(' HTTP/2.0" ', ' HTTP/1.1" ', 1) for line in h2]
+        statuses = [int(line.split('" ', 1)[1].split()[0]) for line in h1]
+    assert statuses == [200, 200, 404, 401, 403, 400, 413, 502, 504, 200]
+    for one, two in zip(h1, h2):
+        assert one == two
+    if log_format == "combined":
+        assert '"GET /x?q=1 HTTP/1.1" 200 2 "https://ref.test/" "curl/8" 1 "web" "http://10.9.9.9:80"' in h1[0]
+
+
+def _http_samples():
+    """edge_http_* counters and duration counts, by labels."""
+    out = {}
+    for family in metrics.REGISTRY.collect():
+        if family.name in ("edge_http_requests", "edge_http_request_duration_seconds",
+                           "edge_http_upstream_connect_failures"):
+            for sample in family.samples:
+                if sample.name.endswith(("_total", "_count")):
+                    out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _moved(before, after):
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+def test_metrics_per_router_move_the_same_for_both_framings():
+    moved = {}
+    for framing in (H1Client, H2Client):
+        before = _http_samples()
+        _run_logged(framing, "json")
+        moved[framing.name] = _moved(before, _http_samples())
+    assert moved["http/1.1"] == moved["h2"]
+    got = moved["h2"]
+    web = ("edge_http_requests_total", (("code_class", "2xx"), ("entrypoint", "web"), ("router", "web")))
+    assert got[web] == 2
+    assert got[("edge_http_requests_total", (("code_class", "5xx"), ("entrypoint", "web"), ("router", "web")))] == 2
+    assert got[("edge_http_requests_total", (("code_class", "4xx"), ("entrypoint", "web"), ("router", "mw")))] == 1
+    assert got[("edge_http_request_duration_seconds_count", (("router", "two"),))] == 1
+    assert got[("edge_http_upstream_connect_failures_total", (("service", "svc2"),))] == 1
+
+
+# -- PROXY protocol (v1 and v2), trusted and untrusted sources, plain and TLS entry points ------
+
+PROXY_FROM = "127.0.0.2"  # the load balancer allowed to speak PROXY
+V1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 55555 443\r\n"
+V2 = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", 12)
+      + socket.inet_aton("203.0.113.7") + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 55555, 443))
+
+
+class _TLSLike(policies.ProtocolWrapper):
+    """Stands in for the TLS layer (``TLSMemoryBIOProtocol``) once its handshake chose ``alpn``."""
+
+    def __init__(self, factory, wrapped):
+        super().__init__(factory, wrapped)
+        self.negotiatedProtocol = factory.alpn
+
+
+class _TLSContext:
+    """What ``service.wrap_tls`` is given: a TLS service with ``wrap(factory)``."""
+
+    def __init__(self, alpn):
+        self.alpn = alpn
+
+    def wrap(self, factory):
+        wrapping = policies.WrappingFactory(factory)
+        wrapping.protocol = _TLSLike
+        wrapping.alpn = self.alpn
+        return wrapping
+
+
+def _proxy_world(alpn):
+    """edge listening as it does: PROXY chooser -> TLS -> entry point (on a memory reactor)."""
+    world = World(entrypoints=[EntryPoint("web", "tcp:1", proxy_protocol=(PROXY_FROM + "/32",)),
+                               EntryPoint("websecure", "tcp:2", tls=True, proxy_protocol=(PROXY_FROM + "/32",))],
+                  tls_context=_TLSContext(alpn))
+    world.service._listen()
+    world.listening = {port: factory for port, factory, _backlog, _interface in world.clock.tcpServers}
+    assert sorted(world.listening) == [1, 2]
+    return world
+
+
+# (client framing, entry point port, ALPN)
+ENTRIES = pytest.mark.parametrize("framing,port,alpn", [
+    (H1Client, 1, None), (H1Client, 2, None), (H2Client, 2, b"h2")], ids=["http1", "http1-tls", "h2-tls"])
+
+
+@ENTRIES
+@pytest.mark.parametrize("header", [V1, V2], ids=["v1", "v2"])
+def test_proxy_protocol_from_a_trusted_source_names_the_client(framing, port, alpn, header):
+    world = _proxy_world(alpn)
+    client = framing(world, world.listening[port], source=PROXY_FROM, preamble=header)
+    client.send(b"GET", b"/x", b"web.test", ((b"X-Forwarded-For", b"6.6.6.6"),))
+    sent = world.backend_bytes()
+    assert b"X-Forwarded-For: 203.0.113.7\r\n" in sent and b"X-Real-Ip: 203.0.113.7\r\n" in sent
+    assert b"6.6.6.6" not in sent  # the named client is no trusted proxy
+    assert b"X-Forwarded-Proto: %s\r\n" % (b"https" if port == 2 else b"http") in sent
+    world.answer(OK)
+    assert client.answer().status == 200
+    (line,) = world.log_lines()
+    assert (line["client"], line["status"], line["entrypoint"]) == (
+        "203.0.113.7", 200, "websecure" if port == 2 else "web")
+
+
+@ENTRIES
+def test_without_a_proxy_header_a_trusted_source_is_closed(framing, port, alpn):
+    world = _proxy_world(alpn)
+    client = framing(world, world.listening[port], source=PROXY_FROM)
+    client.send(b"GET", b"/x", b"web.test")
+    assert world.backend_bytes() == b""
+    assert client.answer().status is None and client.transport.disconnecting
+
+
+@ENTRIES
+def test_an_untrusted_source_is_served_as_itself(framing, port, alpn):
+    world = _proxy_world(alpn)
+    client = framing(world, world.listening[port], source="127.0.0.3")
+    client.send(b"GET", b"/x", b"web.test")
+    assert b"X-Forwarded-For: 127.0.0.3\r\n" in world.backend_bytes()
+    world.answer(OK)
+    assert client.answer().status == 200
+    assert [line["client"] for line in world.log_lines()] == ["127.0.0.3"]
+
+
+@ENTRIES
+@pytest.mark.parametrize("header", [V1, V2], ids=["v1", "v2"])
+def test_an_untrusted_source_cannot_claim_an_address(framing, port, alpn, header):
+    world = _proxy_world(alpn)
+    client = framing(world, world.listening[port], source="127.0.0.3", preamble=header)
+    client.send(b"GET", b"/x", b"web.test")
+    assert world.backend_bytes() == b""
+    if framing is H1Client:
+        assert client.answer().status == 400  # the PROXY line is just a bad request line
+    else:
+        # Not HTTP/2's preface (over real TLS it would not even be a handshake): closed.
+        assert client.answer().status is None
+    assert client.transport.disconnecting
+    assert all(line["client"] == "127.0.0.3" for line in world.log_lines())
