@@ -310,6 +310,14 @@ ROWS = [
         backend_starts=b"GET /b/c HTTP/1.1\r\n"),
     Row("an encoded slash is refused", path=b"/a%2fb", response=None, status=400),
     Row("no route", host=b"nothing.test", response=None, status=404),
+    # Bytes no request-target may hold (RFC 3986 §2, RFC 9112 §3.2): llhttp refuses them, and so
+    # must the HTTP/2 path, where :path is an HPACK string that can carry any of them.
+    Row("a byte outside ASCII in the path is a 400", path=b"/caf\xc3\xa9", response=None, status=400),
+    Row("a byte outside ASCII in the query is a 400", path=b"/x?q=\xff", response=None, status=400),
+    Row("a control byte in the path is a 400", path=b"/a\x1bb", response=None, status=400),
+    Row("DEL in the path is a 400", path=b"/a\x7fb", response=None, status=400),
+    Row("printable characters RFC 3986 does not list pass unchanged", path=b"/a{b}|c^d?q=[x]",
+        backend_starts=b"GET /a{b}|c^d?q=[x] HTTP/1.1\r\n"),
     Row("a body with its length", method=b"POST", body=b"12345",
         backend_has=(b"Content-Length: 5\r\n", b"\r\n\r\n12345")),
     Row("a client's X-Forwarded-For is replaced (untrusted)",

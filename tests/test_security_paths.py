@@ -88,6 +88,31 @@ def test_asterisk_form_is_for_options():
     assert split_target(b"OPTIONS", b"*") == (None, b"*")
 
 
+@pytest.mark.parametrize("target", [
+    b"/caf\xc3\xa9", b"/a\x80", b"/x?q=\xff", b"/a b", b"/a\tb", b"/a\x00b", b"/a\x1bb", b"/a\x7fb",
+    b"/a\rb", b"/a\nb", b"http://h/\xc3\xa9", b"http://h\x01/x",
+])
+def test_bytes_no_request_target_may_hold_are_refused(target):
+    """RFC 3986 §2 / RFC 9112 §3.2: a 400, not a path forwarded as the backend may read it."""
+    with pytest.raises(BadTarget, match="outside printable ASCII"):
+        split_target(b"GET", target)
+
+
+@pytest.mark.parametrize("target", [b'/a"b<c>', b"/a{b}|c^d`e", b"/a\\b", b"/a[b]", b"/x?q={|}"])
+def test_printable_characters_outside_rfc_3986_pass_unchanged(target):
+    """Browsers send some raw (WHATWG's path set leaves | ^ [ ] alone); nghttp2 and Go accept them."""
+    assert split_target(b"GET", target) == (None, target)
+
+
+def test_http2_targets_are_origin_form_or_asterisk():
+    """RFC 9113 §8.3.1: ``:path`` carries no scheme or authority (``:authority`` is the host)."""
+    assert split_target(b"GET", b"/x?y", absolute_form=False) == (None, b"/x?y")
+    assert split_target(b"OPTIONS", b"*", absolute_form=False) == (None, b"*")
+    for target in (b"http://other.test/x", b"https://h", b"x"):
+        with pytest.raises(BadTarget):
+            split_target(b"GET", target, absolute_form=False)
+
+
 # -- 2. paths, in memory ---------------------------------------------------------
 
 

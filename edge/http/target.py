@@ -20,9 +20,21 @@ Traefik v3 documents for its entry points (docs/http.md, "Request paths"):
 The result is what the backend receives, and its fully decoded form is what
 ``Path``/``PathPrefix``/``PathRegexp`` rules match, so a rule and the backend
 always look at the same path.  The query is forwarded untouched.
+
+Before all that, a target holding a byte that no request-target may hold --
+outside printable ASCII: controls, space, DEL and every byte from 0x80 (RFC
+3986 §2: a URI is ASCII; other octets travel percent-encoded) -- is refused
+with 400 (RFC 9112 §3.2), whatever framing brought it.  llhttp refuses them
+on HTTP/1.1 already; over HTTP/2 ``:path`` is an HPACK string that may carry
+any of them, and forwarding them raw would hand a backend a path edge's
+rules never matched as it will read it.  Printable characters RFC 3986 does
+not list (``"<>\\^`{|}``) are let through: browsers send some of them raw,
+nghttp2 and Go's server accept them, and they split nothing.
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = ["BadTarget", "ENCODED_CHARACTERS", "normalize_path", "decode_path", "encoded_allowance", "split_target"]
 
@@ -44,6 +56,7 @@ ENCODED_CHARACTERS = {
 _REFUSED = frozenset(ENCODED_CHARACTERS.values())
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_NOT_PRINTABLE_ASCII = re.compile(rb"[^\x21-\x7e]")
 
 
 def encoded_allowance(names) -> frozenset[int]:
@@ -130,15 +143,20 @@ def decode_path(path: bytes) -> str:
     return path.decode("utf-8", "surrogateescape")
 
 
-def split_target(method: bytes, target: bytes, allowed: frozenset[int] = frozenset()) -> tuple[bytes | None, bytes]:
+def split_target(method: bytes, target: bytes, allowed: frozenset[int] = frozenset(),
+                 absolute_form: bool = True) -> tuple[bytes | None, bytes]:
     """
     ``(authority, target)``: the request target in origin-form, normalised.
 
     ``authority`` is the host of an absolute-form target (RFC 9112 §3.2.2:
     it replaces the Host header), else None.  An absolute-form target needs
     an ``http``/``https`` scheme (any case) and a non-empty authority without
-    userinfo (RFC 9110 §4.2.4); asterisk-form is for OPTIONS only.
+    userinfo (RFC 9110 §4.2.4); asterisk-form is for OPTIONS only.  HTTP/2
+    passes ``absolute_form=False``: ``:path`` is origin-form or ``*`` (RFC
+    9113 §8.3.1), the authority is ``:authority`` alone.
     """
+    if _NOT_PRINTABLE_ASCII.search(target) is not None:
+        raise BadTarget("a byte outside printable ASCII in the request target")
     if target[:1] == b"/":
         authority = None
         rest = target
@@ -146,6 +164,8 @@ def split_target(method: bytes, target: bytes, allowed: frozenset[int] = frozens
         if method != b"OPTIONS":
             raise BadTarget("asterisk-form target is only for OPTIONS")
         return None, target
+    elif not absolute_form:
+        raise BadTarget("request target not in origin-form")
     else:
         scheme, sep, rest = target.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
