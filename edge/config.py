@@ -28,6 +28,7 @@ __all__ = [
     "HTTPConfig",
     "TLSConfig",
     "StaticRoute",
+    "StaticMiddleware",
     "ACMEResolver",
     "ClusterConfig",
     "ACME_DIRECTORIES",
@@ -229,6 +230,20 @@ class StaticRoute:
     allow_ips: tuple[str, ...] = ()
     # Name of an [acme.<name>] resolver that obtains this route's certificate.
     cert_resolver: str = ""
+    # [middlewares.<name>] of this file, applied after the options above, in order.
+    middlewares: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StaticMiddleware:
+    """
+    A middleware of the config file, ``[middlewares.<name>.<kind>]`` (Traefik's
+    ``[http.middlewares...]``), usable from labels as ``<name>@file``.
+    """
+
+    name: str
+    # (kind, option as written with dots, value in label form); see edge.discovery.references.
+    options: tuple[tuple[str, str, str], ...] = ()
 
 
 # Named ACME directories for [acme.<name>] ca.
@@ -336,6 +351,7 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     routes: tuple[StaticRoute, ...] = ()
+    middlewares: tuple[StaticMiddleware, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
     acme: tuple[ACMEResolver, ...] = ()
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -506,6 +522,25 @@ def parse(document: dict, source: str = "") -> Config:
             parsed.append(reader.table(f"routes.{name}", StaticRoute, table, name=name))
         kwargs["routes"] = tuple(parsed)
 
+    middlewares = document.pop("middlewares", None)
+    if middlewares is not None:
+        if not isinstance(middlewares, dict):
+            reader.fail("middlewares", "expected a table of named middlewares, e.g. [middlewares.auth.basicAuth]")
+        from edge.discovery.references import label_options
+
+        found = []
+        for name, table in middlewares.items():
+            try:
+                found.append(StaticMiddleware(name, label_options(name, table)))
+            except ValueError as e:
+                key, _, message = str(e).partition(": ")
+                reader.fail(key, message)
+        kwargs["middlewares"] = tuple(found)
+    http = document.get("http")
+    if isinstance(http, dict) and "middlewares" in http:
+        reader.fail("http.middlewares", "edge's middlewares are [middlewares.NAME.KIND] tables"
+                    " (Traefik's [http.middlewares.NAME.KIND] without the http.)")
+
     acme = document.pop("acme", None)
     if acme is not None:
         if not isinstance(acme, dict):
@@ -601,6 +636,25 @@ def _check(config: Config, reader: _Reader) -> None:
     _check_docker_url(reader, config.docker.url)
     _check_dns_addresses(reader, config.dns)
     _check_acme(config, reader)
+    _check_middlewares(config, reader)
+
+
+def _check_middlewares(config: Config, reader: _Reader) -> None:
+    """A middleware of the file, or a route's use of one, that would not work stops start-up."""
+    if not config.middlewares and not any(r.middlewares for r in config.routes):
+        return
+    from edge.discovery.references import file_middlewares, first_error, route_middlewares
+
+    available, problems = file_middlewares(config)
+    error = first_error(problems)
+    if error is None:
+        for route in config.routes:
+            if route.middlewares:
+                error = first_error(route_middlewares(config, route, available)[2])
+                if error is not None:
+                    break
+    if error is not None:
+        reader.fail(*error)
 
 
 _ACME_CHOICES = {

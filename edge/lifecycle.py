@@ -29,6 +29,7 @@ __all__ = ["ReloadService", "StartupSummary", "restart_needed"]
 # as taking effect on restart, so a SIGHUP never ignores a change silently.
 _RELOADED = {
     "routes",  # the static provider re-reports them
+    "middlewares",  # so does it, and the Docker provider builds again with them
     "admin.users",
     "tls.certificates",  # the TLS service re-reads its directory
     "dns.zone", "dns.ttl", "dns.advertise", "dns.upstream", "dns.upstream_timeout",

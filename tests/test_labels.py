@@ -509,7 +509,8 @@ def _with_middlewares(refs: str, **defs):
 @pytest.mark.parametrize(
     "refs, defs, why",
     [
-        ("auth@file", {}, "not defined in this service's labels"),
+        ("auth@file", {}, "not defined in the config file's [middlewares]"),
+        ("auth@internal", {}, "names provider 'internal', which edge does not have"),
         ("nowhere", {}, "not defined in this service's labels"),
         ("nowhere@docker", {}, "not defined in this service's labels"),
         (

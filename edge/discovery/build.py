@@ -266,13 +266,15 @@ class _Builder:
         me: SelfFacts,
         reader: LabelReader,
         middleware_reader: LabelReader | None,
+        file_middlewares: dict | None = None,
     ):
         self.state = state
         self.config = config
         self.me = me
         self._read_labels = reader
         self._read_middlewares = middleware_reader
-        self.shared_middlewares: dict = {}
+        # name@file ones (the config file's), then name@docker ones from collect_middlewares.
+        self.shared_middlewares: dict = dict(file_middlewares or {})
         self.networks = _Networks.of(state.networks)
         self.routers: list[Router] = []
         self.services: dict[str, BackendService] = {}
@@ -897,13 +899,17 @@ def build_snapshot(
     config: DockerConfig,
     me: SelfFacts = SelfFacts(),
     read_labels: LabelReader | None = None,
+    file_middlewares: dict | None = None,
 ) -> Snapshot:
     """
     The complete Docker view: routers, services with targets, nodes, DNS facts.
 
     ``read_labels`` replaces edge's label reader (tests); with the default one,
-    middlewares defined on one service are usable from every other one.
+    middlewares defined on one service are usable from every other one, and
+    ``file_middlewares`` (``name@file``, edge.discovery.references) from all.
     """
     if read_labels is None:
-        return _Builder(state, config, me, _default_reader(), _default_middleware_reader()).snapshot()
+        return _Builder(
+            state, config, me, _default_reader(), _default_middleware_reader(), file_middlewares
+        ).snapshot()
     return _Builder(state, config, me, read_labels, None).snapshot()

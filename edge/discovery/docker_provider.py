@@ -286,6 +286,11 @@ class DockerProvider(Service):
             self._resync.cancel()
         self._resync = self._reactor.callLater(self.config.resync_interval, self.sync)
 
+    def rebuild(self) -> None:
+        """Build the last full read again: something it depends on besides Docker changed (the config file's middlewares)."""
+        if self._full is not None and not self._stopping:
+            self._publish(*self._full)
+
     def _publish(self, state, me) -> bool:
         try:
             snapshot = self._build(state, self.config, me)

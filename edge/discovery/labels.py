@@ -69,6 +69,9 @@ __all__ = [
     "default_host",
     "compose_source",
     "CONFLICT",
+    "PROVIDERS",
+    "build_file_middleware",
+    "resolve_references",
 ]
 
 _log = Logger()
@@ -126,6 +129,9 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
+
+# Providers a router's ``middlewares=name@provider`` may name.
+PROVIDERS = ("docker", "file")
 
 # Middleware kinds whose absence would expose a route unprotected.
 _GUARDS = frozenset({"basicauth", "digestauth", "forwardauth", "ipwhitelist", "ipallowlist", "chain", "plugin"})
@@ -950,21 +956,30 @@ def _resolve_middlewares(
     while pending:
         ref, within = pending.pop(0)
         name, _, provider = ref.partition("@")
+        # Traefik's rule: a plain name is the router's own provider's.
+        owner = provider.strip().lower() or reader.provider
+        qualified = f"{name}@{owner}"
+        where = f" (in chain {within[-1]!r})" if within else ""
+        if owner not in PROVIDERS:
+            reader.error(
+                label,
+                f"router {router}: middleware {ref!r}{where} names provider {owner!r}, which edge does not"
+                f" have (its providers: {', '.join(PROVIDERS)}); router dropped so it is not served without it",
+            )
+            keep = False
+            continue
         found: object = None
-        if shared.get(f"{name}@{provider or reader.provider}") is CONFLICT:
+        if shared.get(qualified) is CONFLICT:
             found = CONFLICT
-        elif not provider or provider == reader.provider:
+        elif owner == reader.provider:
             found = local.get(name)
         if found is None:
-            qualified = f"{name}@{provider or reader.provider}"
             found = shared.get(qualified)
-        where = f" (in chain {within[-1]!r})" if within else ""
         if found is None:
             reader.error(
                 label,
-                f"router {router}: middleware {ref!r}{where} is not defined in this service's labels"
-                " (edge resolves only those); router dropped so it is not served"
-                " without it",
+                f"router {router}: middleware {ref!r}{where} is not defined {_defined_where(owner, reader.provider)};"
+                " router dropped so it is not served without it",
             )
             keep = False
         elif isinstance(found, _Broken):
@@ -982,7 +997,6 @@ def _resolve_middlewares(
         elif found is _NOTHING_TO_DO:
             pass
         elif isinstance(found, _ChainRef):
-            qualified = f"{name}@{provider or reader.provider}"
             if qualified in within or len(within) >= 16:
                 reader.error(
                     label,
@@ -996,6 +1010,15 @@ def _resolve_middlewares(
         else:
             resolved.append(found)  # type: ignore[arg-type]
     return tuple(resolved), keep
+
+
+def _defined_where(owner: str, provider: str) -> str:
+    """Where a middleware of ``owner`` would have to be defined, for a router of ``provider``."""
+    if owner == "file":
+        return "in the config file's [middlewares]" if provider != "file" else "in [middlewares]"
+    if provider == "file":
+        return "here: routes of the config file use only its own [middlewares]"
+    return "in this service's labels or another service's"
 
 
 def _read_v2(
@@ -1757,3 +1780,56 @@ def read_middlewares(
     except Exception:
         _log.failure("Reading middlewares of {source} failed", source=source)
         return {}
+
+
+# -- the config file's [middlewares] (edge.discovery.references) -------------
+
+
+def build_file_middleware(
+    source: str, name: str, kinds: dict[str, dict[str, tuple[str, str, str]]]
+) -> tuple[object | None, tuple[Problem, ...]]:
+    """
+    One middleware of the config file from its options in label form
+    (``kind -> option -> (key, option as written, value)``), built by the
+    labels' own builder so every kind works from the file.  None when it
+    cannot be used; a chain's members become ``name@file`` references.
+    """
+    reader = _Reader(source, "file")
+    built = _build_middleware(reader, name, kinds)
+    if isinstance(built, _Broken) or built is _SKIP:
+        if not any(p.level == "error" for p in reader.problems):
+            reason = built.reason if isinstance(built, _Broken) else "edge does not implement it"
+            reader.error(f"middlewares.{name}", f"middleware {name} cannot be used: {reason}")
+        return None, tuple(reader.problems)
+    if isinstance(built, _ChainRef):
+        members = []
+        for ref in built.refs:
+            member, _, provider = ref.partition("@")
+            if provider and provider.strip().lower() != "file":
+                reader.error(
+                    f"middlewares.{name}.chain.middlewares",
+                    f"chain {name}: {ref!r} is not a middleware of the config file; a chain here"
+                    " names only [middlewares] of this file",
+                )
+                return None, tuple(reader.problems)
+            members.append(f"{member}@file")
+        built = _ChainRef(tuple(members))
+    return built, tuple(reader.problems)
+
+
+def resolve_references(
+    source: str,
+    provider: str,
+    router: str,
+    key: str,
+    refs: tuple[str, ...],
+    local: Mapping[str, object],
+    shared: Mapping[str, object],
+) -> tuple[tuple[Middleware, ...], bool, tuple[Problem, ...]]:
+    """
+    ``refs`` resolved as a ``provider`` router's ``middlewares`` are: the
+    middlewares in order, False when the router must be dropped, the problems.
+    """
+    reader = _Reader(source, provider)
+    resolved, keep = _resolve_middlewares(reader, router, key, ",".join(refs), local, shared)
+    return resolved, keep, tuple(reader.problems)

@@ -16,11 +16,15 @@ __all__ = ["make_discovery_service"]
 
 def make_discovery_service(config, publisher, reactor, docker_source=None) -> IService:
     """A MultiService running every provider, each reporting to ``publisher``."""
+    from edge.discovery.references import FileMiddlewares, file_middlewares
     from edge.discovery.static import StaticProvider
 
     root = MultiService()
     root.setName("discovery")
-    StaticProvider(config, publisher).setServiceParent(root)
-    provider = DockerProvider(config.docker, publisher, reactor, source=docker_source)
+    # The config file's [middlewares], for labels' name@file; replaced on reload.
+    middlewares = FileMiddlewares(file_middlewares(config)[0])
+    StaticProvider(config, publisher, middlewares).setServiceParent(root)
+    provider = DockerProvider(config.docker, publisher, reactor, source=docker_source, build=middlewares.build)
+    middlewares.listen(provider.rebuild)
     provider.setServiceParent(root)
     return root

@@ -4,6 +4,9 @@ Routes from the config file (Traefik's file provider idea).
 ``[routes.<name>]`` tables become routers and services named ``<name>@file``
 whose targets are the listed URLs.  A route whose rule does not parse is
 left out with a :class:`~edge.snapshot.Problem`; the others are kept.
+``[middlewares.<name>]`` are built here too (edge.discovery.references): for
+the routes' ``middlewares`` and, through :class:`FileMiddlewares`, for
+Docker labels' ``<name>@file``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 
 from edge.config import Config, StaticRoute
+from edge.discovery.references import FileMiddlewares, file_middlewares, route_middlewares
 from edge.discovery.rule_parser import RuleError, parse_any
 from edge.snapshot import (
     BackendService,
@@ -46,7 +50,9 @@ def _target(url: str) -> Target:
     return Target(id=url, host=host, port=port, scheme=scheme)
 
 
-def _route(route: StaticRoute, source: str) -> tuple[Router | None, BackendService | None, list[Problem]]:
+def _route(
+    route: StaticRoute, source: str, named: tuple[Middleware, ...] = ()
+) -> tuple[Router | None, BackendService | None, list[Problem]]:
     problems: list[Problem] = []
     label = f"routes.{route.name}"
     try:
@@ -97,6 +103,7 @@ def _route(route: StaticRoute, source: str) -> tuple[Router | None, BackendServi
     middlewares.extend(implied)
     if strip:
         middlewares.append(StripPrefix(strip))
+    middlewares.extend(named)
     name = f"{route.name}@{PROVIDER}"
     router = Router(
         name=name,
@@ -117,9 +124,15 @@ def _route(route: StaticRoute, source: str) -> tuple[Router | None, BackendServi
 def static_snapshot(config: Config) -> Snapshot:
     """Routers and services for the config file's ``[routes]``."""
     source = config.source or "config"
-    routers, services, problems = [], [], []
+    routers, services = [], []
+    available, found_here = file_middlewares(config)
+    problems: list[Problem] = list(found_here)
     for route in config.routes:
-        router, service, found = _route(route, source)
+        named, keep, found = route_middlewares(config, route, available) if route.middlewares else ((), True, ())
+        problems.extend(found)
+        if not keep:
+            continue
+        router, service, found = _route(route, source, named)
         problems.extend(found)
         if router is not None and service is not None:
             routers.append(router)
@@ -132,9 +145,11 @@ class StaticProvider(Service):
 
     _log = Logger()
 
-    def __init__(self, config: Config, publisher):
+    def __init__(self, config: Config, publisher, middlewares: FileMiddlewares | None = None):
         self._config = config
         self._publisher = publisher
+        # The file's middlewares as the Docker provider's builds see them.
+        self._middlewares = middlewares
 
     def startService(self) -> None:
         super().startService()
@@ -151,3 +166,5 @@ class StaticProvider(Service):
         for problem in snapshot.problems:
             self._log.warn("{source}: {message}", source=problem.source, message=problem.message)
         self._publisher.report(PROVIDER, snapshot)
+        if self._middlewares is not None:
+            self._middlewares.replace(file_middlewares(self._config)[0])
