@@ -455,6 +455,21 @@ MW_ROWS = [
     Row("ipallowlist ipstrategy.depth: too few X-Forwarded-For entries is a 403", host=b"mw.test",
         headers=((b"X-Forwarded-For", b"10.1.2.3"),), http=HTTPConfig(trusted_proxies=("127.0.0.1/32",)),
         middlewares=(IPAllowList(("10.0.0.0/8",), ip_depth=2),), response=None, status=403),
+    # Traefik's entry point deletes X-Forwarded-* (and their X_Forwarded_* spellings) of clients
+    # it does not trust before any middleware runs: such a client cannot pick its own address.
+    Row("ipallowlist ipstrategy.depth: an untrusted client's own X-Forwarded-For is not believed",
+        host=b"mw.test", headers=((b"X-Forwarded-For", b"10.1.2.3"),),
+        middlewares=(IPAllowList(("10.0.0.0/8",), ip_depth=1),), response=None, status=403),
+    Row("ipallowlist ipstrategy.excludedips: nor with excluded addresses", host=b"mw.test",
+        headers=((b"X-Forwarded-For", b"10.1.2.3, 192.0.2.1"),),
+        middlewares=(IPAllowList(("10.0.0.0/8",), excluded_ips=("192.0.2.0/24",)),), response=None, status=403),
+    Row("stripprefix: an untrusted client's own X-Forwarded-Prefix does not reach the backend", host=b"mw.test",
+        path=b"/api/x", headers=((b"X-Forwarded-Prefix", b"/evil"), (b"X_Forwarded_Prefix", b"/evil2")),
+        middlewares=(StripPrefix(("/api",)),), backend_starts=b"GET /x HTTP/1.1\r\n",
+        backend_has=(b"X-Forwarded-Prefix: /api\r\n",), backend_lacks=(b"/evil",)),
+    Row("a trusted proxy's X-Forwarded-Prefix is kept", host=b"mw.test", path=b"/api/x",
+        headers=((b"X-Forwarded-Prefix", b"/outer"),), http=HTTPConfig(trusted_proxies=("127.0.0.1/32",)),
+        middlewares=(StripPrefix(("/api",)),), backend_has=(b"X-Forwarded-Prefix: /outer\r\n",)),
     Row("ipallowlist ipstrategy.excludedips", host=b"mw.test",
         headers=((b"X-Forwarded-For", b"10.1.2.3, 192.0.2.1"),), http=HTTPConfig(trusted_proxies=("127.0.0.1/32",)),
         middlewares=(IPAllowList(("10.0.0.0/8",), excluded_ips=("192.0.2.0/24",)),)),
@@ -724,6 +739,21 @@ def test_ratelimit_refuses_past_the_burst_and_holds_a_short_wait(framing):
     world.answer(OK)
     assert third.answer().status == 200
     assert [line["status"] for line in world.log_lines()] == [200, 429, 200]
+
+
+@FRAMINGS
+def test_an_untrusted_client_cannot_choose_its_rate_limit_bucket_by_x_forwarded_for(framing):
+    world = World(middlewares=(RateLimit(1, burst=1, source=SourceCriterion(ip_depth=1)),))
+    world.clock.advance(100)
+    statuses = []
+    for i in range(3):
+        client = framing(world)
+        before = world.backend_bytes()
+        client.send(b"GET", b"/x", b"mw.test", ((b"X-Forwarded-For", b"198.51.100.%d" % i),))
+        if world.backend_bytes() != before:
+            world.answer(OK)
+        statuses.append(client.answer().status)
+    assert statuses == [200, 429, 429]
 
 
 @FRAMINGS

@@ -145,9 +145,34 @@ def route(side, req: Request) -> None:
     chain = matched.middlewares.request
     if chain:
         req.peer = side.peer
+        if not side.peer.trusted:
+            _drop_untrusted_forwarded(req)
         _run_middlewares(side, req, chain, 0)
     else:
         dispatch(side, req)
+
+
+# The forwarding headers Traefik's entry point deletes from clients it does
+# not trust, before any middleware: ipStrategy, rate-limit sources and
+# stripPrefix must not see an address or a prefix the client chose.
+_CLIENT_FORWARDED = frozenset({
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
+    b"x-forwarded-server", b"x-forwarded-uri", b"x-forwarded-method", b"x-forwarded-prefix",
+    b"x-forwarded-scheme", b"x-forwarded-tls-client-cert", b"x-forwarded-tls-client-cert-info",
+    b"x-scheme", b"x-real-ip",
+})
+
+
+def _drop_untrusted_forwarded(req: Request) -> None:
+    """Remove those headers, in either spelling (``X_Forwarded_For`` is one to CGI/WSGI backends)."""
+    headers = req.headers
+    for name, _value in headers:
+        if name[:2] in (b"X-", b"x-", b"X_", b"x_"):
+            break
+    else:
+        return  # the common case: no X- header at all
+    headers[:] = [(k, v) for k, v in headers
+                  if k[:1] not in b"Xx" or k.lower().replace(b"_", b"-") not in _CLIENT_FORWARDED]
 
 
 def _run_middlewares(side, req: Request, chain, index: int) -> None:
