@@ -963,3 +963,17 @@ def test_an_untrusted_source_cannot_claim_an_address(framing, port, alpn, header
         assert client.answer().status is None
     assert client.transport.disconnecting
     assert all(line["client"] == "127.0.0.3" for line in world.log_lines())
+
+
+# -- HTTP/2 only ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [b"https://web.test/x", b"http://two.test/x", b"x"])
+def test_an_h2_path_that_is_not_origin_form_is_a_400(path):
+    """RFC 9113 8.3.1: no scheme or authority in :path, so it cannot route past :authority."""
+    world = World()
+    client = H2Client(world)
+    client.send(b"GET", path, b"web.test")
+    assert client.answer().status == 400
+    assert world.backend_bytes() == b""
+    assert [line["status"] for line in world.log_lines()] == [400]

@@ -711,12 +711,11 @@ class HTTP2Connection:
             status, why = 400, "missing :authority"
         if status == 0:
             try:
-                authority, req.target = split_target(req.method, req.target, self.proxy.allowed_encoded)
+                # :path is origin-form (or *): the host is :authority alone (RFC 9113 8.3.1).
+                _, req.target = split_target(req.method, req.target, self.proxy.allowed_encoded,
+                                             absolute_form=False)
             except BadTarget as e:
                 status, why = 400, str(e)
-            else:
-                if authority is not None:
-                    req.host = authority
         if status:
             self._log.info("Rejected HTTP/2 request from {client}: {status} {why}",
                            client=req.client_ip, status=status, why=why)
