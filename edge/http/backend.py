@@ -33,6 +33,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from edge.http import speedups
+from edge.http.forwarding import request_bytes
 from edge.http.speedups import write as _write
 
 __all__ = ["BackendProtocol", "PeerReads", "IDEMPOTENT"]
@@ -167,8 +169,29 @@ class BackendProtocol(Protocol):
         return [(n, v) for n, v in self.headers if n.lower() not in drop]
 
     def send(self, data: bytes):
-        """Request bytes for the backend (the side frames them)."""
+        """Raw bytes for the backend (a tunnel's, or a side's own framing)."""
         _write(self.transport, data)
+
+    # The request as the sides hand it over; the framing is the backend's
+    # (HTTP/1.1 here, HTTP/2 for h2c targets: edge.http.backend_h2).
+
+    def send_request(self, req, peer):
+        """The request head, and the body bytes that arrived before this connection."""
+        speedups.write(self.transport, request_bytes(req, peer))
+
+    def send_body(self, req, data: bytes):
+        """Request body bytes: chunked when the request is, else as they are."""
+        if not data:
+            return
+        if req.chunked:
+            speedups.write(self.transport, b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            speedups.write(self.transport, data)
+
+    def end_body(self, req):
+        """The request body is complete."""
+        if req.chunked:
+            self.transport.write(b"0\r\n\r\n")
 
     def _detach(self):
         side = self.side

@@ -45,7 +45,7 @@ from zope.interface import implementer
 from edge.http import exchange, speedups
 from edge.http.backend import PeerReads
 from edge.http.exchange import REASONS, TEXT, Request
-from edge.http.forwarding import Peer, SPECIAL_LENGTHS, request_bytes
+from edge.http.forwarding import Peer, SPECIAL_LENGTHS
 from edge.http.middlewares import Reply
 from edge.http.target import BadTarget, split_target
 
@@ -429,10 +429,7 @@ class ServerProtocol(Protocol):
         conn = req.conn
         if conn is not None and conn.req is req:
             self._since = self._reactor.seconds()
-            if req.chunked:
-                speedups.write(conn.transport, b"%x\r\n%s\r\n" % (len(data), data))
-            else:
-                speedups.write(conn.transport, data)
+            conn.send_body(req, data)
         elif req.replied:
             return  # answered already; the connection closes after
         else:
@@ -445,8 +442,8 @@ class ServerProtocol(Protocol):
         req = self._parsing
         req.body_done = True
         conn = req.conn
-        if req.chunked and conn is not None and conn.req is req:
-            conn.transport.write(b"0\r\n\r\n")
+        if conn is not None and conn.req is req:
+            conn.end_body(req)
         if not req.keep_alive:
             # The last request on this connection: what follows is ignored,
             # not parsed into a 400 for a request already being answered.
@@ -490,7 +487,7 @@ class ServerProtocol(Protocol):
         self._since = self._reactor.seconds()
         conn.attach(self, req, reused)
         buffered = bool(req.pending)
-        speedups.write(conn.transport, request_bytes(req, self.peer))
+        conn.send_request(req, self.peer)
         if buffered:
             self.resume("buffer")
         if self._backend_paused:

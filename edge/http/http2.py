@@ -58,7 +58,6 @@ from zope.interface import implementer
 
 from edge.http import exchange
 from edge.http.exchange import REASONS, TEXT, Request
-from edge.http.forwarding import request_bytes
 from edge.http.middlewares import Reply
 from edge.http.target import BadTarget, split_target
 
@@ -194,7 +193,7 @@ class _Stream:
         self.backend = conn
         self._backend_full = conn.write_full
         conn.attach(self, req, reused)
-        conn.send(request_bytes(req, self.peer))
+        conn.send_request(req, self.peer)
         if self.conn._write_paused or self._out:
             conn.pause_reading()
         self._ack()
@@ -300,10 +299,7 @@ class _Stream:
         self._unacked += flow_length
         conn = req.conn
         if conn is not None and conn.req is req:
-            if req.chunked:
-                conn.send(b"%x\r\n%s\r\n" % (len(data), data) if data else b"")
-            else:
-                conn.send(data)
+            conn.send_body(req, data)
             self._ack()
         else:
             req.pending.append(data)
@@ -321,8 +317,8 @@ class _Stream:
             return
         req.body_done = True
         conn = req.conn
-        if req.chunked and conn is not None and conn.req is req:
-            conn.send(b"0\r\n\r\n")
+        if conn is not None and conn.req is req:
+            conn.end_body(req)
         if self._state is DONE:
             self.conn.forget(self)
 
