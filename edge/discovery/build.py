@@ -36,6 +36,8 @@ __all__ = [
     "SelfFacts",
     "DockerState",
     "build_snapshot",
+    "labelled_sources",
+    "read_files",
     "converging",
     "node_address",
     "running_tasks",
@@ -77,6 +79,10 @@ class DockerState:
     # their network: 127.0.0.1 for a local socket, the host of a tcp:// URL.
     engine_host: str = "127.0.0.1"
     problems: tuple[Problem, ...] = ()
+    # The files labels name (users files, PEM files), read with the rest in
+    # the discovery thread pool (read_state).  None: not read ahead, so the
+    # build reads them itself (tools and tests that build from literal dicts).
+    files: Any = None
 
 
 LabelReader = Callable[..., Any]
@@ -125,6 +131,30 @@ def _default_middleware_reader() -> LabelReader:
     from edge.discovery.labels import read_middlewares
 
     return read_middlewares
+
+
+def labelled_sources(state: DockerState) -> list[tuple[str, dict]]:
+    """(name, labels) of every swarm service and plain container the state holds."""
+    sources = []
+    if state.swarm:
+        sources += [
+            (_get(s, "Spec", "Name", default=""), _get(s, "Spec", "Labels", default={}))
+            for s in state.services
+        ]
+    if state.containers_read:
+        sources += [
+            ((c.get("Names") or ["/"])[0].lstrip("/"), c.get("Labels") or {})
+            for c in state.containers
+            if SWARM_TASK_LABEL not in (c.get("Labels") or {})
+        ]
+    return sources
+
+
+def read_files(state: DockerState):
+    """The files the state's labels name (blocking: the discovery pool calls it)."""
+    from edge.discovery.labels import read_label_files
+
+    return read_label_files(labels for _name, labels in labelled_sources(state))
 
 
 # -- small readers of the API shapes -----------------------------------------
@@ -315,20 +345,8 @@ class _Builder:
         """Middlewares one service defines that other services' routers may use."""
         if self._read_middlewares is None:
             return
-        sources = []
-        if self.state.swarm:
-            sources += [
-                (_get(s, "Spec", "Name", default=""), _get(s, "Spec", "Labels", default={}))
-                for s in self.state.services
-            ]
-        if self.state.containers_read:
-            sources += [
-                ((c.get("Names") or ["/"])[0].lstrip("/"), c.get("Labels") or {})
-                for c in self.state.containers
-                if SWARM_TASK_LABEL not in (c.get("Labels") or {})
-            ]
         seen: dict = {}
-        for source, labels in sorted(sources, key=lambda pair: pair[0]):
+        for source, labels in sorted(labelled_sources(self.state), key=lambda pair: pair[0]):
             if not any(".middlewares." in key for key in labels):
                 continue
             for name, middleware in self._read_middlewares(source, labels, provider="docker").items():
@@ -907,9 +925,18 @@ def build_snapshot(
     ``read_labels`` replaces edge's label reader (tests); with the default one,
     middlewares defined on one service are usable from every other one, and
     ``file_middlewares`` (``name@file``, edge.discovery.references) from all.
+    The files labels name come from ``state.files`` (read off the reactor
+    thread by :func:`~edge.discovery.docker_client.read_state`).
     """
     if read_labels is None:
+        files = state.files if state.files is not None else read_files(state)
+        labels, middlewares = _default_reader(), _default_middleware_reader()
         return _Builder(
-            state, config, me, _default_reader(), _default_middleware_reader(), file_middlewares
+            state,
+            config,
+            me,
+            lambda *args, **kwargs: labels(*args, files=files, **kwargs),
+            lambda *args, **kwargs: middlewares(*args, files=files, **kwargs),
+            file_middlewares,
         ).snapshot()
     return _Builder(state, config, me, read_labels, None).snapshot()

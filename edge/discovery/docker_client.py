@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from edge.config import DockerConfig
-from edge.discovery.build import DockerState, SelfFacts
+from edge.discovery.build import DockerState, SelfFacts, read_files
 from edge.discovery.poll import TaskReader
 from edge.snapshot import Problem
 
@@ -136,7 +136,7 @@ def _self_facts(client, container_id: str, in_container: bool) -> SelfFacts:
 def read_state(
     client, config: DockerConfig, container_id: str = "", in_container: bool = False
 ) -> tuple[DockerState, SelfFacts]:
-    """One full, blocking read of everything discovery needs."""
+    """One full, blocking read of everything discovery needs, label files included."""
     info = client.info()
     swarm_info = info.get("Swarm") or {}
     active = swarm_info.get("LocalNodeState") == "active"
@@ -178,6 +178,8 @@ def read_state(
         state.nodes = client.nodes()
     if read_containers:
         state.containers = client.containers(filters={"status": "running"})
+    # Here, in the pool, and not while the snapshot is built on the reactor thread.
+    state.files = read_files(state)
     return state, _self_facts(client, container_id, in_container)
 
 

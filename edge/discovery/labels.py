@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Mapping
@@ -69,6 +71,9 @@ __all__ = [
     "default_host",
     "compose_source",
     "CONFLICT",
+    "LabelFiles",
+    "label_file_paths",
+    "read_label_files",
     "PROVIDERS",
     "build_file_middleware",
     "resolve_references",
@@ -157,9 +162,10 @@ CONFLICT = _Broken("several services define it differently", True)
 class _Reader:
     """Collects problems for one service while its labels are read."""
 
-    def __init__(self, source: str, provider: str):
+    def __init__(self, source: str, provider: str, files: "LabelFiles | None" = None):
         self.source = source
         self.provider = provider
+        self.files = files if files is not None else LabelFiles()
         self.problems: list[Problem] = []
         self._warned: set[str] = set()
 
@@ -436,20 +442,129 @@ _FORWARD_LISTS = {
 }
 
 
+# -- files named by labels -------------------------------------------------
+#
+# usersFile and forwardAuth's tls.ca/cert/key name files on edge's host.  They
+# are read by :func:`read_label_files` where the Engine API is read (the
+# discovery thread pool), never while labels are parsed on the reactor thread.
+
+# Label suffixes (lower case) whose value is a file; the TLS ones may hold PEM text itself.
+_USERS_FILE_OPTIONS = ("basicauth.usersfile", "auth.basic.usersfile")
+_PEM_FILE_OPTIONS = tuple(
+    f"{kind}.tls.{opt}" for kind in ("forwardauth", "auth.forward") for opt in ("ca", "cert", "key")
+)
+USERS_FILE_LIMIT = 4 * 1024 * 1024
+PEM_FILE_LIMIT = 1024 * 1024
+# What one read of every label's files may hold in memory in all.
+LABEL_FILES_LIMIT = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LabelFiles:
+    """
+    The files labels name, read beforehand: ``(path, content or None, why not)``.
+
+    Immutable and hashable, so it is part of :func:`read_labels`' memo key: a
+    changed file is seen at the next full read of the Engine API.
+    """
+
+    entries: tuple[tuple[str, bytes | None, str], ...] = ()
+
+    def get(self, path: str) -> tuple[bytes | None, str]:
+        for name, content, error in self.entries:
+            if name == path:
+                return content, error
+        return None, "it was not read ahead (edge bug: report it)"
+
+
+def label_file_paths(labels: Mapping[str, str]) -> set[str]:
+    """The file paths a service's labels name (inline PEM text is no path)."""
+    paths = set()
+    try:
+        items = list(labels.items())
+    except Exception:
+        return paths
+    for key, value in items:
+        if not isinstance(key, str) or not isinstance(value, str):
+            continue
+        lowered = key.lower()
+        if not lowered.startswith(("traefik.", "edge.")):
+            continue
+        path = value.strip()
+        if not path:
+            continue
+        if lowered.endswith(_USERS_FILE_OPTIONS) or (
+            lowered.endswith(_PEM_FILE_OPTIONS) and not path.startswith("-----BEGIN")
+        ):
+            paths.add(path)
+    return paths
+
+
+def _read_file(path: str, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a regular file (a FIFO or device would block or never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path!r} is not a regular file")
+        chunks, size = [], 0
+        while size < limit:
+            chunk = os.read(fd, min(1 << 16, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_label_files(label_sets) -> LabelFiles:
+    """
+    Read every file the given label mappings name (blocking: call it off the
+    reactor thread).  Each read stops one byte past the largest size a label
+    file may have; past :data:`LABEL_FILES_LIMIT` in all, further files are
+    refused (their routers are dropped, as for an unreadable file).
+    """
+    paths: set[str] = set()
+    for labels in label_sets:
+        paths |= label_file_paths(labels)
+    entries, total = [], 0
+    for path in sorted(paths):
+        if total >= LABEL_FILES_LIMIT:
+            entries.append((path, None, f"edge read {LABEL_FILES_LIMIT >> 20} MiB of label files already"))
+            continue
+        try:
+            content = _read_file(path, USERS_FILE_LIMIT + 1)
+        except (OSError, ValueError) as e:
+            entries.append((path, None, str(e)))
+            continue
+        total += len(content)
+        entries.append((path, content, ""))
+    return LabelFiles(tuple(entries))
+
+
+def _file_text(reader: _Reader, label: str, path: str, encoding: str, what: str) -> str | None:
+    content, error = reader.files.get(path)
+    if content is not None:
+        try:
+            return content.decode(encoding)
+        except ValueError as e:
+            error = str(e)
+    reader.error(label, f"label {label}: cannot read {what}{path!r}: {error}")
+    return None
+
+
 def _users_file(reader: _Reader, label: str, value: str) -> tuple[str, ...] | None:
     """
     An htpasswd file's ``user:hash`` lines (Traefik ``usersFile``; ``#`` comments
-    and blank lines skipped), read when the labels are read.  A file that
-    cannot be read, or holds a line that is no entry, is None.
+    and blank lines skipped), as read ahead into ``reader.files``.  A file that
+    could not be read, or holds a line that is no entry, is None.
     """
     path = value.strip()
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(4 * 1024 * 1024 + 1)
-    except (OSError, ValueError) as e:
-        reader.error(label, f"label {label}: cannot read users file {path!r}: {e}")
+    text = _file_text(reader, label, path, "utf-8", "users file ")
+    if text is None:
         return None
-    if len(text) > 4 * 1024 * 1024:
+    if len(text.encode("utf-8")) > USERS_FILE_LIMIT:
         reader.error(label, f"label {label}: users file {path!r} is over 4 MiB")
         return None
     users = []
@@ -468,15 +583,15 @@ def _users_file(reader: _Reader, label: str, value: str) -> tuple[str, ...] | No
 
 
 def _pem(reader: _Reader, label: str, value: str) -> str | None:
-    """Traefik's FileOrContent: PEM text itself, or the path of a file holding it."""
+    """Traefik's FileOrContent: PEM text itself, or the path of a file holding it (read ahead)."""
     text = value.strip()
     if text.startswith("-----BEGIN"):
         return text
-    try:
-        with open(text, encoding="ascii") as f:
-            content = f.read(1024 * 1024)
-    except (OSError, ValueError) as e:
-        reader.error(label, f"label {label}: cannot read {text!r}: {e}")
+    content = _file_text(reader, label, text, "ascii", "")
+    if content is None:
+        return None
+    if len(content) > PEM_FILE_LIMIT:
+        reader.error(label, f"label {label}: {text!r} is over 1 MiB")
         return None
     if "-----BEGIN" not in content:
         reader.error(label, f"label {label}: {text!r} holds no PEM data")
@@ -1669,6 +1784,7 @@ def read_labels(
     domain: str = "",
     exposed_by_default: bool = True,
     shared_middlewares: Mapping[str, Middleware] | None = None,
+    files: LabelFiles | None = None,
 ) -> LabelConfig:
     """
     Routers and services for the Docker service ``source`` from its labels.
@@ -1677,9 +1793,14 @@ def read_labels(
     caller resolve middlewares defined on other services; see
     :func:`read_middlewares`.
 
+    ``files`` holds the files the labels name (:func:`read_label_files`, run
+    off the reactor thread); without it they are read here, by the caller.
+
     Results are immutable and memoized: every resync reads the same labels
     again, and most of them have not changed.
     """
+    if files is None:
+        files = read_label_files([labels])
     try:
         key = (
             source,
@@ -1688,17 +1809,18 @@ def read_labels(
             domain,
             exposed_by_default,
             frozenset((shared_middlewares or {}).items()),
+            files,
         )
         hash(key)
     except Exception:  # unhashable odd input: read it without the cache
-        return _read_labels(source, labels, provider, domain, exposed_by_default, shared_middlewares or {})
+        return _read_labels(source, labels, provider, domain, exposed_by_default, shared_middlewares or {}, files)
     return _read_labels_cached(key)
 
 
 @lru_cache(maxsize=2048)
 def _read_labels_cached(key) -> LabelConfig:
-    source, items, provider, domain, exposed_by_default, shared = key
-    return _read_labels(source, dict(items), provider, domain, exposed_by_default, dict(shared))
+    source, items, provider, domain, exposed_by_default, shared, files = key
+    return _read_labels(source, dict(items), provider, domain, exposed_by_default, dict(shared), files)
 
 
 def _read_labels(
@@ -1708,8 +1830,9 @@ def _read_labels(
     domain: str,
     exposed_by_default: bool,
     shared: Mapping[str, Middleware],
+    files: LabelFiles,
 ) -> LabelConfig:
-    reader = _Reader(source, provider)
+    reader = _Reader(source, provider, files)
     try:
         entries = _split_labels(labels)
         enabled = _enabled(reader, entries, exposed_by_default)
@@ -1760,14 +1883,15 @@ def _read_labels(
 
 
 def read_middlewares(
-    source: str, labels: Mapping[str, str], *, provider: str = "docker"
+    source: str, labels: Mapping[str, str], *, provider: str = "docker", files: LabelFiles | None = None
 ) -> dict[str, Middleware]:
     """
     The usable middlewares a service defines (v2 or ``edge.*`` grammar),
     by qualified name, for other services' routers to reference.  Problems
-    are reported by :func:`read_labels` for the defining service.
+    are reported by :func:`read_labels` for the defining service; ``files``
+    as there.
     """
-    reader = _Reader(source, provider)
+    reader = _Reader(source, provider, files if files is not None else read_label_files([labels]))
     try:
         entries = _split_labels(labels)
         prefix = "edge" if any(e[2][0] == "edge" and e[2][1:] != ["enable"] for e in entries) else "traefik"
