@@ -338,21 +338,79 @@ def test_oversized_header_list_is_answered_431(edge, backend):
 @pytest.mark.parametrize("kind", ["SETTINGS", "PING"])
 def test_a_flood_from_a_client_that_does_not_read_is_not_read_either(edge, backend, kind):
     one = frame(SETTINGS, 0, 0) if kind == "SETTINGS" else frame(PING, 0, 0, b"12345678")
-    with attack(edge, backend, f"{kind} flood") as rig:
+    with attack(edge, backend, f"{kind} flood, not read") as rig:
+        cut_before = _cut_offs(edge)
         c = Client(edge, timeout=2.0, small_buffers=True)
         chunk = one * (65536 // len(one))
         for _ in range(64 * 16):  # up to 64 MiB of frames, never read
             if not c.send(chunk):
                 break
-        rig.note = f"{c.sent >> 10} KiB of {kind} frames sent before edge stopped reading"
-        assert c.blocked, "edge read 64 MiB of frames from a client that reads nothing, or closed"
+        rig.note = (f"{c.sent >> 10} KiB of {kind} frames sent before edge "
+                    + ("stopped reading" if c.blocked else "closed"))
+        assert c.sent < 64 << 20, "edge read 64 MiB of frames from a client that reads nothing"
+        if not c.blocked:
+            # Not back-pressure: then edge spent the connection's control-frame budget and closed it.
+            wait_for(lambda: _cut_offs(edge) > cut_before, 5, "edge's log line on the cut-off")
         c.close()
 
 
-def test_window_update_flood_then_overflow_is_a_flow_control_error(edge, backend):
-    with attack(edge, backend, "WINDOW_UPDATE flood") as rig:
+def _cut_offs(edge) -> int:
+    return len([x for x in edge.log.lines if "control frames" in x and "closing" in x])
+
+
+def _hold_stream(c: "Client", sid: int = 1) -> None:
+    """A POST whose body never ends: the stream stays open for DATA frames."""
+    c.send(frame(HEADERS, END_HEADERS, sid, request_block(b"/hold", b"POST")))
+
+
+# Frames a client can send without end that carry no request and no answer (RFC 9113
+# 10.5; CVE-2019-9512 ping, -9515 settings, -9518 empty frames, ...).  Each case:
+# (what to send first, one flood frame).
+_CONTROL_FLOODS = {
+    "SETTINGS": (None, frame(SETTINGS, 0, 0, struct.pack(">HI", 0x3, 100))),
+    "PING": (None, frame(PING, 0, 0, b"12345678")),
+    "empty DATA": (_hold_stream, frame(DATA, 0, 1)),
+    "WINDOW_UPDATE": (None, frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1))),
+    "PRIORITY": (None, frame(2, 0, 3, struct.pack(">IB", 0, 15))),
+    "RST_STREAM on a closed stream": (
+        lambda c: c.send(frame(HEADERS, END_STREAM | END_HEADERS, 1, request_block(b"/done"))),
+        frame(RST_STREAM, 0, 1, struct.pack(">I", CANCEL))),
+}
+
+
+@pytest.mark.parametrize("kind", list(_CONTROL_FLOODS))
+def test_a_control_frame_flood_from_a_reading_client_gets_goaway_enhance_your_calm(edge, backend, kind):
+    """A client that reads every answer (PING and SETTINGS ACKs) but floods: cut off by the budget."""
+    first, one = _CONTROL_FLOODS[kind]
+    with attack(edge, backend, f"{kind} flood") as rig:
         c = Client(edge)
-        n = 10000
+        if first is not None:
+            first(c)
+            c.frames(until=lambda f: f[0] == DATA and f[1] & END_STREAM, timeout=2 if kind != "empty DATA" else 0.3)
+        got = []
+        sent = 0
+        for _ in range(50):  # 50,000 frames at most, read as they are answered
+            if not c.send(one * 1000):
+                break
+            sent += 1000
+            got += c.frames(until=lambda f: f[0] == GOAWAY, timeout=0.05)
+            if goaway_code(got) is not None or c.closed:
+                break
+        got += c.frames(until=lambda f: f[0] == GOAWAY, timeout=2)
+        c.close()
+        rig.note = f"{sent} {kind} frames written, GOAWAY {goaway_code(got)}"
+        assert goaway_code(got) == ENHANCE_YOUR_CALM, (sent, got[-3:])
+        assert sent <= 2 * http2.CONTROL_BUDGET + 1000
+        line = wait_for(lambda: [x for x in edge.log.lines if "control frames" in x and "closing" in x],
+                        5, "edge's log line on the cut-off")
+        rig.note += f"; edge: {line[-1].split(': ', 1)[-1].strip()}"
+
+
+def test_window_updates_then_overflow_is_a_flow_control_error(edge, backend):
+    # (A flood of them is cut off sooner: test_a_control_frame_flood_from_a_reading_client...)
+    with attack(edge, backend, "WINDOW_UPDATE overflow") as rig:
+        c = Client(edge)
+        n = http2.CONTROL_BUDGET // 2
         c.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1)) * n)
         c.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 0x7FFFFFFF)))
         got = c.frames(until=lambda f: f[0] == GOAWAY)
@@ -480,3 +538,65 @@ def test_zero_window_stall_is_reset_at_send_timeout_and_frees_the_backend(tmp_pa
     finally:
         edge.stop()
         stalled.close()
+
+
+# -- the control-frame budget in memory (the frame meter across split reads) ---------------
+
+
+def _memory_client():
+    from tests.test_http_pipeline import H2Client, World
+
+    world = World()
+    return world, H2Client(world)
+
+
+def _goaways(client):
+    import h2.events
+
+    return [e.error_code for e in client.events if isinstance(e, h2.events.ConnectionTerminated)]
+
+
+def test_the_control_frame_budget_grows_with_requests_and_is_counted_across_split_reads():
+    world, client = _memory_client()
+    server = client.server
+    # A client that pings and opens the window once per request (as gRPC's BDP
+    # pings do): three times the base budget in all, never cut off.
+    rounds = 3 * http2.CONTROL_BUDGET // 2
+    for i in range(rounds):
+        client.send(b"GET", b"/x", b"web.test")
+        world.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.h2.ping(b"%08d" % i)
+        client.h2.increment_flow_control_window(2)
+        server.dataReceived(client.h2.data_to_send())
+        client._pump()
+    assert _goaways(client) == []
+    assert client.answer().status == 200
+    # Then PINGs alone, in reads that split frame headers (7 bytes at a time):
+    # cut off once the budget those requests earned is spent.
+    allowance = http2.CONTROL_BUDGET + http2.CONTROL_PER_STREAM * rounds - 2 * rounds
+    flood = frame(PING, 0, 0, b"12345678") * (allowance + 50)
+    for i in range(0, len(flood), 7):
+        server.dataReceived(flood[i:i + 7])
+        if client.transport.disconnecting:
+            break
+    client._pump()
+    assert _goaways(client) == [ENHANCE_YOUR_CALM]
+    assert allowance - 10 <= server._h2._control_kinds[PING] - rounds <= allowance + 10
+
+
+def test_data_earns_control_frames_as_it_flows():
+    world, client = _memory_client()
+    client.send(b"GET", b"/big", b"web.test")
+    # 16 MiB of response on one stream, two WINDOW_UPDATEs (stream and connection)
+    # from the client per 8 KiB taken: 4,096 of them, four times the base budget,
+    # before the stream ends.
+    world.answer(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (16 << 20))
+    chunk = b"d" * 8192
+    for _ in range(2048):
+        world.answer(chunk)
+        client.h2.increment_flow_control_window(8192)
+        client.h2.increment_flow_control_window(8192, client.sid)
+        client.server.dataReceived(client.h2.data_to_send())
+        client.world.clock.advance(0)
+        client.transport.clear()
+    assert _goaways(client) == [] and not client.transport.disconnecting

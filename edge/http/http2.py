@@ -77,6 +77,18 @@ MAX_REQUEST_LINE = 8192
 # finish, before the connection is closed (rapid reset, CVE-2023-44487: each
 # such stream costs a route and maybe a backend connect, the client nothing).
 RESET_LIMIT = 200
+# Frames that carry no request and no answer but cost edge work (SETTINGS, PING,
+# PRIORITY, WINDOW_UPDATE, RST_STREAM, empty or padding-only DATA, unknown types;
+# RFC 9113 10.5: CVE-2019-9512 ping, -9515 settings, -9518 empty frames floods): a
+# connection may send CONTROL_BUDGET of them, CONTROL_PER_STREAM more per request
+# and one more per CONTROL_PER_BYTES of DATA either way; past that, GOAWAY
+# ENHANCE_YOUR_CALM and the connection is closed.
+CONTROL_BUDGET = 1000
+CONTROL_PER_STREAM = 10
+CONTROL_PER_BYTES = 2048
+_PREFACE_LENGTH = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": skipped by the frame meter
+_CONTROL_NAMES = ("DATA", "", "PRIORITY", "RST_STREAM", "SETTINGS", "", "PING", "", "WINDOW_UPDATE",
+                  "", "unknown")
 
 # h2 refuses CR, LF and NUL in fields; the rest of what could split or bend the
 # HTTP/1.1 head built from them (RFC 9113 8.2.1, RFC 9110 5.5, 9.1) is refused here.
@@ -374,6 +386,7 @@ class _Stream:
                     last = self._out_end and not out
                     h2c.send_data(sid, chunk, end_stream=last)
                     if last:
+                    conn._data_out += len(chunk)
                         self._finish(reset=None, ended=True)
                         return
                     sent += len(chunk)
@@ -382,6 +395,7 @@ class _Stream:
                     h2c.send_data(sid, chunk[:size])
                     sent += size
             else:
+                    conn._data_out += size
                 if self._out_end:
                     h2c.end_stream(sid)
                     self._finish(reset=None, ended=True)
@@ -508,6 +522,15 @@ class HTTP2Connection:
     def start(self, first_bytes: bytes, on_close=None) -> None:
         """Take over the transport: our SETTINGS, then the client's first bytes."""
         self._on_close = on_close
+        # The frame meter (:meth:`_meter`): payload bytes of the current frame
+        # still to come, a frame header split across reads, counts.
+        self._meter_skip = _PREFACE_LENGTH
+        self._meter_head = b""
+        self._control = 0  # control frames received (see CONTROL_BUDGET)
+        self._control_kinds = [0] * 11
+        self._headers_in = 0  # HEADERS frames received
+        self._data_in = 0  # DATA payload bytes received
+        self._data_out = 0  # DATA payload bytes sent
         h2c = self.h2
         limits = self.limits
         h2c.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -565,6 +588,9 @@ class HTTP2Connection:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
             self._log.info("Client {client}: HTTP/2 protocol error: {error}",
+        if self._meter(data):
+            self._flood()
+            return
                            client=self.peer.client_ip, error=e)
             self.flush()
             self._close(abort=False)
@@ -619,6 +645,59 @@ class HTTP2Connection:
         if size:
             try:
                 self.h2.acknowledge_received_data(size, stream_id)
+    def _meter(self, data: bytes) -> bool:
+        """
+        Count the control frames in ``data`` (from the frame headers alone,
+        before ``h2`` parses it: ``h2`` reports some of them as no event at all,
+        a RST_STREAM or WINDOW_UPDATE on a closed stream say); whether the
+        connection is past its budget.
+        """
+        n = len(data)
+        skip = self._meter_skip
+        if skip >= n:
+            self._meter_skip = skip - n
+            return False
+        pos = skip
+        if self._meter_head:
+            data = self._meter_head + data
+            n = len(data)
+            self._meter_head = b""
+        control = 0
+        kinds = self._control_kinds
+        while pos + 9 <= n:
+            length = data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2]
+            kind = data[pos + 3]
+            if kind == 0:  # DATA
+                self._data_in += length
+                if (length == 0 or data[pos + 4] & 0x8) and not data[pos + 4] & 0x1:
+                    control += 1  # empty or padded (maybe padding only), not the end
+                    kinds[0] += 1
+            elif kind == 1:
+                self._headers_in += 1
+            elif kind != 9 and kind != 7 and kind != 5:  # not CONTINUATION, GOAWAY, PUSH_PROMISE
+                control += 1
+                kinds[kind if kind < 10 else 10] += 1
+            pos += 9 + length
+        if pos < n:
+            self._meter_head = data[pos:]
+            self._meter_skip = 0
+        else:
+            self._meter_skip = pos - n
+        if not control:
+            return False
+        self._control += control
+        return self._control > (CONTROL_BUDGET + CONTROL_PER_STREAM * self._headers_in
+                                + (self._data_in + self._data_out) // CONTROL_PER_BYTES)
+
+    def _flood(self) -> None:
+        """Past the control-frame budget: GOAWAY ENHANCE_YOUR_CALM, log and close."""
+        kinds = ", ".join(f"{count} {_CONTROL_NAMES[kind]}" for kind, count in enumerate(self._control_kinds)
+                          if count)
+        self._log.warn("Client {client}: {count} HTTP/2 control frames ({kinds}) for {requests} requests;"
+                       " closing", client=self.peer.client_ip, count=self._control, kinds=kinds,
+                       requests=self._headers_in)
+        self._enhance_your_calm()
+
             except (h2.exceptions.ProtocolError, ValueError):
                 pass
 
@@ -747,8 +826,13 @@ class HTTP2Connection:
             self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
         except h2.exceptions.ProtocolError:
             pass
-        self.flush()
-        self._close()
+        self._enhance_your_calm()
+
+    def _enhance_your_calm(self) -> None:
+        """GOAWAY ENHANCE_YOUR_CALM, read nothing more, close (at once if the client reads nothing)."""
+        self.transport.pauseProducing()
+        # A client whose socket buffer is full would never take the GOAWAY (nor let the close finish).
+        self._close(abort=self._write_paused)
 
     def forget(self, stream: _Stream) -> None:
         if self._streams.get(stream.stream_id) is stream:
