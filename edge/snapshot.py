@@ -444,12 +444,6 @@ class Snapshot:
             object.__setattr__(self, "_service_index", index)
         return index.get(name)
 
-    @property
-    def managers(self) -> tuple[Node, ...]:
-        return tuple(
-            n for n in self.nodes if n.role == "manager" and n.state == "ready"
-        )
-
     def host_names(self) -> Iterator[tuple[str, Router]]:
         """Every literal host name in every router's rule, with its router."""
         for router in self.routers:

@@ -305,6 +305,29 @@ class ServiceTreeTests(SynchronousTestCase):
         config = Config(dns=DNSConfig(zone="", records=(DNSRecord("nas.home", "a", "192.0.2.5"),)))
         self.assertEqual(routed_names(Snapshot(), config), (("nas.home", "A", ("192.0.2.5",), "config"),))
 
+    def test_managers_follow_the_dns_rule_through_an_election(self):
+        """Without a DNS server the admin API lists the managers DNS would answer, by its own function."""
+        from edge.dns.table import serving_managers
+        from edge.snapshot import Node
+
+        config = Config(dns=DNSConfig(zone="swarm.test", advertise=("192.0.2.99",)))
+        # A leader election: every node reads unknown; DNS keeps the managers not known to be gone.
+        election = Snapshot.build(nodes=[
+            Node("m1", "m1", "manager", "192.0.2.1", state="unknown", reachability="reachable"),
+            Node("m2", "m2", "manager", "192.0.2.2", state="unknown", reachability="unreachable"),
+            Node("w1", "w1", "worker", "192.0.2.3", state="unknown"),
+        ])
+        # A drained manager and a stopped one (unreachable before it reads down) get no clients.
+        settled = Snapshot.build(nodes=[
+            Node("m1", "m1", "manager", "192.0.2.1"),
+            Node("m2", "m2", "manager", "192.0.2.2", availability="drain"),
+            Node("m3", "m3", "manager", "192.0.2.3", reachability="unreachable"),
+        ])
+        for snapshot, expected in ((election, ("192.0.2.1",)), (settled, ("192.0.2.1",))):
+            rows = {(name, rtype): values for name, rtype, values, _ in routed_names(snapshot, config)}
+            self.assertEqual(rows[("managers.swarm.test", "A")], expected)
+            self.assertEqual(expected, tuple(n.address for n in serving_managers(snapshot)))
+
 
 class LiveDNSTableTests(SynchronousTestCase):
     """The DNS part of the overview is what the DNS server's table answers."""

@@ -276,7 +276,7 @@ def test_election_nodes_unknown_and_ports_missing_keep_the_routes():
     h.clock.advance(0.5)
     now = h.publisher.current
     assert web_targets(now) == web_targets(before) == [("t1", "192.0.2.1", 30001), ("t2", "192.0.2.2", 30002)]
-    assert [n.address for n in now.managers] == ["192.0.2.1", "192.0.2.3"]
+    assert [n.address for n in serving_managers(now)] == ["192.0.2.1", "192.0.2.3"]
 
 
 def test_after_an_election_polls_that_read_the_same_rebuild_nothing():

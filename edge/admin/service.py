@@ -41,18 +41,14 @@ def routed_names(snapshot: Snapshot, config: Config) -> tuple[tuple[str, str, tu
     """
     The names DNS answers for routed hosts, and the static records.
 
-    Routed hosts resolve to ``[dns] advertise`` or else to the ready manager
-    nodes, where edge listens; this mirrors what the DNS server answers for
-    the same snapshot.
+    Routed hosts resolve to ``[dns] advertise`` or else to the serving
+    managers, where edge listens.  Both come from the DNS table's own
+    functions (one rule, which keeps managers through a leader election), so
+    this is what the DNS server answers for the same snapshot.
     """
-    try:
-        from edge.dns.table import edge_addresses
-    except ImportError:  # DNS front end not installed: the same rule, simply
-        addresses = tuple(config.dns.advertise) or tuple(
-            sorted({n.address for n in snapshot.managers if n.address})
-        )
-    else:
-        addresses = edge_addresses(snapshot, config.dns)
+    from edge.dns.table import edge_addresses, serving_managers
+
+    addresses = edge_addresses(snapshot, config.dns)
     rows: dict[str, tuple[str, str, tuple[str, ...], str]] = {}
     for host, router in snapshot.host_names():
         if host in rows:
@@ -61,7 +57,7 @@ def routed_names(snapshot: Snapshot, config: Config) -> tuple[tuple[str, str, tu
             rows[host] = (host, "A", addresses, router.name)
     zone = config.dns.zone.strip().rstrip(".").lower()
     if zone:
-        managers = tuple(n.address for n in snapshot.managers if n.address)
+        managers = tuple(n.address for n in serving_managers(snapshot) if n.address)
         rows[f"managers.{zone}"] = (f"managers.{zone}", "A", managers, "cluster zone")
     for record in config.dns.records:
         key = f"{record.name}/{record.type}"
