@@ -385,8 +385,8 @@ class _Stream:
                     out.pop(0)
                     last = self._out_end and not out
                     h2c.send_data(sid, chunk, end_stream=last)
-                    if last:
                     conn._data_out += len(chunk)
+                    if last:
                         self._finish(reset=None, ended=True)
                         return
                     sent += len(chunk)
@@ -394,8 +394,8 @@ class _Stream:
                     out[0] = chunk[size:]
                     h2c.send_data(sid, chunk[:size])
                     sent += size
-            else:
                     conn._data_out += size
+            else:
                 if self._out_end:
                     h2c.end_stream(sid)
                     self._finish(reset=None, ended=True)
@@ -518,10 +518,6 @@ class HTTP2Connection:
         self._flush_call = None  # the pending flush of this reactor turn
         self._resets = 0  # streams the client reset before their answer
         self._answered = 0  # streams answered completely
-
-    def start(self, first_bytes: bytes, on_close=None) -> None:
-        """Take over the transport: our SETTINGS, then the client's first bytes."""
-        self._on_close = on_close
         # The frame meter (:meth:`_meter`): payload bytes of the current frame
         # still to come, a frame header split across reads, counts.
         self._meter_skip = _PREFACE_LENGTH
@@ -531,6 +527,10 @@ class HTTP2Connection:
         self._headers_in = 0  # HEADERS frames received
         self._data_in = 0  # DATA payload bytes received
         self._data_out = 0  # DATA payload bytes sent
+
+    def start(self, first_bytes: bytes, on_close=None) -> None:
+        """Take over the transport: our SETTINGS, then the client's first bytes."""
+        self._on_close = on_close
         h2c = self.h2
         limits = self.limits
         h2c.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -584,13 +584,13 @@ class HTTP2Connection:
         if self._state is CLOSED:
             return
         self._since = self.reactor.seconds()
+        if self._meter(data):
+            self._flood()
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as e:
             self._log.info("Client {client}: HTTP/2 protocol error: {error}",
-        if self._meter(data):
-            self._flood()
-            return
                            client=self.peer.client_ip, error=e)
             self.flush()
             self._close(abort=False)
@@ -641,10 +641,6 @@ class HTTP2Connection:
                 return
         self.flush()
 
-    def ack(self, size: int, stream_id: int) -> None:
-        if size:
-            try:
-                self.h2.acknowledge_received_data(size, stream_id)
     def _meter(self, data: bytes) -> bool:
         """
         Count the control frames in ``data`` (from the frame headers alone,
@@ -698,6 +694,10 @@ class HTTP2Connection:
                        requests=self._headers_in)
         self._enhance_your_calm()
 
+    def ack(self, size: int, stream_id: int) -> None:
+        if size:
+            try:
+                self.h2.acknowledge_received_data(size, stream_id)
             except (h2.exceptions.ProtocolError, ValueError):
                 pass
 
@@ -822,14 +822,14 @@ class HTTP2Connection:
         """Too many streams reset before their answer: GOAWAY and close."""
         self._log.warn("Client {client}: {count} HTTP/2 streams reset before their answer; closing",
                        client=self.peer.client_ip, count=self._resets)
-        try:
-            self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-        except h2.exceptions.ProtocolError:
-            pass
         self._enhance_your_calm()
 
     def _enhance_your_calm(self) -> None:
         """GOAWAY ENHANCE_YOUR_CALM, read nothing more, close (at once if the client reads nothing)."""
+        try:
+            self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        except h2.exceptions.ProtocolError:
+            pass
         self.transport.pauseProducing()
         # A client whose socket buffer is full would never take the GOAWAY (nor let the close finish).
         self._close(abort=self._write_paused)
