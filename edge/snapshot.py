@@ -36,6 +36,9 @@ __all__ = [
     "SourceCriterion",
     "RateLimit",
     "InFlightReq",
+    "Retry",
+    "CircuitBreaker",
+    "Buffering",
     "Middleware",
     "RouterTLS",
     "Router",
@@ -255,9 +258,40 @@ class InFlightReq:
     source: SourceCriterion = SourceCriterion()
 
 
+MAX_RETRY_ATTEMPTS = 10  # edge's bound on Retry.attempts (each attempt may try every target)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Traefik ``retry``: ``attempts`` in all (the first counts), back-off from ``initial_interval`` s."""
+
+    attempts: int
+    initial_interval: float = 0.0
+
+
+@dataclass(frozen=True)
+class CircuitBreaker:
+    """Traefik ``circuitBreaker``: ``expression`` as written (parsed by edge.expression)."""
+
+    expression: str
+    check_period: float = 0.1
+    fallback_duration: float = 10.0
+    recovery_duration: float = 10.0
+    response_code: int = 503
+
+
+@dataclass(frozen=True)
+class Buffering:
+    """Traefik ``buffering``: the request body read whole before a backend is contacted."""
+
+    max_request_body_bytes: int = 0
+    mem_request_body_bytes: int = 1048576
+    retry_expression: str = ""
+
+
 Middleware = Union[RedirectScheme, StripPrefix, BasicAuth, Headers, IPAllowList, ForwardAuth,
                    ReplacePath, ReplacePathRegex, AddPrefix, StripPrefixRegex, RedirectRegex,
-                   RateLimit, InFlightReq]
+                   RateLimit, InFlightReq, Retry, CircuitBreaker, Buffering]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 
+from edge.discovery import resilience_labels
 from edge.discovery.l4labels import L4Labels, read_l4_labels
 from edge.discovery.rule_parser import RuleError, parse_v1, parse_v2
 from edge.rules import Rule
@@ -420,6 +421,10 @@ def _build_middleware(
         if not refs:
             return _Broken("the chain names no middlewares", True)
         return _ChainRef(refs)
+
+    if kind in resilience_labels.KINDS:
+        built = resilience_labels.build(reader, kind, {o: (la, v) for o, (la, _w, v) in opts.items()})
+        return _Broken(built, True) if isinstance(built, str) else built
 
     # A kind edge does not implement: warn once per label.
     for opt, (label, _w, _value) in opts.items():
@@ -1494,22 +1499,28 @@ def _v1_frontend(
     return fields, allow + limits + redirect + auth + extra, keep
 
 
+def _v1_extractor(reader: _Reader, label: str, value: str, dropped: str = "the frontends") -> SourceCriterion | None:
+    """Traefik 1.7's ``extractorFunc`` (rate limits, maxconn) as a SourceCriterion, or None."""
+    func = value.strip()
+    if func.lower() == "client.ip":
+        return SourceCriterion()
+    if func.lower() == "request.host":
+        return SourceCriterion(request_host=True)
+    if func.lower().startswith("request.header.") and _valid_header_name(func[len("request.header."):]):
+        return SourceCriterion(request_header_name=func[len("request.header."):])
+    reader.error(label, f"label {label}: expected client.ip, request.host or request.header.<Name>,"
+                        f" got {value!r}; {dropped} dropped")
+    return None
+
+
 def _v1_rate_limits(reader: _Reader, name: str, opts: dict[str, tuple[str, str]]):
     """Traefik 1.7 ``frontend.rateLimit``: one limiter per rate set, all must pass."""
     criterion = SourceCriterion()
     sets: dict[str, dict[str, tuple[str, str]]] = {}
     for opt, (label, value) in opts.items():
         if opt == "extractorfunc":
-            func = value.strip()
-            if func.lower() == "client.ip":
-                criterion = SourceCriterion()
-            elif func.lower() == "request.host":
-                criterion = SourceCriterion(request_host=True)
-            elif func.lower().startswith("request.header.") and _valid_header_name(func[len("request.header."):]):
-                criterion = SourceCriterion(request_header_name=func[len("request.header."):])
-            else:
-                reader.error(label, f"label {label}: expected client.ip, request.host or request.header.<Name>,"
-                                    f" got {value!r}; frontend {name} dropped")
+            criterion = _v1_extractor(reader, label, value, f"frontend {name}")
+            if criterion is None:
                 return [], False
         elif opt.startswith("rateset.") and opt.count(".") == 2:
             _, set_name, key = opt.split(".")
@@ -1536,6 +1547,7 @@ def _v1_backend(reader: _Reader, opts: dict[str, tuple[str, str]]) -> dict:
     cookie = ""
     health: dict = {}
     health_label = ""
+    resilience: dict[str, tuple[str, str]] = {}
     for opt, (label, value) in opts.items():
         if opt == "":
             continue  # traefik.backend=<name>: edge groups by Docker service
@@ -1562,8 +1574,13 @@ def _v1_backend(reader: _Reader, opts: dict[str, tuple[str, str]]) -> dict:
                 health["headers"] = _v1_header_pairs(reader, label, value)
             else:
                 reader.unsupported(label, "this health check option")
+        elif resilience_labels.is_v1_backend(opt):
+            resilience[opt] = (label, value)
         else:
             reader.unsupported(label)
+    if resilience:
+        # Routers of the service carry them; one that cannot be built drops them all.
+        out["middlewares"], out["keep"] = resilience_labels.v1_backend(reader, resilience, _v1_extractor)
     if sticky_on:
         # Traefik 1.7: only traefik.backend.loadbalancer.stickiness=true turns it on.
         out["sticky"] = dict(sticky_opts, name=cookie) if cookie else dict(sticky_opts)
@@ -1619,6 +1636,8 @@ def _read_v1(
             reader.unknown(label)
 
     backend_fields = _v1_backend(reader, backend)
+    backend_middlewares = backend_fields.pop("middlewares", ())
+    backend_keep = backend_fields.pop("keep", True)
     named = sorted(n for n in set(segments) | set(frontends) if n)
     # Traefik 1.7 (provider/label/segment.go): root labels are defaults copied
     # into every segment that does not set the same option, and with segments
@@ -1679,7 +1698,7 @@ def _read_v1(
         except RuleError as e:
             reader.error(rule_label, f"frontend {name}: bad rule in {rule_label}: {e}; frontend dropped")
             continue
-        if not keep:
+        if not keep or not backend_keep:
             continue
         routers.append(
             Router(
@@ -1689,7 +1708,7 @@ def _read_v1(
                 service=spec.name,
                 entry_points=fields.get("entry_points", ()),
                 priority=fields.get("priority", 0),
-                middlewares=tuple(middlewares) + strip,
+                middlewares=tuple(middlewares) + strip + backend_middlewares,
                 provider=provider,
                 source=source,
             )

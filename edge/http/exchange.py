@@ -36,6 +36,20 @@ REASONS = {
     504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 TEXT = (b"Content-Type", b"text/plain; charset=utf-8")
+NO_TARGET = "no target accepted the connection"  # every target refused or timed out: nothing was sent
+
+
+def add_on_finish(req, fn) -> None:
+    """Call ``fn`` too when ``req`` is done (after what is already registered)."""
+    previous = req.on_finish
+    if previous is None:
+        req.on_finish = fn
+    else:
+        def both():
+            previous()
+            fn()
+
+        req.on_finish = both
 
 
 class Request:
@@ -76,6 +90,10 @@ class Request:
     response_cookies = None
     # Called once when the request is done (answered or given up): inFlightReq.
     on_finish = None
+    # The retry middleware's attempts so far, and a body the buffering
+    # middleware holds whole (bytes) so that an attempt can send it again.
+    attempts = 1
+    held = None
     # HTTP/1.1 response framing, set by the h1 side per exchange.
     body_mode = 0
     close_client = False
@@ -184,6 +202,12 @@ def _run_middlewares(side, req: Request, chain, index: int) -> None:
             req.error = "answered by middleware"
             side.reply(req, result)
             return
+        take_over = getattr(result, "take_over", None)
+        if take_over is not None:
+            # The middleware drives the request on (buffering reads the body
+            # first) and calls proceed() to run the rest of the chain.
+            take_over(side, req, lambda i=i: _run_middlewares(side, req, chain, i + 1))
+            return
         # A Deferred (a bcrypt check in a thread).
         side.pause("middleware")
 
@@ -219,7 +243,7 @@ def dispatch(side, req: Request) -> None:
     index, set_cookie = balancer.choose(req.tried, req.headers)
     if index is None:
         if req.tried:
-            error(side, req, 502, "no target accepted the connection")
+            error(side, req, 502, NO_TARGET)
         else:
             error(side, req, 503, "no healthy targets")
         return
@@ -267,6 +291,9 @@ def _connect_failed(failure, side, req: Request, target) -> None:
 def error(side, req: Request, status: int, cause: str) -> None:
     """Answer ``req`` with an error of edge's own, and log why."""
     r = req.route
+    if status == 502 and r is not None and r.middlewares.retry is not None:
+        if r.middlewares.retry.again(side, req, cause, cause == NO_TARGET):
+            return
     _log.warn(
         "Router {router}: {status} for {method} {host}{path}: {cause}",
         router=r.router if r else "-", status=status,

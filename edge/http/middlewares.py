@@ -19,8 +19,9 @@ from twisted.logger import Logger
 from edge.cidr import Networks
 from edge.http import htpasswd
 from edge.snapshot import (
-    AddPrefix, BasicAuth, ForwardAuth, Headers, InFlightReq, IPAllowList, RateLimit, RedirectRegex,
-    RedirectScheme, ReplacePath, ReplacePathRegex, StripPrefix, StripPrefixRegex,
+    AddPrefix, BasicAuth, Buffering, CircuitBreaker, ForwardAuth, Headers, InFlightReq, IPAllowList,
+    RateLimit, RedirectRegex, RedirectScheme, ReplacePath, ReplacePathRegex, Retry, StripPrefix,
+    StripPrefixRegex,
 )
 
 __all__ = ["Reply", "Chain", "compile_middlewares", "get_header", "set_header", "remove_header"]
@@ -240,6 +241,8 @@ class Chain:
     ssl_proxy: tuple = ()
     # edge.http.secure.Cors of the headers middlewares with CORS options.
     cors: tuple = ()
+    # edge.http.retry.RetryPolicy (or buffering's ExpressionRetry): asked by exchange.error on a 502.
+    retry: object = None
 
     @property
     def empty(self) -> bool:
@@ -288,6 +291,7 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
     sts_always = False
     ssl_proxy: tuple = ()
     cors: list = []
+    retry = expression_retry = None
     for mw in middlewares:
         if isinstance(mw, RedirectScheme):
             request.append(_redirect_scheme(mw, https_port))
@@ -352,6 +356,25 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
                     value += "; preload"
                 sts = value.encode("ascii")
                 sts_always = mw.force_sts_header
+        elif isinstance(mw, (Retry, CircuitBreaker, Buffering)):
+            if reactor is None:
+                from twisted.internet import reactor as default_reactor
+
+                reactor = default_reactor
+            if isinstance(mw, Retry):
+                from edge.http.retry import RetryPolicy
+
+                retry = retry or RetryPolicy(mw, reactor)
+            elif isinstance(mw, CircuitBreaker):
+                from edge.http.circuitbreaker import Breaker
+
+                request.append(Breaker(mw, reactor))
+            else:
+                from edge.http.buffering import ExpressionRetry, RequestBuffer
+
+                request.append(RequestBuffer(mw))
+                if mw.retry_expression:
+                    expression_retry = expression_retry or ExpressionRetry(mw.retry_expression, reactor)
         else:
             raise ValueError(f"unknown middleware {type(mw).__name__}")
     return Chain(
@@ -362,4 +385,5 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
         sts_always=sts_always,
         ssl_proxy=ssl_proxy,
         cors=tuple(cors),
+        retry=retry or expression_retry,
     )

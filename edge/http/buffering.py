@@ -1,0 +1,233 @@
+"""
+Traefik's ``buffering`` middleware, request side: the body is read whole
+before any backend is contacted.
+
+While the body arrives, a :class:`_BodySink` stands where a backend
+connection would be (the framings write body bytes to ``req.conn``; HTTP/2
+acknowledges them as the sink takes them, so flow control keeps moving).
+When the body is complete it is held as one ``bytes`` (``req.held``), the
+request is re-framed with its ``Content-Length`` and the rest of the chain
+and the balancer go on.  A held body can be sent again, so the ``retry``
+middleware and ``retryExpression`` may replay such a request.
+
+Everything stays in memory; edge writes no temporary file.  So the bounds
+are edge's own: a body past ``maxRequestBodyBytes`` -- or past
+:data:`MAX_HELD` when that is 0 or larger -- is answered 413 (at once when
+its ``Content-Length`` says so, else when the excess arrives), and all
+bodies held at one time share :data:`TOTAL_HELD`; a body that would go past
+it is answered 503.  ``memRequestBodyBytes`` (Traefik's threshold for going
+to disk) therefore changes nothing.
+
+``retryExpression`` (``Attempts()``, ``ResponseCode()``, ``IsNetworkError()``)
+is asked when edge would answer 502 before any response byte (as
+:mod:`edge.http.retry` decides what is safe): ``ResponseCode()`` is then 502
+and ``IsNetworkError()`` true.  A backend's own answer is relayed as it
+comes, never held and replayed.  Replays happen at once (as oxy's buffer)
+and at most :data:`edge.http.retry.MAX_ATTEMPTS` attempts are made whatever
+the expression says.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from twisted.logger import Logger
+
+from edge.http.exchange import REASONS, TEXT, add_on_finish
+from edge.expression import RETRY, parse
+from edge.http.middlewares import Reply
+from edge.http.retry import MAX_ATTEMPTS, RetryPolicy
+from edge.snapshot import Buffering, Retry
+
+__all__ = ["RequestBuffer", "ExpressionRetry", "Budget", "MAX_HELD", "TOTAL_HELD"]
+
+MAX_HELD = 64 * 1024 * 1024  # one request body, at most
+TOTAL_HELD = 256 * 1024 * 1024  # every body held at once, at most
+
+
+class Budget:
+    """Bytes held by every buffering middleware of the process, against one cap."""
+
+    def __init__(self, limit: int = TOTAL_HELD):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used = max(0, self.used - n)
+
+
+BUDGET = Budget()
+
+
+def _reply(status: int, why: str) -> Reply:
+    return Reply(status, REASONS[status], [TEXT], f"{status} {REASONS[status].decode()}: {why}\n".encode())
+
+
+class _Hold:
+    """What :class:`RequestBuffer` returns: the exchange hands the request over (``take_over``)."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self, buffer: "RequestBuffer"):
+        self._buffer = buffer
+
+    def take_over(self, side, req, proceed) -> None:
+        sink = _BodySink(self._buffer, side, req, proceed)
+        side.attach(req, sink, False)
+        side.flush()
+
+
+class RequestBuffer:
+    """The request-side middleware (a request callable of the chain)."""
+
+    def __init__(self, mw: Buffering, budget: Budget = BUDGET):
+        limit = mw.max_request_body_bytes
+        self.limit = limit if 0 < limit <= MAX_HELD else MAX_HELD
+        self.budget = budget
+        self._hold = _Hold(self)
+
+    def __call__(self, request):
+        if request.body_done or request.upgrade:
+            return None  # no body to read
+        if request.content_length is not None and request.content_length > self.limit:
+            request.error = "request body larger than the buffering limit"
+            return _reply(413, f"request body larger than {self.limit} bytes")
+        return self._hold
+
+
+class _BodySink:
+    """
+    Stands in for the backend connection while the body is read: what a
+    framing calls on one (``attach``, ``send_request``, ``send_body``,
+    ``end_body``, ``abandon``; ``req``, ``head_sent``, ``write_full``).
+    """
+
+    head_sent = False
+    write_full = False
+    reused = False
+    transport = None  # nothing to pause: the framing's own reads are the only input
+    _log = Logger(namespace="edge.http.buffering")
+
+    def __init__(self, buffer: RequestBuffer, side, req, proceed):
+        self._buffer = buffer
+        self._side = side
+        self._proceed = proceed
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._reserved = 0
+        self._done = False
+        self.req = None
+
+    # -- what a framing calls on its backend connection
+
+    def attach(self, side, req, reused: bool) -> None:
+        self.req = req
+        release = self._release
+        add_on_finish(req, release)
+        weakref.finalize(req, release)
+
+    def send_request(self, req, peer) -> None:
+        """No head is sent; the body bytes that arrived before us are the first held."""
+        early, req.pending, req.pending_bytes = req.pending, [], 0
+        for chunk in early:
+            if not self._add(chunk):
+                return
+
+    def send_body(self, req, data: bytes) -> None:
+        if data and self.req is not None:
+            self._add(data)
+
+    def end_body(self, req) -> None:
+        if self.req is not None:
+            self._complete()
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def abandon(self) -> None:
+        """The client went away or was answered: the partial body goes."""
+        self.req = None
+        self._chunks = []
+        self._release()
+
+    # -- the body
+
+    def _add(self, data: bytes) -> bool:
+        n = len(data)
+        if self._size + n > self._buffer.limit:
+            self._refuse(413, f"request body larger than {self._buffer.limit} bytes")
+            return False
+        if not self._buffer.budget.take(n):
+            self._refuse(503, "too many request bodies held by edge at once")
+            return False
+        self._reserved += n
+        self._size += n
+        self._chunks.append(data)
+        return True
+
+    def _detach(self):
+        req, side = self.req, self._side
+        self.req = None
+        req.conn = None
+        side.backend_detached(self)
+        return req, side
+
+    def _refuse(self, status: int, why: str) -> None:
+        req, side = self._detach()
+        self._chunks = []
+        self._release()
+        req.error = why
+        self._log.info("Client {client}: {why}", client=req.client_ip, why=why)
+        side.reply(req, _reply(status, why))
+        side.flush()
+
+    def _complete(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        req, _side = self._detach()
+        body = b"".join(self._chunks)
+        self._chunks = []
+        req.held = body
+        req.pending = [body] if body else []
+        req.pending_bytes = len(body)
+        req.chunked = False
+        req.content_length = len(body)
+        req.expect = False  # the 100 Continue went out when the body was asked for
+        self._proceed()
+
+    def _release(self) -> None:
+        reserved, self._reserved = self._reserved, 0
+        if reserved:
+            self._buffer.budget.give(reserved)
+
+
+class ExpressionRetry:
+    """``retryExpression``: replay a held request when edge would answer 502 and the expression says so."""
+
+    def __init__(self, expression: str, reactor):
+        self._condition = parse(expression, RETRY)
+        self._policy = RetryPolicy(Retry(attempts=MAX_ATTEMPTS), reactor)
+
+    def again(self, side, req, cause: str, nothing_sent: bool) -> bool:
+        attempts = req.attempts
+
+        def values(name, _args):
+            if name == "Attempts":
+                return attempts
+            if name == "ResponseCode":
+                return 502
+            return True  # IsNetworkError()
+
+        if not self._condition(values):
+            return False
+        return self._policy.again(side, req, cause, nothing_sent)
