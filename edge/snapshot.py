@@ -36,6 +36,8 @@ __all__ = [
     "SourceCriterion",
     "RateLimit",
     "InFlightReq",
+    "Compress",
+    "Errors",
     "Retry",
     "CircuitBreaker",
     "Buffering",
@@ -292,6 +294,35 @@ class Buffering:
 Middleware = Union[RedirectScheme, StripPrefix, BasicAuth, Headers, IPAllowList, ForwardAuth,
                    ReplacePath, ReplacePathRegex, AddPrefix, StripPrefixRegex, RedirectRegex,
                    RateLimit, InFlightReq, Retry, CircuitBreaker, Buffering]
+
+
+@dataclass(frozen=True)
+class Compress:
+    """Traefik ``compress``: answers encoded in what the client accepts (edge.http.compress)."""
+
+    excluded_content_types: tuple[str, ...] = ()
+    included_content_types: tuple[str, ...] = ()
+    min_response_body_bytes: int = 1024
+    encodings: tuple[str, ...] = ("zstd", "br", "gzip")  # by preference
+    default_encoding: str = ""
+
+
+@dataclass(frozen=True)
+class Errors:
+    """
+    Traefik ``errors``: an answer whose status is in ``status`` (inclusive
+    ranges) is replaced by ``query`` fetched from ``service`` (edge.http.errorpages).
+    """
+
+    status: tuple[tuple[int, int], ...]
+    service: str  # qualified: name@provider
+    query: str = ""
+    # (low, high, new status): statusRewrites.
+    status_rewrites: tuple[tuple[int, int, int], ...] = ()
+
+
+# The response-side middlewares join the union here (kept apart from the line above).
+Middleware = Union[Middleware, Compress, Errors]  # type: ignore[misc]
 
 
 @dataclass(frozen=True)

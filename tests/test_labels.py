@@ -560,14 +560,14 @@ def test_missing_or_unusable_guard_middleware_drops_the_router(refs, defs, why):
 def test_unsupported_safe_middleware_is_left_out_with_warnings():
     config = _with_middlewares(
         "gz, strip",
-        traefik__http__middlewares__gz__compress="true",
+        traefik__http__middlewares__gz__grpcweb__alloworigins="*",
         traefik__http__middlewares__strip__stripprefix__prefixes="/x",
     )
     router = {r.name: r for r in config.routers}["r@docker"]
     assert router.middlewares == (StripPrefix(("/x",)),)
     assert {p.level for p in config.problems} == {"warning"}
     labels = {p.label for p in config.problems}
-    assert labels == {"traefik.http.middlewares.gz.compress", "traefik.http.routers.r.middlewares"}
+    assert labels == {"traefik.http.middlewares.gz.grpcweb.alloworigins", "traefik.http.routers.r.middlewares"}
 
 
 def test_shared_middlewares_resolve_across_services():

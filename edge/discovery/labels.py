@@ -392,6 +392,14 @@ def _build_middleware(
     if kind == "forwardauth":
         return _forward_auth(reader, {opt: (label, value) for opt, (label, _w, value) in opts.items()})
 
+    if kind in ("compress", "errors"):
+        from edge.discovery.response_labels import response_middleware
+
+        built = response_middleware(reader, kind, {opt: (label, value) for opt, (label, _w, value) in opts.items()})
+        if isinstance(built, str):
+            return _Broken(built, False)
+        return _NOTHING_TO_DO if built is None else built
+
     if kind in _REQUEST_KINDS:
         return _request_middleware(reader, kind, {opt: (label, value) for opt, (label, _w, value) in opts.items()})
 
@@ -1372,6 +1380,7 @@ def _v1_frontend(
     users: tuple[str, ...] = ()
     remove_header = False
     forward: dict[str, tuple[str, str]] = {}
+    error_pages: dict[str, dict[str, tuple[str, str]]] = {}
     redirect_regex: dict[str, tuple[str, str]] = {}
     rate_limit: dict[str, tuple[str, str]] = {}
     file_users: tuple[str, ...] = ()
@@ -1418,6 +1427,9 @@ def _v1_frontend(
             remove_header = reader.boolean(label, value, False)
         elif opt.startswith("auth.forward."):
             forward[opt[len("auth.forward."):]] = (label, value)
+        elif opt.startswith("errors.") and opt.count(".") >= 2:
+            _, page, key = opt.split(".", 2)
+            error_pages.setdefault(page, {})[key] = (label, value)
         elif opt == "auth.basic.usersfile":
             from_file = _users_file(reader, label, value)
             if from_file is None:
@@ -1494,6 +1506,10 @@ def _v1_frontend(
     extra: list[Middleware] = []
     if headers:
         extra.append(Headers(**headers))
+    if error_pages:
+        from edge.discovery.response_labels import v1_errors
+
+        extra.extend(v1_errors(reader, error_pages))
     limits, ok = _v1_rate_limits(reader, name, rate_limit) if rate_limit else ([], True)
     keep = keep and ok
     return fields, allow + limits + redirect + auth + extra, keep

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from edge.http.balancer import target_key
 from edge.http.forwarding import apply_trusted_scheme
 from edge.http.middlewares import Reply, _redirect as redirect
+from edge.http.response_filters import interpose
 
 __all__ = ["Request", "ExchangeSide", "route", "dispatch", "error", "REASONS", "TEXT"]
 
@@ -94,6 +95,9 @@ class Request:
     # middleware holds whole (bytes) so that an attempt can send it again.
     attempts = 1
     held = None
+    # The response filter nearest the backend (compress, errors), for routers
+    # with response middlewares: the side the backend connection talks to.
+    response_filter = None
     # HTTP/1.1 response framing, set by the h1 side per exchange.
     body_mode = 0
     close_client = False
@@ -166,6 +170,8 @@ def route(side, req: Request) -> None:
         if not side.peer.trusted:
             _drop_untrusted_forwarded(req)
         _run_middlewares(side, req, chain, 0)
+    elif matched.middlewares.response:
+        dispatch(interpose(side, req, matched.middlewares.response), req)
     else:
         dispatch(side, req)
 
@@ -231,7 +237,8 @@ def _run_middlewares(side, req: Request, chain, index: int) -> None:
 
         result.addCallbacks(resumed, failed)
         return
-    dispatch(side, req)
+    response = req.route.middlewares.response
+    dispatch(interpose(side, req, response) if response else side, req)
 
 
 def dispatch(side, req: Request) -> None:

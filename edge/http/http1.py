@@ -485,7 +485,7 @@ class ServerProtocol(Protocol):
         self._backend = conn
         self._state = BACKEND
         self._since = self._reactor.seconds()
-        conn.attach(self, req, reused)
+        conn.attach(req.response_filter or self, req, reused)
         buffered = bool(req.pending)
         conn.send_request(req, self.peer)
         if buffered:

@@ -204,7 +204,7 @@ class _Stream:
         req.conn = conn
         self.backend = conn
         self._backend_full = conn.write_full
-        conn.attach(self, req, reused)
+        conn.attach(req.response_filter or self, req, reused)
         conn.send_request(req, self.peer)
         if self.conn._write_paused or self._out:
             conn.pause_reading()
@@ -260,6 +260,7 @@ class _Stream:
             return
         if req.method == b"HEAD" or req.status in (204, 304):
             self._finish(reset=None)  # the head went out with END_STREAM
+            self.conn.flush()  # which h2 still holds: nothing else would send it this turn
             return
         self._out_end = True
         self.send_pending()

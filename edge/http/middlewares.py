@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from edge.cidr import Networks
 from edge.http import htpasswd
+from edge.snapshot import Compress, Errors
 from edge.snapshot import (
     AddPrefix, BasicAuth, Buffering, CircuitBreaker, ForwardAuth, Headers, InFlightReq, IPAllowList,
     RateLimit, RedirectRegex, RedirectScheme, ReplacePath, ReplacePathRegex, Retry, StripPrefix,
@@ -243,6 +244,8 @@ class Chain:
     cors: tuple = ()
     # edge.http.retry.RetryPolicy (or buffering's ExpressionRetry): asked by exchange.error on a 502.
     retry: object = None
+    # Response filter makers (compress, errors: edge.http.response_filters), in order.
+    response: tuple = ()
 
     @property
     def empty(self) -> bool:
@@ -276,6 +279,8 @@ def _is_ssl(request, pairs) -> bool:
     return is_ssl(request, pairs)
 
 
+_RESPONSE = (Compress, Errors)
+
 _REWRITES = {
     ReplacePath: "replace_path", ReplacePathRegex: "replace_path_regex", AddPrefix: "add_prefix",
     StripPrefixRegex: "strip_prefix_regex", RedirectRegex: "redirect_regex",
@@ -291,6 +296,7 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
     sts_always = False
     ssl_proxy: tuple = ()
     cors: list = []
+    response: list = []
     retry = expression_retry = None
     for mw in middlewares:
         if isinstance(mw, RedirectScheme):
@@ -375,6 +381,11 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
                 request.append(RequestBuffer(mw))
                 if mw.retry_expression:
                     expression_retry = expression_retry or ExpressionRetry(mw.retry_expression, reactor)
+        elif type(mw) in _RESPONSE:
+            from edge.http import compress, errorpages
+
+            response.append(compress.CompressMiddleware(mw) if isinstance(mw, Compress)
+                            else errorpages.ErrorPages(mw))
         else:
             raise ValueError(f"unknown middleware {type(mw).__name__}")
     return Chain(
@@ -385,5 +396,6 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
         sts_always=sts_always,
         ssl_proxy=ssl_proxy,
         cors=tuple(cors),
+        response=tuple(response),
         retry=retry or expression_retry,
     )

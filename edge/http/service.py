@@ -212,6 +212,9 @@ class HTTPService(Service):
     def apply(self, snapshot: Snapshot) -> None:
         """Build new tables for every entry point and swap them in."""
         balancers = build_balancers(snapshot, self.health, self._reactor)
+        # For middlewares that send requests to another service (errors).
+        self.proxy.balancers = balancers
+        self.proxy.snapshot = snapshot
         for name, factory in self.factories.items():
             factory.table = RoutingTable.build(
                 snapshot, name, balancers=balancers, reactor=self._reactor,
