@@ -29,6 +29,7 @@ from edge.http.backend import BackendProtocol
 from edge.http.http1 import ServerProtocol
 from edge.http.proxy import Proxy, ProxyFactory
 from edge.http.routing import RoutingTable
+from edge.shutdown import drain_within, stop_listening
 from edge.snapshot import Snapshot
 
 __all__ = ["HTTPService", "make_http_service", "wrap_tls", "endpoint_port"]
@@ -321,10 +322,7 @@ class HTTPService(Service):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        yield defer.DeferredList(
-            [defer.maybeDeferred(p.stopListening) for p in self.ports.values()]
-        )
-        self.ports.clear()
+        yield stop_listening(self.ports)
         self._bound = False
         drains = []
         for factory in self.factories.values():
@@ -332,15 +330,8 @@ class HTTPService(Service):
             for conn in list(factory.connections):
                 conn.shutdown()
             drains.append(factory.drain())
-        drained = defer.DeferredList(drains)
         grace = self.config.http.shutdown_grace
-        timer = self._reactor.callLater(grace, lambda: drained.called or drained.cancel())
-        try:
-            yield drained
-        except defer.CancelledError:
-            pass
-        if timer.active():
-            timer.cancel()
+        yield drain_within(self._reactor, grace, drains)
         left = sum(len(f.connections) for f in self.factories.values())
         if left:
             self._log.warn("Closing {count} HTTP connections still busy after {grace}s",

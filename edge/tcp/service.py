@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from edge import metrics
 from edge.config import Config, EntryPoint, listen_address
+from edge.shutdown import stop_listening
 from edge.snapshot import Snapshot
 from edge.tcp.entry import EntryFactory
 from edge.tcp.splice import SpliceProtocol
@@ -166,8 +167,7 @@ class TCPService(Service):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        yield defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports.values()])
-        self.ports.clear()
+        yield stop_listening(self.ports)
         self._bound = False
 
 
