@@ -1,0 +1,221 @@
+"""
+Rows of the shared table (tests/test_http_pipeline.py) end to end: a real edge
+process with TLS offering h2 and http/1.1 (tests/test_http_h2_e2e.py's
+``tls_edge``), the raw origin of tests/test_http_harness.py behind it, and
+curl asking each row once with ``--http2`` and once with ``--http1.1`` over
+the same TLS entry point.  Both framings must give the same answer, and the
+access log one line per request that differs only in its protocol.
+Everything on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+from dataclasses import dataclass
+
+import pytest
+
+from edge.rules import And, Host, PathPrefix
+from edge.snapshot import (
+    AddPrefix, BasicAuth, Headers, IPAllowList, RateLimit, RedirectRegex, ReplacePath, SourceCriterion,
+    StripPrefix,
+)
+from tests.swarmkit import wait_for
+from tests.test_hostile_h2 import END_HEADERS, END_STREAM, HEADERS, Client, frame, request_block, status_of
+from tests.test_http_h2_e2e import tls_edge
+from tests.test_http_proxy import Origin, snapshot, web
+
+PW = "u:{SHA}GpHWL3ymc5liWkNopqtdSjuqYHM="  # password "pw"
+
+
+def _routers(origin):
+    """One host (the test certificate's), a router per path prefix, each with its middlewares."""
+    def at(name, prefix, *middlewares):
+        return web([origin.target()], name=name, rule=And((Host(("web.test",)), PathPrefix((prefix,)))),
+                   rule_text=f"Host(`web.test`) && PathPrefix(`{prefix}`)", middlewares=middlewares)
+
+    return snapshot(
+        at("plain", "/echo"),
+        at("strip", "/api", StripPrefix(("/api",)), AddPrefix("/echo")),
+        at("auth", "/private", BasicAuth((PW,), realm="lab", remove_header=True), ReplacePath("/echo")),
+        at("hdr", "/hdr", Headers(frame_deny=True, sts_seconds=60, custom_response=(("X-Served", "edge"),)),
+           ReplacePath("/echo")),
+        at("cors", "/cors", Headers(access_control_allow_origin_list=("https://app.test",),
+                                    access_control_allow_methods=("GET", "PUT"), add_vary_header=True),
+           ReplacePath("/echo")),
+        at("deny", "/deny", IPAllowList(("10.0.0.0/8",))),
+        at("rate", "/rate", RateLimit(1, period=3600.0, burst=1,
+                                      source=SourceCriterion(request_header_name="X-Bucket")), ReplacePath("/echo")),
+        at("redir", "/old", RedirectRegex(r"^https://web\.test:[0-9]+/old/(.*)", "https://web.test/new/$1")),
+    )
+
+
+@pytest.fixture(scope="module")
+def origin():
+    o = Origin("table")
+    yield o
+    o.stop()
+
+
+@pytest.fixture(scope="module")
+def edge(origin, tmp_path_factory):
+    e = tls_edge(tmp_path_factory.mktemp("table"), [origin.target()])
+    try:
+        e.publish(_routers(origin))
+        wait_for(lambda: _curl(e, "--http2", "/api/x").status == 200, 10, "the table's routers")
+        yield e
+    finally:
+        e.stop()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def _curl(edge, framing: str, path: str, *args: str) -> Answer:
+    done = subprocess.run(
+        ["curl", "-sS", framing, "-i", "--path-as-is", "--max-time", "20", "--cacert", edge.root,
+         "--resolve", f"web.test:{edge.https_port}:127.0.0.1", *args,
+         f"https://web.test:{edge.https_port}{path}"],
+        capture_output=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    head, _, body = done.stdout.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    expected = "HTTP/2 " if framing == "--http2" else "HTTP/1.1 "
+    assert lines[0].startswith(expected), lines[0]
+    headers: dict = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers.setdefault(k.strip().lower(), []).append(v.strip())
+    return Answer(int(lines[0].split()[1]), headers, body)
+
+
+FRAMINGS = ["--http2", "--http1.1"]
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_stripprefix_then_addprefix(edge, framing):
+    seen = _curl(edge, framing, "/api/x?q=1").json()
+    assert seen["url"] == "/echo/x?q=1"
+    headers = {k.lower(): v for k, v in seen["headers"]}
+    assert headers["x-forwarded-prefix"] == "/api"
+    assert headers["x-forwarded-proto"] == "https"
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_basicauth(edge, framing):
+    refused = _curl(edge, framing, "/private")
+    assert refused.status == 401 and refused.headers["www-authenticate"] == ['Basic realm="lab"']
+    passed = _curl(edge, framing, "/private", "-u", "u:pw")
+    assert passed.status == 200
+    assert "authorization" not in {k.lower() for k, _ in passed.json()["headers"]}  # removeHeader
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_security_headers_and_hsts_on_tls(edge, framing):
+    answer = _curl(edge, framing, "/hdr")
+    assert answer.status == 200
+    assert answer.headers["x-frame-options"] == ["DENY"]
+    assert answer.headers["x-served"] == ["edge"]
+    assert answer.headers["strict-transport-security"] == ["max-age=60"]
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_cors_preflight_answered_by_edge_and_origin_named_on_answers(edge, origin, framing):
+    before = origin.stats()["requests"]
+    preflight = _curl(edge, framing, "/cors", "-X", "OPTIONS", "-H", "Origin: https://app.test",
+                      "-H", "Access-Control-Request-Method: PUT")
+    assert preflight.status == 200 and preflight.body == b""
+    assert preflight.headers["access-control-allow-methods"] == ["GET, PUT"]
+    assert origin.stats()["requests"] == before + 1  # only the stats request: the preflight never reached it
+    answer = _curl(edge, framing, "/cors", "-H", "Origin: https://app.test")
+    assert answer.headers["access-control-allow-origin"] == ["https://app.test"]
+    assert answer.headers["vary"] == ["Origin"]
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_ipallowlist_refuses(edge, framing):
+    assert _curl(edge, framing, "/deny").status == 403
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_ratelimit_past_the_burst(edge, framing):
+    bucket = framing.strip("-")
+    assert _curl(edge, framing, "/rate", "-H", f"X-Bucket: {bucket}").status == 200
+    refused = _curl(edge, framing, "/rate", "-H", f"X-Bucket: {bucket}")
+    assert refused.status == 429 and refused.headers["retry-after"] == ["3600"]
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_redirectregex(edge, framing):
+    answer = _curl(edge, framing, "/old/p?x=1")
+    assert (answer.status, answer.headers["location"]) == (302, ["https://web.test/new/p?x=1"])
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_byte_outside_ascii_in_the_path_is_a_400(edge, framing):
+    """curl escapes such bytes itself, so they go out raw from a socket (and HPACK, for h2)."""
+    path = b"/echo/caf\xc3\xa9"
+    if framing == "--http2":
+        client = Client(edge)
+        try:
+            client.send(frame(HEADERS, END_STREAM | END_HEADERS, 1, request_block(path)))
+            status = status_of(client.frames(until=lambda f: f[0] == HEADERS and f[2] == 1))
+        finally:
+            client.close()
+    else:
+        ctx = ssl.create_default_context(cafile=edge.root)
+        ctx.set_alpn_protocols(["http/1.1"])
+        with socket.create_connection(("127.0.0.1", edge.https_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="web.test") as tls:
+                tls.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+        status = answer.split(b" ", 2)[1].decode()
+    assert status == "400"
+    # edge's own 400: no target was chosen (an origin's llhttp would refuse such a line too).
+    # llhttp stops at the byte, so the HTTP/1.1 line names no method or path; HTTP/2's does.
+    protocol = "HTTP/2.0" if framing == "--http2" else "HTTP/1.1"
+    wait_for(lambda: [x for x in _log(edge) if x["status"] == 400 and x["protocol"] == protocol], 10, "its log line")
+    refused = [x for x in _log(edge) if x["status"] == 400 and x["protocol"] == protocol]
+    assert all((x["router"], x["target"]) == ("-", "-") for x in refused), refused
+    assert not [x for x in _log(edge) if x["path"] == path.decode("latin-1") and x["target"] != "-"]
+
+
+def _log(edge) -> list[dict]:
+    try:
+        return edge.log_lines()
+    except AssertionError:
+        return []
+
+
+def test_both_framings_log_the_same_line_but_the_protocol(edge):
+    """The same requests through each framing: equal access log lines apart from the protocol."""
+    paths = ["/api/logged", "/private/logged", "/deny/logged", "/old/logged", "/nothing/logged"]
+    for framing in FRAMINGS:
+        for path in paths:
+            _curl(edge, framing, path)
+
+    def mine(protocol):
+        # (the path logged is the one forwarded: /api/logged went on as /echo/logged)
+        return [line for line in _log(edge) if line["path"].endswith("/logged") and line["protocol"] == protocol]
+
+    wait_for(lambda: len(mine("HTTP/2.0")) == len(mine("HTTP/1.1")) == len(paths), 10, "access log lines")
+    lines = {"--http2": mine("HTTP/2.0"), "--http1.1": mine("HTTP/1.1")}
+    drop = ("time", "duration_ms", "protocol")
+    h2 = [{k: v for k, v in line.items() if k not in drop} for line in lines["--http2"]]
+    h1 = [{k: v for k, v in line.items() if k not in drop} for line in lines["--http1.1"]]
+    assert h2 == h1
+    assert [(line["router"], line["status"]) for line in h2] == [
+        ("strip", 200), ("auth", 401), ("deny", 403), ("redir", 302), ("-", 404)]
