@@ -3,7 +3,9 @@ Which certificates the current snapshot asks an ACME resolver for.
 
 Pure: routers in, name sets out.  Only routers that exist in the snapshot
 count, so a name is ordered only while some router serves it; anyone can
-send any SNI name, and that never starts an order.
+send any SNI name, and that never starts an order.  TCP routers whose TLS
+edge terminates count like HTTP ones (their ``HostSNI`` names); a
+passthrough router's backend holds its own certificate.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from edge.snapshot import Router, Snapshot
+from edge.snapshot import Router, Snapshot, TCPRouter
 from edge.tls.store import normalize_name
 
 __all__ = ["Wanted", "wanted_certificates", "is_v1_rule"]
@@ -47,12 +49,37 @@ def _valid(name: str) -> bool:
     return all(c.isalnum() or c in "-." for c in body)
 
 
-def _names_of(router: Router) -> list[str]:
+def _names_of(router: Router | TCPRouter) -> list[str]:
     if router.tls is not None and router.tls.domains:
         candidates: Iterable[str] = router.tls.domains
+    elif isinstance(router, TCPRouter):
+        from edge.tcp.rules import sni_names
+
+        candidates = sorted(sni_names(router.rule))
     else:
         candidates = sorted(router.hosts)
     return [normalize_name(n) for n in candidates]
+
+
+def _tcp_routers(snapshot: Snapshot, problems: list[str]) -> list[TCPRouter]:
+    """TCP routers that ask a resolver for a certificate edge serves itself."""
+    found = []
+    for router in snapshot.tcp_routers:
+        if router.tls is None or not router.tls.cert_resolver:
+            continue
+        if router.tls.passthrough:
+            problems.append(
+                f"TCP router {router.name}: tls.certresolver with tls.passthrough: the backend terminates"
+                " TLS with its own certificate; nothing is ordered"
+            )
+            continue
+        if not _names_of(router):
+            problems.append(
+                f"TCP router {router.name}: no HostSNI name or tls.domains to order a certificate for"
+            )
+            continue
+        found.append(router)
+    return found
 
 
 def wanted_certificates(
@@ -69,14 +96,16 @@ def wanted_certificates(
     ``tls.domains`` if any, else for its rule's host names; Traefik v1
     routers get one per router from a resolver with ``on_host_rule``.
     Wildcards need DNS-01; names that cannot be ordered are reported in
-    ``problems`` and left out.
+    ``problems`` and left out.  A TCP router with ``tls.certresolver`` gets
+    one for its ``tls.domains``, else its rule's ``HostSNI`` names.
     """
     problems = problems if problems is not None else []
     host_rule = sorted(name for name, r in resolvers.items() if getattr(r, "on_host_rule", False))
     seen: dict[tuple[str, frozenset[str]], Wanted] = {}
-    for router in snapshot.routers:
+    routers: list[Router | TCPRouter] = [*snapshot.routers, *_tcp_routers(snapshot, problems)]
+    for router in routers:
         resolver = router.tls.cert_resolver if router.tls is not None else ""
-        if not resolver and host_rule and is_v1_rule(router):
+        if not resolver and host_rule and isinstance(router, Router) and is_v1_rule(router):
             resolver = host_rule[0]
         if not resolver:
             continue
