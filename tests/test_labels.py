@@ -851,6 +851,16 @@ def _value_for(label: str) -> str:
         "sslproxyheaders": "X-Forwarded-Proto:https",
         "usersfile": _users_file(),
         "autodetect": "false",
+        "attempts": "3",
+        "initialinterval": "100ms",
+        "expression": "NetworkErrorRatio() > 0.5",
+        "checkperiod": "1s",
+        "fallbackduration": "10s",
+        "recoveryduration": "10s",
+        "responsecode": "503",
+        "maxrequestbodybytes": "1000",
+        "memrequestbodybytes": "1000",
+        "retryexpression": "IsNetworkError() && Attempts() <= 2",
     }
     return values.get(last, "true")
 
@@ -876,6 +886,8 @@ _MAIN_OPTIONS = {
     ".redirectregex.": {"regex": "^http://a/", "replacement": "http://b/"},
     ".ratelimit.": {"average": "5"},
     ".inflightreq.": {"amount": "5"},
+    ".retry.": {"attempts": "2"},
+    ".circuitbreaker.": {"expression": "NetworkErrorRatio() > 0.5"},
     ".ipallowlist.": {"sourcerange": "10.0.0.0/8"},
 }
 
@@ -956,6 +968,8 @@ def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, lab
             labels.setdefault("traefik.frontend.auth.forward.address", "http://auth.test/")
             if label.endswith(".tls.cert"):
                 labels["traefik.frontend.auth.forward.tls.key"] = _PEM
+        if label.lower() == "traefik.backend.maxconn.extractorfunc":
+            labels["traefik.backend.maxconn.amount"] = "5"
         if label.lower() == "traefik.frontend.redirect.regex":
             labels["traefik.frontend.redirect.replacement"] = "http://b/"
         if label.lower() == "traefik.frontend.redirect.replacement":
