@@ -70,7 +70,7 @@ class Target:
     id: str
     host: str
     port: int
-    scheme: str = "http"
+    scheme: str = "http"  # or "https", or "h2c": HTTP/2 with prior knowledge (edge.http.backend_h2)
     weight: int = 1
     node_id: str = ""
 

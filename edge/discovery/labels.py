@@ -239,14 +239,15 @@ class _Reader:
             return default
         return seconds
 
-    def scheme(self, label: str, value: str) -> str:
+    def scheme(self, label: str, value: str, h2c: bool = True) -> str:
+        """A backend scheme; ``h2c`` (HTTP/2 in clear text, edge.http.backend_h2) where it may be one."""
         lowered = value.strip().lower()
-        if lowered in ("http", "https"):
+        if lowered in ("http", "https") or lowered == "h2c" and h2c:
             return lowered
         if lowered == "h2c":
-            self.warn(label, f"label {label}: h2c backends are not supported by edge; using http")
+            self.warn(label, f"label {label}: health checks are made over HTTP/1.1; using http")
             return "http"
-        self.error(label, f"label {label}: expected http or https, got {value!r}; using http")
+        self.error(label, f"label {label}: expected http, https or h2c, got {value!r}; using http")
         return "http"
 
 
@@ -909,7 +910,7 @@ def _health_option(reader: "_Reader", label: str, key: str, value: str, health: 
     elif key == "port":
         health["port"] = reader.port(label, value) or 0
     elif key == "scheme":
-        health["scheme"] = reader.scheme(label, value)
+        health["scheme"] = reader.scheme(label, value, h2c=False)
     elif key == "hostname":
         health["hostname"] = value.strip()
     else:

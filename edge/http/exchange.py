@@ -101,6 +101,11 @@ class Request:
     # HTTP/1.1 response framing, set by the h1 side per exchange.
     body_mode = 0
     close_client = False
+    # From an h2c backend (edge.http.backend_h2): the response's trailers
+    # ((name, value) pairs, set before response_end), and whether the response
+    # was complete in its head (HEADERS with END_STREAM: gRPC's Trailers-Only).
+    trailers = None
+    response_in_head = False
 
     def __init__(self, scheme: str, client_ip: str):
         self.scheme = scheme

@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from edge.http import exchange, speedups
 from edge.http.backend import PeerReads
+from edge.http.backend_h2 import wants_trailers
 from edge.http.exchange import REASONS, TEXT, Request
 from edge.http.forwarding import Peer, SPECIAL_LENGTHS
 from edge.http.middlewares import Reply
@@ -81,6 +82,13 @@ def _status_line(status: int, reason: bytes, _cache={}) -> bytes:
         if len(_cache) < 1000:
             _cache[(status, reason)] = line
     return line
+
+
+def _last_chunk(req) -> bytes:
+    """A chunked body's end: with an h2c backend's trailers if the client sent ``TE: trailers``."""
+    if not wants_trailers(req):
+        return b"0\r\n\r\n"
+    return b"0\r\n" + b"".join(b"%s: %s\r\n" % pair for pair in req.trailers) + b"\r\n"
 
 
 @implementer(IHalfCloseableProtocol)
@@ -568,7 +576,7 @@ class ServerProtocol(Protocol):
 
     def response_end(self, req: Request) -> None:
         if req.body_mode == _CHUNK:
-            self._out.append(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n" if req.trailers is None else _last_chunk(req))
         self._finished(req, req.close_client)
         self._flush()
 

@@ -227,7 +227,7 @@ class _Stream:
 
     def response_head(self, req: Request, head) -> bool:
         status = head.status
-        no_body = req.method == b"HEAD" or status == 204 or status == 304
+        no_body = req.method == b"HEAD" or status == 204 or status == 304 or req.response_in_head
         pairs = head.relayable()
         chain = req.route.middlewares
         if not chain.empty:
@@ -258,7 +258,7 @@ class _Stream:
     def response_end(self, req: Request) -> None:
         if self._state is DONE:
             return
-        if req.method == b"HEAD" or req.status in (204, 304):
+        if req.method == b"HEAD" or req.status in (204, 304) or req.response_in_head:
             self._finish(reset=None)  # the head went out with END_STREAM
             self.conn.flush()  # which h2 still holds: nothing else would send it this turn
             return
@@ -384,7 +384,7 @@ class _Stream:
                 size = min(window, h2c.max_outbound_frame_size)
                 if len(chunk) <= size:
                     out.pop(0)
-                    last = self._out_end and not out
+                    last = self._out_end and not out and self.req.trailers is None
                     h2c.send_data(sid, chunk, end_stream=last)
                     conn._data_out += len(chunk)
                     if last:
@@ -398,7 +398,10 @@ class _Stream:
                     conn._data_out += size
             else:
                 if self._out_end:
-                    h2c.end_stream(sid)
+                    if self.req.trailers is None:
+                        h2c.end_stream(sid)
+                    else:  # an h2c backend's trailers (grpc-status): a trailing HEADERS
+                        h2c.send_headers(sid, self.req.trailers, end_stream=True)
                     self._finish(reset=None, ended=True)
                     return
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):

@@ -19,6 +19,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 
+from edge.http.backend_h2 import SCHEME as H2C, H2CPool
+
 __all__ = ["BackendPool"]
 
 
@@ -61,9 +63,13 @@ class BackendPool:
         self._idle: dict[tuple, list] = {}
         self._live: set | None = None
         self._tls_options = None
+        # h2c targets: streams on shared HTTP/2 connections (edge.http.backend_h2).
+        self.h2c = H2CPool(reactor, connect_timeout=connect_timeout, idle_timeout=idle_timeout)
 
     def take(self, key: tuple):
         """An idle connection to ``key``, or None."""
+        if key[0] == H2C:
+            return self.h2c.take(key)
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -74,6 +80,9 @@ class BackendPool:
     def put(self, conn) -> None:
         """Hand back a connection that finished its exchange cleanly."""
         key = conn.key
+        if key[0] == H2C:
+            self.h2c.put(conn)
+            return
         if self._live is not None and key not in self._live:
             conn.transport.loseConnection()
             return
@@ -92,6 +101,8 @@ class BackendPool:
     def connect(self, key: tuple) -> Deferred:
         """A new connection to ``key``; fails with the connect error."""
         scheme, host, port = key
+        if scheme == H2C:
+            return self.h2c.connect(key)
         d = Deferred()
         factory = _ConnectFactory(self._protocol_factory, key, d)
         if scheme == "https":
@@ -108,12 +119,14 @@ class BackendPool:
     def retain(self, keys) -> None:
         """Close idle connections to targets that left the snapshot."""
         self._live = set(keys)
+        self.h2c.retain(k for k in self._live if k[0] == H2C)
         for key in [k for k in self._idle if k not in self._live]:
             for conn in self._idle.pop(key):
                 conn.transport.loseConnection()
 
     def sweep(self) -> None:
         """Close connections idle for longer than ``idle_timeout``, and the oldest beyond ``size``."""
+        self.h2c.sweep()
         limit = self._reactor.seconds() - self.idle_timeout
         for key, idle in list(self._idle.items()):
             old = [c for c in idle if c.idle_since < limit]
@@ -129,6 +142,7 @@ class BackendPool:
                 del self._idle[key]
 
     def close(self) -> None:
+        self.h2c.close()
         for idle in self._idle.values():
             for conn in idle:
                 conn.transport.loseConnection()
