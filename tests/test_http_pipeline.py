@@ -329,6 +329,15 @@ ROWS = [
         backend_has=(b"X-Forwarded-For: 6.6.6.6, 127.0.0.1\r\n",)),
     Row("too many header fields", headers=tuple((b"x-h%d" % i, b"v") for i in range(101)),
         response=None, status=431),
+    # The same head is refused (or not) on both framings: HTTP/2's pseudo-header fields are the
+    # request line, not fields; :authority counts as the Host field.
+    Row("99 header fields and the Host are within max_header_count",
+        headers=tuple((b"x-h%d" % i, b"v") for i in range(99)), backend_has=(b"x-h98: v\r\n",)),
+    Row("100 header fields and the Host are not", headers=tuple((b"x-h%d" % i, b"v") for i in range(100)),
+        response=None, status=431),
+    Row("a head just within max_header_bytes passes", headers=((b"x-big", b"a" * (65536 - 9 - 12 - 20)),)),
+    Row("a head just over max_header_bytes is a 431 (HTTP/2 allowed 8 KiB more)",
+        headers=((b"x-big", b"a" * (65536 - 9 - 12 + 1)),), response=None, status=431),
     Row("a body over max_body_bytes", method=b"POST", body=b"x" * 20,
         http=HTTPConfig(max_body_bytes=10), response=None, status=413),
     Row("hop-by-hop response headers are dropped",
@@ -348,6 +357,21 @@ ROWS = [
     Row("an interim response's body is not relayed (issue 9.10)",
         response=b"HTTP/1.1 199 X\r\nContent-Length: 3\r\n\r\nabc"
                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", body_out=b"ok"),
+    Row("HEAD: the length is relayed, no body", method=b"HEAD", body_out=b"",
+        headers_out=((b"content-length", b"5"),)),
+    Row("204 carries no body or length", response=b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", status=204,
+        body_out=b"", headers_out=((b"x-a", b"1"),), lacks_out=(b"content-length",)),
+    Row("304 keeps its validators, no body", headers=((b"If-None-Match", b'"v1"'),),
+        backend_has=(b'If-None-Match: "v1"\r\n',),
+        response=b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n', status=304, body_out=b"",
+        headers_out=((b"etag", b'"v1"'),)),
+    Row("a chunked backend answer is relayed whole",
+        response=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+        body_out=b"abcde", lacks_out=(b"content-length",)),
+    Row("a 404 from the backend is relayed with its body",
+        response=b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope", status=404, body_out=b"nope"),
+    Row("edge's own 404 names no route", host=b"nothing.test", response=None, status=404,
+        body_out=b"404 page not found\n"),
     Row("connect failure: the next target answers", host=b"two.test",
         backend_starts=b"GET /x HTTP/1.1\r\nHost: two.test\r\n"),
     Row("sticky cookie set on the answer", host=b"sticky.test",
@@ -484,6 +508,12 @@ MW_ROWS = [
         headers_out=((b"www-authenticate", b"Bearer"), (b"location", b"http://10.7.7.7:9000/login"))),
     Row("forwardauth: a broken auth answer is a 500, never a pass", host=b"mw.test", middlewares=(FA,),
         auth=b"HTTP/1.1 2OO OK\r\n\r\n", response=None, status=500),
+    Row("forwardauth: a body waits for the auth answer and reaches the backend whole", method=b"POST",
+        body=b"payload-bytes", host=b"mw.test", middlewares=(FA,), auth=ALLOWED,
+        auth_has=(b"X-Forwarded-Method: POST\r\n",),
+        backend_has=(b"Content-Length: 13\r\n", b"\r\n\r\npayload-bytes")),
+    Row("forwardauth: a denied POST's body never reaches a backend", method=b"POST", body=b"payload",
+        host=b"mw.test", middlewares=(FA,), auth=DENIED, response=None, status=401),
     Row("ratelimit: the first request passes", host=b"mw.test", middlewares=(RateLimit(1, burst=1),)),
     Row("inflightreq: one request in flight passes", host=b"mw.test", middlewares=(InFlightReq(1),)),
     Row("chain: middlewares apply in order", host=b"mw.test", path=b"/api/x", headers=(OK_AUTH,),
@@ -966,6 +996,18 @@ def test_an_untrusted_source_cannot_claim_an_address(framing, port, alpn, header
 
 
 # -- HTTP/2 only ----------------------------------------------------------------------
+
+
+def test_h2_cookie_crumbs_count_as_the_one_field_they_are_joined_into():
+    """RFC 9113 8.2.3: a browser splits its Cookie; HTTP/1.1's one field must not become 20."""
+    world = World()
+    client = H2Client(world)
+    crumbs = tuple((b"cookie", b"c%d=v" % i) for i in range(20))
+    client.send(b"GET", b"/x", b"web.test", tuple((b"x-h%d" % i, b"v") for i in range(98)) + crumbs)
+    sent = world.backend_bytes()
+    assert b"cookie: " + b"; ".join(v for _, v in crumbs) + b"\r\n" in sent
+    world.answer(OK)
+    assert client.answer().status == 200
 
 
 @pytest.mark.parametrize("path", [b"https://web.test/x", b"http://two.test/x", b"x"])

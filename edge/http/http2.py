@@ -111,6 +111,38 @@ _TrailersReceived = h2.events.TrailersReceived
 
 
 
+def _http11_head_size(fields) -> tuple[int, int]:
+    """
+    Field count and bytes of a request head as :mod:`edge.http.http1` counts
+    them, so that both framings refuse the same request with 431: regular
+    fields, ``:authority`` as the Host field (without a ``host`` field), the
+    cookie crumbs as the one field they are joined into (RFC 9113 8.2.3).
+    ``:method``, ``:scheme`` and ``:path`` are the request line, not fields
+    (``:path`` has its own limit, 414).
+    """
+    count = size = 0
+    authority = None
+    host = crumbs = False
+    for name, value in fields:
+        if name[:1] == b":":
+            if name == b":authority":
+                authority = value
+            continue
+        if name == b"cookie":
+            if crumbs:
+                size += len(value) + 2  # "; " and the crumb
+                continue
+            crumbs = True
+        elif name == b"host":
+            host = True
+        count += 1
+        size += len(name) + len(value) + 4
+    if authority is not None and not host:
+        count += 1
+        size += len(authority) + 8
+    return count, size
+
+
 def _config():
     return h2.config.H2Configuration(
         client_side=False,
@@ -721,12 +753,8 @@ class HTTP2Connection:
         method = target = authority = None
         headers = req.headers
         cookies = None
-        count = 0
-        size = 0
         bad = False
         for name, value in event.headers:
-            count += 1
-            size += len(name) + len(value) + 4
             if _BAD_VALUE.search(value) is not None:
                 bad = True
             if name[:1] == b":":
@@ -768,9 +796,10 @@ class HTTP2Connection:
             req.body_done = True
         why = None
         status = 0
+        count, size = _http11_head_size(event.headers)
         if count > limits.max_header_count:
             status, why = 431, "too many header fields"
-        elif size > limits.max_header_bytes + MAX_REQUEST_LINE:
+        elif size > limits.max_header_bytes:
             status, why = 431, "header fields too large"
         elif len(req.target) > MAX_REQUEST_LINE:
             status, why = 414, "request target too long"
