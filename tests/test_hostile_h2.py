@@ -466,6 +466,65 @@ def test_downgrade_smuggling_in_header_fields_never_reaches_the_backend(edge, ba
         assert refused(c, got), got
 
 
+# Malformed requests (RFC 9113 8.2.1-8.3): a connection error, as h2's own inbound
+# validation made them before edge took the check over (these pass on both).
+_AUTH = literal(b":authority", b"web.test")
+_MALFORMED = {
+    "uppercase name": request_block(b"/m", extra=literal(b"X-Upper", b"1")),
+    "empty name": request_block(b"/m", extra=literal(b"", b"1")),
+    "name with a byte over 0x7f": request_block(b"/m", extra=literal(b"x-\xe9", b"1")),
+    "value with a leading space": request_block(b"/m", extra=literal(b"x-a", b" 1")),
+    "value with a trailing tab": request_block(b"/m", extra=literal(b"x-a", b"1\t")),
+    "CR in :path": request_block(b"/m\rx"),
+    "te: gzip": request_block(b"/m", extra=literal(b"te", b"gzip")),
+    "connection": request_block(b"/m", extra=literal(b"connection", b"keep-alive")),
+    "keep-alive": request_block(b"/m", extra=literal(b"keep-alive", b"5")),
+    "proxy-connection": request_block(b"/m", extra=literal(b"proxy-connection", b"close")),
+    "upgrade": request_block(b"/m", extra=literal(b"upgrade", b"h2c")),
+    "pseudo after regular": request_block(b"/m", extra=literal(b"x-a", b"1") + literal(b":scheme", b"https")),
+    "two :path": request_block(b"/m", extra=literal(b":path", b"/n")),
+    ":status in a request": request_block(b"/m", extra=literal(b":status", b"200")),
+    "unknown pseudo": request_block(b"/m", extra=literal(b":x", b"1")),
+    "no :method": literal(b":scheme", b"https") + literal(b":path", b"/m") + _AUTH,
+    "no :path": literal(b":method", b"GET") + literal(b":scheme", b"https") + _AUTH,
+    "no :scheme": literal(b":method", b"GET") + literal(b":path", b"/m") + _AUTH,
+    "empty :path": request_block(b""),
+    "CONNECT with :path": request_block(b"/m", b"CONNECT"),
+    ":protocol without CONNECT": request_block(b"/m", extra=literal(b":protocol", b"websocket")),
+    "no :authority or host": literal(b":method", b"GET") + literal(b":scheme", b"https") + literal(b":path", b"/m"),
+    "host differs from :authority": request_block(b"/m", extra=literal(b"host", b"admin.test")),
+    "two host fields": (literal(b":method", b"GET") + literal(b":scheme", b"https") + literal(b":path", b"/m")
+                        + literal(b"host", b"web.test") + literal(b"host", b"web.test")),
+}
+
+
+@pytest.mark.parametrize("case", list(_MALFORMED))
+def test_a_malformed_request_is_a_connection_error_and_never_reaches_the_backend(edge, backend, case):
+    with attack(edge, backend, f"malformed {case}") as rig:
+        c = Client(edge)
+        c.send(frame(HEADERS, END_STREAM | END_HEADERS, 1, _MALFORMED[case]))
+        got = c.frames(until=lambda f: f[0] == GOAWAY)
+        c.close()
+        rig.note = "1 request"
+        assert goaway_code(got) == PROTOCOL_ERROR, got
+        assert rig.attack_requests() == []
+
+
+@pytest.mark.parametrize("trailer", [literal(b":path", b"/x"), literal(b"X-Upper", b"1"),
+                                     literal(b"x-a", b"1\r\nx-injected: 1"), literal(b"transfer-encoding", b"chunked")],
+                         ids=["pseudo", "uppercase", "CR/LF", "connection-specific"])
+def test_malformed_trailers_are_a_connection_error(edge, backend, trailer):
+    with attack(edge, backend, "malformed trailers") as rig:
+        c = Client(edge)
+        c.send(frame(HEADERS, END_HEADERS, 1, request_block(b"/trailers", b"POST"))
+               + frame(DATA, 0, 1, b"body") + frame(HEADERS, END_STREAM | END_HEADERS, 1, trailer))
+        got = c.frames(until=lambda f: f[0] == GOAWAY)
+        c.close()
+        rig.note = "1 request with trailers"
+        assert goaway_code(got) == PROTOCOL_ERROR, got
+        _no_injection(rig.attack_requests())
+
+
 _REQUEST_LINE = {
     "path CR/LF": (b"GET", b"/x HTTP/1.1\r\nx-injected: 1"),
     "path CR/LF request": (b"GET", b"/x\r\n\r\nGET /admin HTTP/1.1"),

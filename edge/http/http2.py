@@ -90,11 +90,33 @@ _PREFACE_LENGTH = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": skipped by the fram
 _CONTROL_NAMES = ("DATA", "", "PRIORITY", "RST_STREAM", "SETTINGS", "", "PING", "", "WINDOW_UPDATE",
                   "", "unknown")
 
-# h2 refuses CR, LF and NUL in fields; the rest of what could split or bend the
-# HTTP/1.1 head built from them (RFC 9113 8.2.1, RFC 9110 5.5, 9.1) is refused here.
+# What could split or bend the HTTP/1.1 head built from the fields (RFC 9113 8.2.1,
+# RFC 9110 5.5, 9.1) is a 400 on the stream.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+# A malformed request (RFC 9113 8.2.1-8.3) is a connection error (GOAWAY
+# PROTOCOL_ERROR), as h2's own inbound validation made it; edge checks it here in
+# the one pass over the fields instead (h2's is a chain of seven generators).
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")  # a token, lower case
+_MALFORMED_NAME = re.compile(rb"[\x00-\x20A-Z:\x7f-\xff]")  # then malformed, not just a non-token
+_SUSPECT_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]|\A[ \t]|[ \t]\Z")
+_MALFORMED_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+_CONNECTION_SPECIFIC = frozenset({b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding",
+                                  b"upgrade"})
+
+
+def _malformed_field(name: bytes, value: bytes) -> str | None:
+    """Why a regular field (or trailer) makes its message malformed, or None."""
+    if _FIELD_NAME.match(name) is None and (not name or _MALFORMED_NAME.search(name) is not None):
+        return "invalid field name %r" % name[:64]
+    if value and _MALFORMED_VALUE.search(value) is not None:
+        return "invalid value in field %r" % name[:64]
+    if name in _CONNECTION_SPECIFIC:
+        return "connection-specific field %r" % name
+    if name == b"te" and value.lower() != b"trailers":
+        return "te other than trailers"
+    return None
 
 _NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 _CANCEL = h2.errors.ErrorCodes.CANCEL
@@ -147,8 +169,10 @@ def _config():
     return h2.config.H2Configuration(
         client_side=False,
         header_encoding=None,
-        validate_inbound_headers=True,
-        normalize_inbound_headers=True,
+        # Checked by edge in its pass over the fields (HTTP2Connection._request,
+        # _malformed_field), cookies joined there too.
+        validate_inbound_headers=False,
+        normalize_inbound_headers=False,
         # edge builds response headers itself from a parsed HTTP/1.1 head
         # (no CR/LF/NUL possible, hop-by-hop dropped, names lower-cased).
         validate_outbound_headers=False,
@@ -636,6 +660,8 @@ class HTTP2Connection:
             cls = event.__class__
             if cls is _RequestReceived:
                 self._request(event)
+                if self._state is CLOSED:
+                    return
             elif cls is _DataReceived:
                 stream = streams.get(event.stream_id)
                 if stream is None:
@@ -665,7 +691,12 @@ class HTTP2Connection:
                         self._calm_down()
                         return
             elif cls is _TrailersReceived:
-                pass  # dropped, as on HTTP/1.1; StreamEnded follows
+                # Dropped, as on HTTP/1.1 (StreamEnded follows), but checked as h2 would.
+                for name, value in event.headers:
+                    why = "pseudo-header field in trailers" if name[:1] == b":" else _malformed_field(name, value)
+                    if why:
+                        self._malformed(why)
+                        return
             elif cls is _ConnectionTerminated:
                 # h2 sends nothing after a GOAWAY (its state machine is closed
                 # both ways), so streams in flight cannot be answered: end them.
@@ -721,6 +752,16 @@ class HTTP2Connection:
         return self._control > (CONTROL_BUDGET + CONTROL_PER_STREAM * self._headers_in
                                 + (self._data_in + self._data_out) // CONTROL_PER_BYTES)
 
+    def _malformed(self, why: str) -> None:
+        """A malformed request or trailer block (RFC 9113 8.1.1): GOAWAY PROTOCOL_ERROR and close."""
+        self._log.info("Client {client}: HTTP/2 protocol error: malformed header block: {why}",
+                       client=self.peer.client_ip, why=why)
+        try:
+            self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        except h2.exceptions.ProtocolError:
+            pass
+        self._close()
+
     def _flood(self) -> None:
         """Past the control-frame budget: GOAWAY ENHANCE_YOUR_CALM, log and close."""
         kinds = ", ".join(f"{count} {_CONTROL_NAMES[kind]}" for kind, count in enumerate(self._control_kinds)
@@ -747,33 +788,58 @@ class HTTP2Connection:
         req = Request(self.peer.scheme, self.peer.client_ip)
         req.version = "2.0"
         req.started = self.reactor.seconds()
-        stream = _Stream(self, sid, req)
-        self._streams[sid] = stream
         limits = self.limits
-        method = target = authority = None
+        method = target = authority = scheme = protocol = host = None
         headers = req.headers
         cookies = None
         bad = False
+        malformed = None
+        regular = False
         for name, value in event.headers:
-            if _BAD_VALUE.search(value) is not None:
+            if value and _SUSPECT_VALUE.search(value) is not None:
+                if _MALFORMED_VALUE.search(value) is not None:
+                    malformed = "invalid value in field %r" % name[:64]
+                    break
                 bad = True
             if name[:1] == b":":
-                if name == b":method":
+                if regular:
+                    malformed = "pseudo-header field after a regular one"
+                elif name == b":method":
+                    malformed = method is not None and "two :method"
                     method = value
                 elif name == b":path":
+                    malformed = target is not None and "two :path"
                     target = value
                 elif name == b":authority":
+                    malformed = authority is not None and "two :authority"
                     authority = value
+                elif name == b":scheme":
+                    malformed = scheme is not None and "two :scheme"
+                    scheme = value
+                elif name == b":protocol":
+                    malformed = protocol is not None and "two :protocol"
+                    protocol = value
+                else:
+                    malformed = "pseudo-header field %r in a request" % name[:64]
+                if malformed:
+                    break
                 continue
-            if _TOKEN.match(name) is None:
-                bad = True
+            regular = True
+            if _FIELD_NAME.match(name) is None or name in _CONNECTION_SPECIFIC or name == b"te":
+                malformed = _malformed_field(name, value)
+                if malformed:
+                    break
+                if name != b"te":
+                    bad = True  # not a token (RFC 9110 5.1): 400
             if name == b"cookie":
                 # Split across fields in HTTP/2; one field for HTTP/1.1 (RFC 9113 8.2.3).
                 cookies = value if cookies is None else cookies + b"; " + value
                 continue
             if name == b"host":
-                if authority is None:
-                    authority = value
+                if host is not None:
+                    malformed = "two host fields"
+                    break
+                host = value
                 continue
             if name == b"content-length":
                 try:
@@ -781,6 +847,31 @@ class HTTP2Connection:
                 except ValueError:
                     req.content_length = -1
             headers.append((name, value))
+        if not malformed:
+            if method is None:
+                malformed = "no :method"
+            elif method == b"CONNECT" and protocol is None:
+                if scheme is not None or target is not None:
+                    malformed = "CONNECT with :scheme or :path"
+            elif scheme is None or target is None:
+                malformed = "no :scheme or :path"
+            elif protocol is not None and method != b"CONNECT":
+                malformed = ":protocol without CONNECT"
+            if malformed:
+                pass
+            elif target is not None and not target:
+                malformed = "empty :path"
+            elif authority is None:
+                if host is None:
+                    malformed = "no :authority or host"
+                authority = host
+            elif host is not None and host != authority:
+                malformed = "host differs from :authority"
+        if malformed:
+            self._malformed(malformed)
+            return
+        stream = _Stream(self, sid, req)
+        self._streams[sid] = stream
         if cookies is not None:
             headers.append((b"cookie", cookies))
         req.method = method or b""
