@@ -41,7 +41,10 @@ def docker_snapshot(config: _config.Config) -> tuple[Snapshot | None, str]:
                 close()
     except Exception as e:  # the Docker SDK raises many kinds; all mean "not readable"
         return None, str(e) or type(e).__name__
-    return build_snapshot(state, config.docker, me), ""
+    from edge.discovery.references import file_middlewares
+
+    # Labels' name@file references resolve against the file being checked.
+    return build_snapshot(state, config.docker, me, file_middlewares=file_middlewares(config)[0]), ""
 
 
 def _dns_rows(snapshot: Snapshot, config: _config.Config):

@@ -244,6 +244,8 @@ class StaticMiddleware:
     name: str
     # (kind, option as written with dots, value in label form); see edge.discovery.references.
     options: tuple[tuple[str, str, str], ...] = ()
+    # The files its options name (edge.discovery.labels.LabelFiles), read with this file.
+    files: Any = field(default=None, repr=False)
 
 
 # Named ACME directories for [acme.<name>] ca.
@@ -526,12 +528,13 @@ def parse(document: dict, source: str = "") -> Config:
     if middlewares is not None:
         if not isinstance(middlewares, dict):
             reader.fail("middlewares", "expected a table of named middlewares, e.g. [middlewares.auth.basicAuth]")
-        from edge.discovery.references import label_options
+        from edge.discovery.references import label_options, read_files
 
         found = []
         for name, table in middlewares.items():
             try:
-                found.append(StaticMiddleware(name, label_options(name, table)))
+                options = label_options(name, table)
+                found.append(StaticMiddleware(name, options, read_files(name, options)))
             except ValueError as e:
                 key, _, message = str(e).partition(": ")
                 reader.fail(key, message)

@@ -2,7 +2,8 @@
 The config file's ``[middlewares]`` and references across providers
 (``name@file``, ``name@docker``, a plain name): built by the labels' own code,
 resolved as Traefik does, refused clearly when they cannot be, and followed on
-reload.  The real-process test on the swarm is in tests/test_middleware_refs_swarm.py.
+reload; and the same through a real ``twistd edge`` on the real test swarm
+(the last test).
 """
 
 from __future__ import annotations
@@ -298,3 +299,138 @@ def test_file_middlewares_call_their_listeners_only_on_a_change():
     assert calls == []
     held.replace({})
     assert calls == [1] and held.current == {}
+
+
+# -- end to end: a labelled service on the real test swarm, a real edge ----------------------
+
+
+@pytest.mark.swarm
+def test_labels_use_the_config_files_middlewares_through_a_real_edge(swarm, tmp_path, unique):
+    import base64
+    import signal
+
+    import requests
+
+    from tests.ports import free_port
+    from tests.swarmkit import twistd_edge, wait_for
+
+    port, admin = free_port(), free_port()
+    head = (
+        f'[entrypoints.http]\naddress = "tcp:{port}:interface=127.0.0.1"\n'
+        f'[dns]\nenabled = false\n[admin]\naddress = "tcp:{admin}:interface=127.0.0.1"\n'
+        f'[docker]\nurl = "{swarm.url}"\nbackend_addressing = "published"\ndebounce = 0.05\n'
+        'resync_interval = 30.0\n'
+    )
+    tag = '[middlewares.tag.headers.customResponseHeaders]\nX-From-File = "yes"\n'
+
+    def auth(user):
+        return f'[middlewares.auth.basicAuth]\nusers = ["{user}"]\n'
+
+    name = f"mwref-{unique}"
+    host = f"{name}.swarm.test"
+    good = {"Authorization": "Basic " + base64.b64encode(b"test:test").decode()}
+    other = {"Authorization": "Basic " + base64.b64encode(b"other:test").decode()}
+
+    def get(**headers):
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/", headers={"Host": host, **headers}, timeout=5)
+        except requests.RequestException:
+            return None
+
+    def status(**headers):
+        r = get(**headers)
+        return r.status_code if r is not None else None
+
+    def problems():
+        return requests.get(f"http://127.0.0.1:{admin}/api/problems", timeout=5).text
+
+    with twistd_edge(head + auth(USER) + tag, tmp_path) as process:
+        config_path = tmp_path / "edge.toml"
+        log = tmp_path / "edge.log"
+
+        def reload(text):
+            config_path.write_text(text)
+            before = log.read_text().count("Configuration reload")
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: log.read_text().count("Configuration reload") > before, 30, "the reload logged")
+
+        created = swarm.create_web_service(name, replicas=1, labels={
+            "traefik.enable": "true",
+            f"traefik.http.routers.{name}.rule": f"Host(`{host}`)",
+            f"traefik.http.routers.{name}.middlewares": "auth@file,tag@file",
+            f"traefik.http.routers.{name}-x.rule": f"Host(`x-{host}`)",
+            f"traefik.http.routers.{name}-x.middlewares": "auth@internal",
+            f"traefik.http.routers.{name}-x.service": name,
+            f"traefik.http.services.{name}.loadbalancer.server.port": "80",
+        })
+        try:
+            swarm.wait_running(name, 1, 90)
+            # Bounded waits for discovery and the task; what is asserted is the answer.
+            wait_for(lambda: status() == 401, 90, f"{host} asks for credentials (basicAuth from the file)")
+            served = wait_for(lambda: (r := get(**good)) is not None and r.status_code == 200 and (r,), 90,
+                              f"{host} served with the file's credentials")[0]
+            assert served.headers.get("X-From-File") == "yes"
+            # A provider edge does not have: that router is dropped, and says why.
+            assert requests.get(f"http://127.0.0.1:{port}/", headers={"Host": f"x-{host}", **good},
+                                timeout=5).status_code == 404
+            assert "names provider 'internal', which edge does not have" in problems()
+
+            # A reload whose middleware does not build is rejected whole: the routes stay as they were.
+            reload(head + auth("justaname") + tag)
+            assert "Configuration reload rejected" in log.read_text()
+            assert "middlewares.auth.basicAuth.users: expected user:hash entries" in log.read_text()
+            assert status() == 401 and status(**good) == 200
+
+            # A reload with another user: the Docker router follows at once (no Docker event needed).
+            reload(head + auth(OTHER) + tag)
+            wait_for(lambda: status(**good) == 401, 10, "the old user refused after the reload")
+            assert status(**other) == 200
+
+            # auth gone from the file: the router that names it is dropped (404), never served without it.
+            reload(head + tag)
+            wait_for(lambda: status(**other) == 404, 10, "the router dropped once auth@file is gone")
+            assert "'auth@file' is not defined in the config file's [middlewares]" in problems()
+        finally:  # other tests watch the same swarm: leave nothing behind
+            swarm.remove_service(created.id)
+
+
+@pytest.mark.swarm
+def test_edge_check_resolves_labels_against_the_checked_files_middlewares(swarm, tmp_path, unique):
+    import subprocess
+    import sys
+
+    from tests.edge_process import ROOT
+
+    name = f"mwchk-{unique}"
+    created = swarm.create_web_service(name, labels={
+        f"traefik.http.routers.{name}.rule": f"Host(`{name}.test`)",
+        f"traefik.http.routers.{name}.middlewares": "auth@file",
+        f"traefik.http.services.{name}.loadbalancer.server.port": "80",
+    })
+    path = tmp_path / "edge.toml"
+
+    def check(extra: str) -> str:
+        path.write_text(f'[docker]\nurl = "{swarm.url}"\n[dns]\nenabled = false\n' + extra)
+        done = subprocess.run([sys.executable, "-m", "edge", "check", str(path)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode in (0, 3), done.stdout + done.stderr  # 3: other tests' services may not serve
+        return done.stdout
+
+    try:
+        out = check(f'[middlewares.auth.basicAuth]\nusers = ["{USER}"]\n')
+        assert f"ok     {name}@docker  Host(`{name}.test`)" in out, out
+        out = check("")
+        assert f"{name}@docker  Host" not in out
+        assert f"error: {name}: router {name}: middleware 'auth@file' is not defined in the config file's" in out, out
+    finally:
+        swarm.remove_service(created.id)
+
+
+def test_a_users_file_is_read_with_the_config_file(tmp_path):
+    users = tmp_path / "users"
+    users.write_text(f"# the lab's users\n{USER}\n")
+    built = file_middlewares(config(f'[middlewares.a.basicAuth]\nusersFile = "{users}"'))[0]
+    assert built == {"a@file": BasicAuth(users=(USER,))}
+    with pytest.raises(ConfigError) as caught:
+        config(f'[middlewares.a.basicAuth]\nusersFile = "{tmp_path / "missing"}"')
+    assert "middlewares.a.basicAuth.usersFile: cannot read" in str(caught.value)

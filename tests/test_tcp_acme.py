@@ -132,22 +132,23 @@ def test_tcp_router_serves_a_pebble_certificate(swarm, tmp_path, unique, challen
         f'[[dns.records]]\nname = "{host}"\ntype = "A"\nvalue = "127.0.0.1"\n',
         docker=f'url = "{swarm.url}"\nbackend_addressing = "published"\ndebounce = 0.05',
     )
+    created = None
     try:
         trust = pebble.trust_file()
-        swarm.create_web_service(name, labels={
+        created = swarm.create_web_service(name, labels={
             f"traefik.tcp.routers.{name}.rule": f"HostSNI(`{host}`)",
             f"traefik.tcp.routers.{name}.tls.certresolver": "pebble",
             f"traefik.tcp.services.{name}.loadbalancer.server.port": "80",
         })
         request = f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
-        created = time.monotonic()
+        started = time.monotonic()
         # Bounded polling until the certificate is issued and the task answers; not a speed assertion.
         result = wait_until(
             lambda: (r := _served(ports.https, host, trust, request)) is not None and r[1].startswith(b"HTTP/") and r,
             150,
         )
         assert result, f"never served a pebble certificate for {host}:\n{edge.log()[-3000:]}\n{pebble.log()[-2000:]}"
-        print(f"TCP router ({challenge}): served with a pebble certificate {time.monotonic() - created:.1f} s after"
+        print(f"TCP router ({challenge}): served with a pebble certificate {time.monotonic() - started:.1f} s after"
               " `docker service create` (task start included)")
         cert, answer = result
         from cryptography import x509
@@ -164,5 +165,7 @@ def test_tcp_router_serves_a_pebble_certificate(swarm, tmp_path, unique, challen
         rows = [r for r in edge.api("/api/certificates")["certificates"] if r["names"] == [host]]
         assert len(rows) == 1 and "Pebble Intermediate CA" in rows[0]["issuer"]
     finally:
+        if created is not None:  # other tests watch the same swarm: leave nothing behind
+            swarm.remove_service(created.id)
         edge.stop()
         pebble.stop()

@@ -1946,15 +1946,16 @@ def read_middlewares(
 
 
 def build_file_middleware(
-    source: str, name: str, kinds: dict[str, dict[str, tuple[str, str, str]]]
+    source: str, name: str, kinds: dict[str, dict[str, tuple[str, str, str]]], files: "LabelFiles | None" = None
 ) -> tuple[object | None, tuple[Problem, ...]]:
     """
     One middleware of the config file from its options in label form
     (``kind -> option -> (key, option as written, value)``), built by the
     labels' own builder so every kind works from the file.  None when it
     cannot be used; a chain's members become ``name@file`` references.
+    ``files`` holds the files its options name, read with the config file.
     """
-    reader = _Reader(source, "file")
+    reader = _Reader(source, "file", files)
     built = _build_middleware(reader, name, kinds)
     if isinstance(built, _Broken) or built is _SKIP:
         if not any(p.level == "error" for p in reader.problems):

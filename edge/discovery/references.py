@@ -23,7 +23,9 @@ from typing import Any, Callable, Mapping
 
 from edge.snapshot import Problem
 
-__all__ = ["FileMiddlewares", "label_options", "file_middlewares", "route_middlewares", "first_error"]
+__all__ = [
+    "FileMiddlewares", "label_options", "read_files", "file_middlewares", "route_middlewares", "first_error",
+]
 
 PROVIDER = "file"
 
@@ -76,6 +78,17 @@ def label_options(name: str, table: Any) -> tuple[tuple[str, str, str], ...]:
     return tuple(out)
 
 
+def read_files(name: str, options: tuple[tuple[str, str, str], ...]):
+    """
+    The files the options name (``usersFile``, forwardAuth's ``tls.ca``...),
+    read with the config file itself so that building stays pure.
+    """
+    from edge.discovery.labels import read_label_files
+
+    labels = {f"traefik.http.middlewares.{name}.{kind}.{written}": value for kind, written, value in options if written}
+    return read_label_files([labels])
+
+
 def _kinds(name: str, options: tuple[tuple[str, str, str], ...]) -> dict:
     """Options as the labels' builder takes them: kind -> option -> (key, written, value)."""
     kinds: dict[str, dict[str, tuple[str, str, str]]] = {}
@@ -97,7 +110,9 @@ def file_middlewares(config) -> tuple[dict[str, object], tuple[Problem, ...]]:
     built: dict[str, object] = {}
     problems: list[Problem] = []
     for middleware in config.middlewares:
-        value, found = build_file_middleware(source, middleware.name, _kinds(middleware.name, middleware.options))
+        value, found = build_file_middleware(
+            source, middleware.name, _kinds(middleware.name, middleware.options), middleware.files
+        )
         problems.extend(found)
         if value is not None:
             built[f"{middleware.name}@{PROVIDER}"] = value
