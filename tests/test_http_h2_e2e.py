@@ -30,15 +30,18 @@ def origin():
     o.stop()
 
 
-def tls_edge(tmp_path, targets, extra: str = "") -> Edge:
-    """A real edge serving web.test over TLS with ALPN h2 to ``targets`` (also used by test_hostile_h2)."""
+def tls_edge(tmp_path, targets, extra: str = "", entrypoint: str = "") -> Edge:
+    """
+    A real edge serving web.test over TLS with ALPN h2 to ``targets`` (also used by
+    test_hostile_h2); ``entrypoint``: more keys of its entry point (``proxy_protocol = [...]``).
+    """
     from tests.test_tls_store import TestCA, write
 
     ca = TestCA()
     pem = write(str(tmp_path / "web.pem"), ca.bundle("web.test"))
     root = write(str(tmp_path / "root.pem"), ca.pem())
     port = free_port()
-    eps = f'[entrypoints.https]\naddress = "tcp:{port}:interface=127.0.0.1"\ntls = true\n'
+    eps = f'[entrypoints.https]\naddress = "tcp:{port}:interface=127.0.0.1"\ntls = true\n' + entrypoint
     env = {**os.environ, "EDGE_TEST_CERT": pem, "EDGE_TEST_ALPN": "h2,http/1.1"}
     e = Edge(tmp_path, snapshot(web(targets)), extra=extra, entrypoints=eps, env=env)
     e.https_port = port

@@ -219,3 +219,89 @@ def test_both_framings_log_the_same_line_but_the_protocol(edge):
     assert h2 == h1
     assert [(line["router"], line["status"]) for line in h2] == [
         ("strip", 200), ("auth", 401), ("deny", 403), ("redir", 302), ("-", 404)]
+
+
+# -- the PROXY protocol in front of TLS, both framings ------------------------------------
+
+PROXY_V1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 55555 443\r\n"
+
+
+@pytest.fixture(scope="module")
+def proxied(origin, tmp_path_factory):
+    """An edge whose TLS entry point reads a PROXY header from 127.0.0.1 (the test's load balancer)."""
+    e = tls_edge(tmp_path_factory.mktemp("proxied"), [origin.target()],
+                 entrypoint='proxy_protocol = ["127.0.0.1/32"]\n')
+    try:
+        wait_for(lambda: _proxied_get(e, "http/1.1", b"/echo")[0] == 200, 10, "edge behind PROXY")
+        yield e
+    finally:
+        e.stop()
+
+
+def _proxied_get(edge, alpn: str, path: bytes, header: bytes = PROXY_V1, source: str = "127.0.0.1"):
+    """(status, body) of a GET from ``source`` sent after ``header``, then TLS with ``alpn``."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    ctx = ssl.create_default_context(cafile=edge.root)
+    ctx.set_alpn_protocols([alpn])
+    with socket.create_connection(("127.0.0.1", edge.https_port), timeout=10, source_address=(source, 0)) as raw:
+        raw.sendall(header)
+        with ctx.wrap_socket(raw, server_hostname="web.test") as tls:
+            assert tls.selected_alpn_protocol() == alpn
+            if alpn == "http/1.1":
+                tls.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := tls.recv(65536):
+                    answer += chunk
+                head, _, body = answer.partition(b"\r\n\r\n")
+                return int(head.split(b" ", 2)[1]), body
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+            conn.initiate_connection()
+            conn.send_headers(1, [(b":method", b"GET"), (b":path", path), (b":scheme", b"https"),
+                                  (b":authority", b"web.test")], end_stream=True)
+            tls.sendall(conn.data_to_send())
+            status, body = None, b""
+            for _ in range(100):  # bounded: a few reads answer one small request
+                data = tls.recv(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = int(dict(event.headers)[b":status"])
+                    elif isinstance(event, h2.events.DataReceived):
+                        body += event.data
+                        conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        return status, body
+                tls.sendall(conn.data_to_send())
+            raise AssertionError(f"no complete answer: {status} {body!r}")
+
+
+@pytest.mark.parametrize("alpn", ["h2", "http/1.1"])
+def test_behind_the_proxy_protocol_the_named_client_is_the_client(proxied, alpn):
+    status, body = _proxied_get(proxied, alpn, b"/echo")
+    assert status == 200
+    headers = {k.lower(): v for k, v in json.loads(body)["headers"]}
+    assert headers["x-forwarded-for"] == "203.0.113.7" and headers["x-real-ip"] == "203.0.113.7"
+    assert headers["x-forwarded-proto"] == "https"
+    protocol = "HTTP/2.0" if alpn == "h2" else "HTTP/1.1"
+    wait_for(lambda: [x for x in _log(proxied) if x["protocol"] == protocol and x["path"] == "/echo"
+                      and x["client"] == "203.0.113.7"], 10, "its access log line")
+
+
+def test_the_proxy_header_is_required_from_a_trusted_source(proxied):
+    """A TLS ClientHello where the PROXY header should be: the connection is closed."""
+    with pytest.raises((ssl.SSLError, OSError)):
+        _proxied_get(proxied, "h2", b"/echo", header=b"")
+
+
+@pytest.mark.parametrize("alpn", ["h2", "http/1.1"])
+def test_an_untrusted_source_is_served_as_itself_and_cannot_send_a_proxy_header(proxied, alpn):
+    status, body = _proxied_get(proxied, alpn, b"/echo", header=b"", source="127.0.0.3")
+    assert status == 200
+    headers = {k.lower(): v for k, v in json.loads(body)["headers"]}
+    assert headers["x-forwarded-for"] == "127.0.0.3"
+    with pytest.raises((ssl.SSLError, OSError)):  # its PROXY line is no TLS handshake
+        _proxied_get(proxied, alpn, b"/echo", source="127.0.0.3")
