@@ -18,6 +18,7 @@ from edge.http.errorpages import PAGE_LIMIT
 from edge.rules import Host
 from edge.snapshot import BackendService, Compress, Errors, Router, Snapshot, Target
 from tests.test_http_pipeline import DEAD, H1Client, H2Client, World
+from tests.test_http_swarm import edge  # noqa: F401 -- the swarm test's fixture: a real twistd edge
 
 FRAMINGS = pytest.mark.parametrize("framing", [H1Client, H2Client], ids=["http1", "h2"])
 PAGE = b"<h1>sorry</h1>"
@@ -241,3 +242,57 @@ def test_labels_errors_refused(extra, why):
     config = read_labels("web", labels)
     assert config.routers and config.routers[0].middlewares == ()  # left out: it protects nothing
     assert any(why in p.message for p in config.problems), config.problems
+
+
+# -- on the real test swarm (marker swarm; `make test` runs it in the test namespace) --------
+
+
+@pytest.mark.swarm
+def test_compress_and_errors_labels_on_the_swarm(swarm, edge, unique):
+    """A labelled service compresses its big page and gets another service's page for its 404s."""
+    import requests
+
+    from tests.swarmkit import wait_for
+
+    name, pages = f"ce-{unique}", f"ce-pages-{unique}"
+    host = f"{name}.swarm.test"
+    swarm.create_web_service(pages, labels={
+        "traefik.enable": "true", f"traefik.http.services.{pages}.loadbalancer.server.port": "80"})
+    swarm.create_web_service(name, labels={
+        "traefik.enable": "true",
+        f"traefik.http.routers.{name}.rule": f"Host(`{host}`)",
+        f"traefik.http.routers.{name}.middlewares": f"{name}-gz, {name}-oops",
+        f"traefik.http.middlewares.{name}-gz.compress": "true",
+        f"traefik.http.middlewares.{name}-oops.errors.status": "404",
+        f"traefik.http.middlewares.{name}-oops.errors.service": pages,
+        f"traefik.http.middlewares.{name}-oops.errors.query": "/",
+        f"traefik.http.services.{name}.loadbalancer.server.port": "80",
+    }, command=["/bin/sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && "
+                "for i in $(seq 400); do echo \"<p>line $i of a page edge compresses</p>\"; done"
+                " > /tmp/www/big.html && exec /bin/httpd -f -p 80 -h /tmp/www"])
+    page = swarm.wait_running(pages, 1, 90.0)[0]["Status"]["ContainerStatus"]["ContainerID"][:12]
+    swarm.wait_running(name, 1, 90.0)
+
+    def get(path, **headers):
+        try:
+            return requests.get(edge + path, headers={"Host": host, **headers}, timeout=5, stream=True)
+        except requests.RequestException:
+            return None
+
+    def served():
+        r = get("/big.html", **{"Accept-Encoding": "gzip"})
+        return (r,) if r is not None and r.status_code == 200 else None
+
+    (big,) = wait_for(served, 90.0, f"{host} served")
+    assert big.headers["Content-Encoding"] == "gzip" and "Content-Length" not in big.headers
+    raw = big.raw.read(decode_content=False)
+    text = zlib.decompress(raw, 31)
+    assert text.startswith(b"<p>line 1 of a page edge compresses</p>\n") and text.count(b"\n") == 400
+    assert len(raw) < len(text) / 4
+
+    def page_served():
+        r = get("/missing.html")
+        return (r,) if r is not None and r.status_code == 404 and r.text.strip() == page else None
+
+    (missing,) = wait_for(page_served, 90.0, f"{host}'s 404 answered with the page of {pages}")
+    assert missing.status_code == 404
