@@ -180,14 +180,7 @@ def test_an_unknown_name_or_provider_drops_the_router_with_the_reason(refs, why)
 
 
 def test_in_the_docker_snapshot_a_missing_file_middleware_is_a_problem_and_no_router():
-    container = {
-        "Id": "c1", "Names": ["/app"], "State": "running", "Status": "Up 5 minutes",
-        "HostConfig": {"NetworkMode": "default"}, "Ports": [{"PrivatePort": 80, "Type": "tcp"}],
-        "NetworkSettings": {"Networks": {"bridge": {"NetworkID": "n1", "IPAddress": "10.0.0.7"}}},
-        "Labels": {"traefik.http.routers.app.rule": "Host(`app.test`)",
-                   "traefik.http.routers.app.middlewares": "auth@file"},
-    }
-    state = DockerState(containers_read=True, containers=[container])
+    state = _container_state()
     docker = DockerConfig(url="unix:///x.sock")
     with_file = build_snapshot(state, docker, file_middlewares=AVAILABLE)
     (router,) = with_file.routers
