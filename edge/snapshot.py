@@ -284,11 +284,12 @@ class CircuitBreaker:
 
 @dataclass(frozen=True)
 class Buffering:
-    """Traefik ``buffering``: the request body read whole before a backend is contacted."""
+    """Traefik ``buffering``: the request body read whole before a backend is contacted (and the answer)."""
 
     max_request_body_bytes: int = 0
     mem_request_body_bytes: int = 1048576
     retry_expression: str = ""
+    max_response_body_bytes: int = 0  # > 0: the answer is held whole too, 500 past it
 
 
 Middleware = Union[RedirectScheme, StripPrefix, BasicAuth, Headers, IPAllowList, ForwardAuth,

@@ -860,6 +860,8 @@ def _value_for(label: str) -> str:
         "responsecode": "503",
         "maxrequestbodybytes": "1000",
         "memrequestbodybytes": "1000",
+        "maxresponsebodybytes": "1000",
+        "memresponsebodybytes": "1000",
         "retryexpression": "IsNetworkError() && Attempts() <= 2",
     }
     return values.get(last, "true")

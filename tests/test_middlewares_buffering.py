@@ -195,11 +195,11 @@ def test_labels_buffering_v2_and_v1():
         "traefik.http.middlewares.b.buffering.memRequestBodyBytes": "100",
         "traefik.http.middlewares.b.buffering.retryExpression": "IsNetworkError() && Attempts() < 2",
         "traefik.http.middlewares.b.buffering.maxResponseBodyBytes": "10",
+        "traefik.http.middlewares.b.buffering.memResponseBodyBytes": "10",
     })
     assert [r.middlewares for r in config.routers] == [
-        (Buffering(2000000, 100, "IsNetworkError() && Attempts() < 2"),)]
-    assert [p.label for p in config.problems] == ["traefik.http.middlewares.b.buffering.maxResponseBodyBytes"]
-    assert "not supported" in config.problems[0].message
+        (Buffering(2000000, 100, "IsNetworkError() && Attempts() < 2", max_response_body_bytes=10),)]
+    assert config.problems == ()
     config = read_labels("web", {
         "traefik.frontend.rule": "Host:a.test", "traefik.port": "80",
         "traefik.backend.buffering.maxRequestBodyBytes": "10",
@@ -211,3 +211,98 @@ def test_labels_buffering_v2_and_v1():
         "traefik.backend.buffering.retryExpression": "Attempts() < 2 &&",
     })
     assert list(config.routers) == [] and any(p.level == "error" for p in config.problems)
+
+
+RESPONSE_CLIENTS = pytest.mark.parametrize("client_cls", CLIENTS, ids=lambda c: c.name)
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-App: 1\r\n\r\n"
+
+
+@RESPONSE_CLIENTS
+def test_an_answer_is_held_whole_and_sent_with_its_length(client_cls):
+    world = RetryWorld([Buffering(max_response_body_bytes=100)])
+    client = client_cls(world)
+    client.send(b"GET", b"/x", b"r.test")
+    world.answer(CHUNKED + b"5\r\nhello\r\n")
+    assert client.answer().status is None  # nothing reaches the client while it is held
+    world.answer(b"6\r\n world\r\n0\r\n\r\n")
+    answer = client.answer()
+    assert answer.status == 200 and answer.body == b"hello world"
+    assert answer.header(b"content-length") == b"11" and answer.header(b"x-app") == b"1"
+    assert answer.header(b"transfer-encoding") is None
+
+
+@RESPONSE_CLIENTS
+def test_an_answer_announcing_too_much_is_a_500(client_cls):
+    world = RetryWorld([Buffering(max_response_body_bytes=10)])
+    client = client_cls(world)
+    client.send(b"GET", b"/x", b"r.test")
+    world.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello")
+    answer = client.answer()
+    assert answer.status == 500 and b"hello" not in answer.body
+    assert world.backends[0][1].disconnecting  # that backend connection is not reused
+
+
+@RESPONSE_CLIENTS
+def test_an_answer_growing_past_the_limit_is_a_500(client_cls):
+    world = RetryWorld([Buffering(max_response_body_bytes=10)])
+    client = client_cls(world)
+    before = buffering.BUDGET.used
+    client.send(b"GET", b"/x", b"r.test")
+    world.answer(CHUNKED + b"8\r\n12345678\r\n")
+    assert buffering.BUDGET.used == before + 8
+    world.answer(b"8\r\n12345678\r\n")
+    answer = client.answer()
+    assert answer.status == 500 and b"1234" not in answer.body
+    assert buffering.BUDGET.used == before
+
+
+@RESPONSE_CLIENTS
+def test_a_held_answer_that_breaks_off_is_a_502_not_a_cut(client_cls):
+    from twisted.internet import error
+    from twisted.python import failure
+
+    world = RetryWorld([Buffering(max_response_body_bytes=100)])
+    client = client_cls(world)
+    client.send(b"GET", b"/x", b"r.test")
+    world.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nhalf")
+    world.backends[0][0].connectionLost(failure.Failure(error.ConnectionLost("reset")))
+    answer = client.answer()
+    assert answer.status == 502 and not answer.reset
+
+
+@RESPONSE_CLIENTS
+def test_retry_expression_replays_a_get_on_the_backends_status(client_cls):
+    world = RetryWorld([Buffering(retry_expression="ResponseCode() == 503 && Attempts() < 3")])
+    client = client_cls(world)
+    client.send(b"GET", b"/x", b"r.test")
+    for _ in range(2):
+        world.answer(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy")
+        world.clock.advance(0)
+    assert len(world.backends) == 3
+    world.answer(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy")  # Attempts() is 3 now
+    answer = client.answer()
+    assert answer.status == 503 and answer.body == b"busy"
+    assert len(world.backends) == 3
+
+
+@RESPONSE_CLIENTS
+def test_retry_expression_never_replays_a_post(client_cls):
+    world = RetryWorld([Buffering(retry_expression="ResponseCode() == 503")])
+    client = client_cls(world)
+    client.send(b"POST", b"/x", b"r.test", body=b"abc")
+    world.answer(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+    world.clock.advance(0)
+    assert client.answer().status == 503
+    assert len(world.backends) == 1
+
+
+@RESPONSE_CLIENTS
+def test_retry_expression_replays_a_held_put_whole(client_cls):
+    world = RetryWorld([Buffering(retry_expression="ResponseCode() >= 500 && Attempts() < 2")])
+    client = client_cls(world)
+    client.send(b"PUT", b"/x", b"r.test", body=b"12345")
+    world.answer(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+    world.clock.advance(0)
+    assert len(world.backends) == 2 and world.backends[1][1].value().endswith(b"\r\n\r\n12345")
+    world.answer(OK)
+    assert client.answer().status == 200

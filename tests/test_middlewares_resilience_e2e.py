@@ -101,7 +101,7 @@ def edge(backends, tmp_path_factory):
     flaky, origin = backends
     tmp = tmp_path_factory.mktemp("resilience-e2e")
     ca = TestCA()
-    names = ("retry.test", "buf.test", "cb.test")
+    names = ("retry.test", "buf.test", "cb.test", "resp.test")
     pem = write(str(tmp / "web.pem"), ca.bundle(*names))
     root = write(str(tmp / "root.pem"), ca.pem())
     port = free_port()
@@ -115,6 +115,8 @@ def edge(backends, tmp_path_factory):
             Router("cb", Host(("cb.test",)), "Host(`cb.test`)", "app",
                    middlewares=(CircuitBreaker("ResponseCodeRatio(500, 600, 0, 600) > 0.5", check_period=0.05,
                                                fallback_duration=60),)),
+            Router("resp", Host(("resp.test",)), "Host(`resp.test`)", "app",
+                   middlewares=(Buffering(max_response_body_bytes=100_000),)),
         ],
         services=[BackendService("flaky", flaky_target), BackendService("app", (origin.target(),))],
     )
@@ -239,3 +241,24 @@ def test_failing_answers_trip_the_breaker_for_both_framings(edge, backends):
         status, body = _curl(edge, version, "cb.test", "/echo")
         assert status == 503 and b"circuit breaker open" in body
     assert origin.stats()["requests"] == before + 1  # only the /stats call itself
+
+
+@VERSIONS
+@pytest.mark.parametrize("kind", ["big", "chunked"])
+def test_an_answer_within_the_limit_arrives_whole_with_its_length(edge, version, kind):
+    done = subprocess.run(
+        ["curl", "-sS", version, "--max-time", "20", "--cacert", edge.root, "-D", "-", "-o", "-",
+         "--resolve", f"resp.test:{edge.https_port}:127.0.0.1", f"https://resp.test:{edge.https_port}/{kind}/50000"],
+        capture_output=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    head, _, body = done.stdout.partition(b"\r\n\r\n")
+    assert b" 200" in head.split(b"\r\n")[0] and len(body) == 50000
+    assert b"content-length: 50000" in head.lower() and b"transfer-encoding" not in head.lower()
+
+
+@VERSIONS
+@pytest.mark.parametrize("kind", ["big", "chunked"])
+def test_an_answer_over_the_limit_is_a_500(edge, version, kind):
+    status, body = _curl(edge, version, "resp.test", f"/{kind}/200000")
+    assert status == 500 and len(body) < 1000

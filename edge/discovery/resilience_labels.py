@@ -93,7 +93,11 @@ def build(reader, kind: str, opts: dict[str, tuple[str, str]]):
                 return f"its {opt} is not a number of bytes"
             values["max_request_body_bytes" if opt == "maxrequestbodybytes" else "mem_request_body_bytes"] = number
         elif opt in ("maxresponsebodybytes", "memresponsebodybytes"):
-            reader.unsupported(label, "edge streams responses; it does not buffer or limit them")
+            number = reader.integer(label, value, None, 0, _BYTES_MAX)
+            if number is None:
+                return f"its {opt} is not a number of bytes"
+            if opt == "maxresponsebodybytes":
+                values["max_response_body_bytes"] = number
         elif opt == "retryexpression":
             if value.strip():
                 expression = _expression(reader, label, value, RETRY)

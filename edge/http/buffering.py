@@ -36,10 +36,11 @@ from twisted.logger import Logger
 from edge.http.exchange import REASONS, TEXT, add_on_finish
 from edge.expression import RETRY, parse
 from edge.http.middlewares import Reply
+from edge.http.response_filters import Filter, Head
 from edge.http.retry import MAX_ATTEMPTS, RetryPolicy
 from edge.snapshot import Buffering, Retry
 
-__all__ = ["RequestBuffer", "ExpressionRetry", "Budget", "MAX_HELD", "TOTAL_HELD"]
+__all__ = ["RequestBuffer", "ResponseBuffer", "ExpressionRetry", "Budget", "MAX_HELD", "TOTAL_HELD"]
 
 MAX_HELD = 64 * 1024 * 1024  # one request body, at most
 TOTAL_HELD = 256 * 1024 * 1024  # every body held at once, at most
@@ -212,22 +213,163 @@ class _BodySink:
 
 
 class ExpressionRetry:
-    """``retryExpression``: replay a held request when edge would answer 502 and the expression says so."""
+    """``retryExpression``: replay a request when edge would answer 502, or on a backend's answer, if it says so."""
 
     def __init__(self, expression: str, reactor):
         self._condition = parse(expression, RETRY)
         self._policy = RetryPolicy(Retry(attempts=MAX_ATTEMPTS), reactor)
 
-    def again(self, side, req, cause: str, nothing_sent: bool) -> bool:
+    def _holds(self, req, status: int) -> bool:
         attempts = req.attempts
 
         def values(name, _args):
             if name == "Attempts":
                 return attempts
             if name == "ResponseCode":
-                return 502
-            return True  # IsNetworkError()
+                return status
+            return status == 502 or status == 504  # IsNetworkError(), as oxy decides it
 
-        if not self._condition(values):
+        return self._condition(values)
+
+    def again(self, side, req, cause: str, nothing_sent: bool) -> bool:
+        """Asked by exchange.error before edge answers 502."""
+        if not self._holds(req, 502):
             return False
         return self._policy.again(side, req, cause, nothing_sent)
+
+    def on_answer(self, side, req, status: int) -> bool:
+        """A backend answered ``status`` (head only so far): True when that answer is dropped and replayed."""
+        if req.attempts >= self._policy.attempts or not self._holds(req, status):
+            return False
+        if not self._policy.replayable(req, False):
+            return False  # a POST, or a body that went out and is not held
+        self._policy.schedule(side, req, f"{req.target_url} answered {status}")
+        return True
+
+
+class ResponseBuffer:
+    """
+    The response side of one router's ``buffering`` (a maker of
+    :class:`_ResponseFilter`, in ``Chain.response``): with
+    ``maxResponseBodyBytes`` the answer is held whole, in memory (the same
+    per-body cap and shared budget as request bodies), and the client gets
+    it with its ``Content-Length``, or **500** when it is larger (Traefik's
+    answer); with a ``retryExpression`` a backend's answer is replayed when
+    the expression holds for its status.
+    """
+
+    def __init__(self, mw: Buffering, retry: "ExpressionRetry | None", budget: Budget = BUDGET):
+        limit = mw.max_response_body_bytes
+        self.limit = (limit if limit <= MAX_HELD else MAX_HELD) if limit > 0 else 0
+        self.retry = retry
+        self.budget = budget
+
+    def __call__(self, out, req):
+        return _ResponseFilter(out, req, self)
+
+
+class _ResponseFilter(Filter):
+    """One answer, held (or only looked at) before the client sees any of it."""
+
+    _log = Logger(namespace="edge.http.buffering")
+
+    def __init__(self, out, req, owner: ResponseBuffer):
+        super().__init__(out, req)
+        self._owner = owner
+        self._reset()
+        add_on_finish(req, self._release)
+
+    def _reset(self) -> None:
+        self._passing = False
+        self._head = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._reserved = 0
+
+    def _release(self) -> None:
+        reserved, self._reserved = self._reserved, 0
+        if reserved:
+            self._owner.budget.give(reserved)
+
+    def attach(self, req, conn, reused: bool) -> None:
+        self._release()
+        self._reset()
+        super().attach(req, conn, reused)
+
+    def _drop_conn(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.req.conn = None
+            self.out.backend_detached(conn)
+            conn.abandon()
+
+    def _refuse(self, req, status: int, why: str) -> None:
+        self._drop_conn()
+        self._release()
+        self._reset()
+        self._head = None
+        req.error = why
+        self._log.info("Router {router}: {why}", router=req.route.router, why=why)
+        self.out.reply(req, _reply(status, why))
+        self.out.flush()
+
+    def response_head(self, req, head) -> bool:
+        owner = self._owner
+        no_body = req.method == b"HEAD" or head.status in (204, 304)
+        if head.status == 101:
+            return self.out.response_head(req, head)
+        if owner.retry is not None and owner.retry.on_answer(self, req, head.status):
+            self._drop_conn()  # that answer goes; the next attempt is on its way
+            return True
+        if not owner.limit or no_body:
+            self._passing = True  # nothing to hold (a HEAD keeps the length it announces)
+            return self.out.response_head(req, head)
+        if head.content_length is not None and not head.chunked and int(head.content_length) > owner.limit:
+            self._refuse(req, 500, f"response body larger than {owner.limit} bytes")
+            return True
+        self._head = Head.of(head)
+        return no_body
+
+    def response_body(self, req, data: bytes) -> None:
+        if self._passing:
+            self.out.response_body(req, data)
+            return
+        if self._head is None:
+            return
+        n = len(data)
+        if self._size + n > self._owner.limit:
+            self._refuse(req, 500, f"response body larger than {self._owner.limit} bytes")
+            return
+        if not self._owner.budget.take(n):
+            self._refuse(req, 503, "too many bodies held by edge at once")
+            return
+        self._reserved += n
+        self._size += n
+        self._chunks.append(data)
+
+    def response_end(self, req) -> None:
+        if self._passing:
+            self.out.response_end(req)
+            return
+        head = self._head
+        if head is None:
+            return
+        body = b"".join(self._chunks)
+        self._chunks = []
+        self._head = None
+        head.content_length = b"%d" % len(body)
+        head.chunked = False
+        no_body = self.out.response_head(req, head)
+        if body and not no_body:
+            self.out.response_body(req, body)
+        self.out.response_end(req)
+        self._release()
+
+    def backend_failed(self, req, cause: str, head_sent: bool) -> None:
+        if self._head is not None:
+            # The held answer broke off: nothing of it reached the client, so it is edge's 502.
+            self._release()
+            self._reset()
+            self.out.backend_failed(req, cause, False)
+            return
+        self.out.backend_failed(req, cause, head_sent)

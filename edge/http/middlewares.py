@@ -379,8 +379,14 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
                 from edge.http.buffering import ExpressionRetry, RequestBuffer
 
                 request.append(RequestBuffer(mw))
+                answers = None
                 if mw.retry_expression:
-                    expression_retry = expression_retry or ExpressionRetry(mw.retry_expression, reactor)
+                    answers = ExpressionRetry(mw.retry_expression, reactor)
+                    expression_retry = expression_retry or answers
+                if mw.max_response_body_bytes or answers is not None:
+                    from edge.http.buffering import ResponseBuffer
+
+                    response.append(ResponseBuffer(mw, answers))
         elif type(mw) in _RESPONSE:
             from edge.http import compress, errorpages
 

@@ -69,6 +69,11 @@ class RetryPolicy:
             return False  # a malformed answer: the backend did answer
         if not self.replayable(req, nothing_sent):
             return False
+        self.schedule(side, req, cause)
+        return True
+
+    def schedule(self, side, req, cause: str) -> None:
+        """Start the next attempt of ``req`` after its back-off."""
         req.attempts += 1
         wait = self.delay(req.attempts)
         self._log.info(
@@ -76,7 +81,6 @@ class RetryPolicy:
             router=req.route.router, cause=cause, attempt=req.attempts, attempts=self.attempts, wait=wait,
         )
         self._reactor.callLater(wait, self._go, side, req)
-        return True
 
     def _go(self, side, req) -> None:
         from edge.http import exchange
