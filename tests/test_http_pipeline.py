@@ -37,9 +37,9 @@ from edge.http.service import HTTPService
 from edge import metrics
 from edge.rules import Host
 from edge.snapshot import (
-    AddPrefix, BackendService, BasicAuth, ForwardAuth, Headers, InFlightReq, IPAllowList, RateLimit,
-    RedirectRegex, RedirectScheme, ReplacePath, ReplacePathRegex, Router, Snapshot, SourceCriterion,
-    StickyCookie, StripPrefix, StripPrefixRegex, Target,
+    AddPrefix, BackendService, BasicAuth, Buffering, CircuitBreaker, Compress, Errors, ForwardAuth, Headers,
+    InFlightReq, IPAllowList, RateLimit, RedirectRegex, RedirectScheme, ReplacePath, ReplacePathRegex, Retry,
+    Router, Snapshot, SourceCriterion, StickyCookie, StripPrefix, StripPrefixRegex, Target,
 )
 
 
@@ -299,6 +299,10 @@ class Row:
     # A forward-auth server's answer, and lines edge's auth request must contain.
     auth: bytes | None = None
     auth_has: tuple = ()
+    # A second backend exchange after the first answer (an error page, a retried attempt):
+    # its request must start with ``then_starts``, and it gets ``then``.
+    then: bytes | None = None
+    then_starts: bytes = b""
 
 
 ROWS = [
@@ -385,6 +389,7 @@ ROWS = [
 ]
 
 # Every middleware edge supports (docs/labels.md), each through both framings.
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 PW = "u:{SHA}GpHWL3ymc5liWkNopqtdSjuqYHM="  # password "pw"
 OK_AUTH = (b"Authorization", b"Basic dTpwdw==")
 FRAME = b"HTTP/1.1 200 OK\r\nX-Frame-Options: SAMEORIGIN\r\nX-Powered-By: php\r\nContent-Length: 2\r\n\r\nok"
@@ -516,6 +521,29 @@ MW_ROWS = [
         host=b"mw.test", middlewares=(FA,), auth=DENIED, response=None, status=401),
     Row("ratelimit: the first request passes", host=b"mw.test", middlewares=(RateLimit(1, burst=1),)),
     Row("inflightreq: one request in flight passes", host=b"mw.test", middlewares=(InFlightReq(1),)),
+    Row("retry: a backend that closes before answering is asked again", host=b"mw.test",
+        middlewares=(Retry(2),), after="drop", then=OK, then_starts=b"GET /x HTTP/1.1\r\n", body_out=b"ok"),
+    Row("retry: out of attempts is a 502", host=b"mw.test", middlewares=(Retry(1),), after="drop", status=502),
+    Row("retry: a POST with a body is never sent twice", method=b"POST", body=b"once", host=b"mw.test",
+        middlewares=(Retry(3),), after="drop", status=502),
+    Row("buffering: a body over maxRequestBodyBytes is a 413 before any backend", method=b"POST",
+        body=b"x" * 20, host=b"mw.test", middlewares=(Buffering(max_request_body_bytes=10),), response=None,
+        status=413),
+    Row("buffering: a held body goes on whole, with its length", method=b"POST", body=b"x" * 8,
+        host=b"mw.test", middlewares=(Buffering(max_request_body_bytes=10),),
+        backend_has=(b"Content-Length: 8\r\n", b"\r\n\r\nxxxxxxxx")),
+    Row("errors: a 5xx is replaced by the error service's page under its status", host=b"mw.test",
+        middlewares=(Errors(((500, 599),), "svc3", "/err/{status}?u={url}"),),
+        response=b"HTTP/1.1 503 X\r\nContent-Length: 4\r\n\r\noops", status=503,
+        then=b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 6\r\n\r\n<page>",
+        then_starts=b"GET /err/503?u=%2Fx HTTP/1.1\r\n", body_out=b"<page>",
+        headers_out=((b"content-type", b"text/html"),)),
+    Row("errors: other statuses pass", host=b"mw.test",
+        middlewares=(Errors(((500, 599),), "svc3", "/err/{status}"),), body_out=b"hello"),
+    Row("errors: edge's own 502 is caught too", host=b"mw.test", path=b"/y",
+        middlewares=(Errors(((500, 599),), "svc3", "/err/{status}"),), after="drop", status=502,
+        then=b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsorry", then_starts=b"GET /err/502 HTTP/1.1\r\n",
+        body_out=b"sorry"),
     Row("chain: middlewares apply in order", host=b"mw.test", path=b"/api/x", headers=(OK_AUTH,),
         middlewares=(BasicAuth((PW,), remove_header=True), StripPrefix(("/api",)), AddPrefix("/v1"),
                      Headers(custom_request=(("X-Chain", "1"),), custom_response=(("X-Done", "1"),))),
@@ -559,8 +587,16 @@ def test_table(row: Row, framing):
         if row.after == "timeout":
             world.clock.advance(HTTPConfig().backend_response_timeout + 2)
             world.service._housekeeping()
+        elif row.after == "drop":  # the backend closes without a byte of answer
+            world.backends[-1][0].connectionLost(None)
         else:
             world.answer(row.response)
+        if row.then is not None:
+            client.answer()  # pumps what the first exchange made edge send
+            world.clock.advance(0.01)  # a retry's back-off
+            last, transport = world.backends[-1]  # a new connection, or the first one reused
+            assert row.then_starts in transport.value(), transport.value()
+            last.dataReceived(row.then)
     answer = client.answer()
     assert answer.status == row.status, answer
     if row.body_out is not None:
@@ -743,7 +779,6 @@ def test_a_half_close_in_the_middle_of_a_head_closes_at_once():
 # -- middlewares whose answer depends on earlier requests, both framings ---------------
 
 FRAMINGS = pytest.mark.parametrize("framing", [H1Client, H2Client], ids=["http1", "h2"])
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 @FRAMINGS
@@ -784,6 +819,51 @@ def test_an_untrusted_client_cannot_choose_its_rate_limit_bucket_by_x_forwarded_
             world.answer(OK)
         statuses.append(client.answer().status)
     assert statuses == [200, 429, 429]
+
+
+@FRAMINGS
+@pytest.mark.parametrize("accept,coding", [(b"gzip", b"gzip"), (b"br;q=0.9, gzip;q=0.5", b"br"), (b"identity", None)])
+def test_compress_encodes_what_the_client_accepts(framing, accept, coding):
+    import gzip
+
+    import brotli
+
+    world = World(middlewares=(Compress(),))
+    client = framing(world)
+    client.send(b"GET", b"/x", b"mw.test", ((b"Accept-Encoding", accept),))
+    text = b"compress me " * 200
+    world.answer(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nETag: \"e1\"\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(text), text))
+    answer = client.answer()
+    assert answer.status == 200
+    assert answer.header(b"content-encoding") == coding
+    if coding is None:
+        assert answer.body == text and answer.header(b"content-length") == b"%d" % len(text)
+    else:
+        assert answer.header(b"content-length") is None and answer.header(b"etag") == b'W/"e1"'
+        assert answer.header(b"vary") == b"Accept-Encoding"
+        decode = gzip.decompress if coding == b"gzip" else brotli.decompress
+        assert decode(answer.body) == text
+    assert [line["bytes"] for line in world.log_lines()] == [len(answer.body)]
+
+
+@FRAMINGS
+def test_circuit_breaker_opens_on_5xx_and_answers_for_the_backend(framing):
+    world = World(middlewares=(CircuitBreaker("ResponseCodeRatio(500, 600, 0, 600) > 0.5", check_period=1.0,
+                                              fallback_duration=10.0),))
+    world.clock.advance(100)
+    first = framing(world)
+    first.send(b"GET", b"/x", b"mw.test")
+    world.answer(b"HTTP/1.1 500 X\r\nContent-Length: 0\r\n\r\n")
+    assert first.answer().status == 500
+    world.clock.advance(1.5)  # the breaker looks again after its check period
+    world.service._housekeeping()
+    sent = world.backend_bytes()
+    second = framing(world)
+    second.send(b"GET", b"/x", b"mw.test")
+    assert second.answer().status == 503
+    assert world.backend_bytes() == sent  # open: nothing reached the backend
+    assert [line["status"] for line in world.log_lines()] == [500, 503]
 
 
 @FRAMINGS
