@@ -793,6 +793,7 @@ class HTTP2Connection:
         headers = req.headers
         cookies = None
         bad = False
+        expect = True
         malformed = None
         regular = False
         for name, value in event.headers:
@@ -846,6 +847,8 @@ class HTTP2Connection:
                     req.content_length = int(value)
                 except ValueError:
                     req.content_length = -1
+            elif name == b"expect" and value.strip().lower() != b"100-continue":
+                expect = False  # an expectation edge cannot meet: 417, as on HTTP/1.1
             headers.append((name, value))
         if not malformed:
             if method is None:
@@ -902,6 +905,8 @@ class HTTP2Connection:
             status, why = 400, "invalid character in :path or :authority"
         elif req.method == b"CONNECT":
             status, why = 405, "CONNECT is not supported"
+        elif not expect:
+            status, why = 417, "unsupported Expect value"
         elif req.content_length is not None and req.content_length < 0:
             status, why = 400, "invalid content-length"
         elif limits.max_body_bytes and req.content_length is not None and req.content_length > limits.max_body_bytes:
