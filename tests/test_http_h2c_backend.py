@@ -476,6 +476,41 @@ def test_no_answer_in_time_is_a_504_and_the_stream_is_cancelled(framing):
         world.service.stopService()
 
 
+def test_a_request_body_still_arriving_is_not_a_backend_timeout(framing):
+    """A client streaming its request (gRPC client streaming) keeps the exchange alive."""
+    world = World(http=HTTPConfig(backend_response_timeout=5))
+    client = client_for(world, framing)
+    if framing == "h2":
+        sid = client.sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, [(b":method", b"POST"), (b":path", b"/up"), (b":scheme", b"https"),
+                                     (b":authority", b"web.test")])
+        client.server.dataReceived(client.h2.data_to_send())
+
+        def part(data):
+            client.h2.send_data(sid, data)
+            client.server.dataReceived(client.h2.data_to_send())
+    else:
+        client.server.dataReceived(b"POST /up HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+        def part(data):
+            client.server.dataReceived(b"%x\r\n%s\r\n" % (len(data), data))
+    server = world.accept()
+    world.pump(client)
+    world.service.startService()
+    try:
+        for i in range(6):  # 18 s of upload, a part every 3 s
+            world.clock.advance(3)
+            part(b"part%d" % i)
+            world.pump(client)
+        assert server.body(1) == b"".join(b"part%d" % i for i in range(6))
+        assert not server.reset(1)
+        server.respond(1, body=b"got it")
+        world.pump(client)
+        assert client.answer().body == b"got it"
+    finally:
+        world.service.stopService()
+
+
 def test_upgrade_requests_are_a_502():
     world = World()
     client = H1Client(world)
@@ -584,6 +619,59 @@ def test_slow_backend_holds_the_clients_upload():
     world.pump(client)
     assert len(server.body(1)) == 100000
     assert client.transport.producerState == "producing"
+
+
+def test_slow_backend_holds_an_http2_clients_upload_in_its_window():
+    world = World()
+    client = H2Client(world)
+    sid = client.sid = client.h2.get_next_available_stream_id()
+    client.h2.send_headers(sid, [(b":method", b"POST"), (b":path", b"/up"), (b":scheme", b"https"),
+                                 (b":authority", b"web.test")])
+    client.server.dataReceived(client.h2.data_to_send())
+    server = world.accept()
+    server.auto_ack = False  # the backend reads nothing
+    world.pump(client)
+
+    def upload(data):
+        for i in range(0, len(data), 16384):
+            client.h2.send_data(sid, data[i:i + 16384])
+        client.server.dataReceived(client.h2.data_to_send())
+        world.pump(client)
+
+    upload(b"z" * 65535)  # exactly the backend's initial stream window
+    upload(b"w" * 1000)
+    edge_stream = client.server._h2._streams[sid]
+    assert len(server.body(1)) == 65535
+    # The 1,000 bytes wait in edge for the backend's window, and edge does not
+    # hand their window back to the client meanwhile.
+    assert edge_stream._unacked == 1000
+    for e in list(server.events):
+        if isinstance(e, h2.events.DataReceived):
+            server.h2.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+    server.auto_ack = True
+    server.pump()
+    world.pump(client)
+    assert server.body(1) == b"z" * 65535 + b"w" * 1000
+    assert edge_stream._unacked == 0
+
+
+def test_client_reset_cancels_the_backend_stream_and_keeps_the_connection():
+    world = World()
+    client = H2Client(world)
+    client.send(b"GET", b"/slow", b"web.test")
+    server = world.accept()
+    world.pump(client)
+    client.h2.reset_stream(client.sid, h2.errors.ErrorCodes.CANCEL)
+    client.server.dataReceived(client.h2.data_to_send())
+    world.pump(client)
+    assert server.reset(1)
+    client.send(b"GET", b"/next", b"web.test")
+    world.pump(client)
+    assert len(world.reactor.tcpClients) == 1
+    assert server.requests()[-1].stream_id == 3
+    server.respond(3, body=b"next")
+    world.pump(client)
+    assert client.answer().body == b"next"
 
 
 # -- pool housekeeping ------------------------------------------------------------------

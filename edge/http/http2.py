@@ -368,6 +368,7 @@ class _Stream:
         self._unacked += flow_length
         conn = req.conn
         if conn is not None and conn.req is req:
+            self._since = self.conn.reactor.seconds()  # a body still coming is no backend timeout
             conn.send_body(req, data)
             self._ack()
         else:
