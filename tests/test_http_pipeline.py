@@ -342,6 +342,10 @@ ROWS = [
     Row("a head just within max_header_bytes passes", headers=((b"x-big", b"a" * (65536 - 9 - 12 - 20)),)),
     Row("a head just over max_header_bytes is a 431 (HTTP/2 allowed 8 KiB more)",
         headers=((b"x-big", b"a" * (65536 - 9 - 12 + 1)),), response=None, status=431),
+    # Methods are case-sensitive (RFC 9110 9.1); both framings serve llhttp's list.
+    Row("a lower-case method is a 400", method=b"delete", response=None, status=400),
+    Row("a method llhttp does not know is a 400", method=b"FOO", response=None, status=400),
+    Row("a WebDAV method passes", method=b"PROPFIND", backend_starts=b"PROPFIND /x HTTP/1.1\r\n"),
     Row("an Expect other than 100-continue is a 417 (RFC 9110 10.1.1)", headers=((b"Expect", b"bogus"),),
         response=None, status=417),
     Row("Expect: 100-continue without a body is not forwarded", headers=((b"Expect", b"100-continue"),),

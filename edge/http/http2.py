@@ -133,6 +133,34 @@ _TrailersReceived = h2.events.TrailersReceived
 
 
 
+_METHODS: dict[bytes, bool] = {}
+
+
+def _h1_method(method: bytes) -> bool:
+    """
+    Whether llhttp (HTTP/1.1's parser, :mod:`edge.http.http1`) takes this
+    method: its list, case-sensitive (RFC 9110 9.1).  Both framings serve the
+    same methods, so ``delete`` cannot pass a ``Method(`DELETE`)`` rule over
+    HTTP/2 to a backend that upper-cases it.  Asked of llhttp once per name.
+    """
+    known = _METHODS.get(method)
+    if known is None:
+        import httptools
+
+        parser = httptools.HttpRequestParser(None)
+        target = b"h:1" if method == b"CONNECT" else b"/"
+        try:
+            parser.feed_data(method + b" " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+            known = True
+        except httptools.HttpParserUpgrade:
+            known = True  # CONNECT: the parser hands the rest over as a tunnel
+        except httptools.HttpParserError:
+            known = False
+        if len(_METHODS) < 256:  # names seen: bounded, whatever clients send
+            _METHODS[method] = known
+    return known
+
+
 def _http11_head_size(fields) -> tuple[int, int]:
     """
     Field count and bytes of a request head as :mod:`edge.http.http1` counts
@@ -900,7 +928,7 @@ class HTTP2Connection:
             status, why = 414, "request target too long"
         elif bad:
             status, why = 400, "invalid character in a header field"
-        elif _TOKEN.match(req.method) is None:
+        elif _TOKEN.match(req.method) is None or not _h1_method(req.method):
             status, why = 400, "invalid :method"
         elif _BAD_TARGET.search(req.target) is not None or _BAD_TARGET.search(req.host) is not None:
             status, why = 400, "invalid character in :path or :authority"
