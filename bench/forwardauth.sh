@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# A router with forwardauth + headers in edge beside nginx's auth_request doing
-# the same (bench/forwardauth/nginx-proxy.conf): every request asks the auth
-# server (nginx, /auth -> 200 + Remote-User), nothing cached. Also edge with
-# the same route and no middlewares, for the cost of the check.
+# A router with compress + forwardauth + headers in edge beside nginx's
+# auth_request + gzip doing the same (bench/forwardauth/nginx-proxy.conf):
+# every request asks the auth server (nginx, /auth -> 200 + Remote-User),
+# nothing cached, and the 10 KB HTML page is gzip-compressed (level 6 both,
+# Accept-Encoding: gzip). Also edge with the same route and no middlewares
+# (the page sent as it is), for the cost of the three.
 #
 # edge runs its HTTP service alone (tests/test_http_harness.py, the harness
 # the proxy tests use) on a pickled snapshot, one process; nginx one worker.
-# compress is not part of the router: edge does not implement it yet.
 #
 #   bash bench/forwardauth.sh            # 5 s per run, 32 connections
 #   SECONDS_PER_RUN=10 CONNS=64 bash bench/forwardauth.sh
@@ -35,6 +36,7 @@ trap cleanup EXIT
 chmod 755 "$DIR"
 mkdir -p "$DIR/www"
 head -c 100 /dev/zero | tr '\0' 'a' > "$DIR/www/small"
+for i in $(seq 200); do echo "<p>line $i of the page edge and nginx compress</p>"; done > "$DIR/www/page.html"
 
 render() { sed -e "s#@DIR@#$DIR#g" -e "s#@PORT@#$2#g" -e "s#@ORIGIN@#$ORIGIN#g" "$1"; }
 wait_port() {
@@ -67,15 +69,21 @@ start_edge plain "$PLAIN" plain
 # The check really happens: edge's answer carries the headers, the origin saw Remote-User.
 curl -sfI "http://127.0.0.1:$EDGE/small" | grep -qi '^X-Frame-Options: DENY' || { echo "edge: no headers" >&2; exit 1; }
 curl -sfI "http://127.0.0.1:$NGINX/small" | grep -qi '^X-Frame-Options: DENY' || { echo "nginx: no headers" >&2; exit 1; }
+# ... and both compress the page.
+for port in "$EDGE" "$NGINX"; do
+    curl -sf -o /dev/null -D - -H 'Accept-Encoding: gzip' "http://127.0.0.1:$port/page.html" \
+        | grep -qi '^Content-Encoding: gzip' || { echo "port $port: page not compressed" >&2; exit 1; }
+done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 measure() {  # measure NAME PORT
     local pid=${WORK_PID[$1]}
-    wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$2/small" > /dev/null 2>&1 || true
+    local url="http://127.0.0.1:$2/page.html" gz=(-H "Accept-Encoding: gzip")
+    wrk -t1 -c"$CONNS" -d1s "${gz[@]}" "$url" > /dev/null 2>&1 || true
     local before after out requests
     before=$(cpu_ticks "$pid")
-    out=$(wrk -t1 -c"$CONNS" -d"${RUN_SECONDS}s" --latency "http://127.0.0.1:$2/small" 2>&1)
+    out=$(wrk -t1 -c"$CONNS" -d"${RUN_SECONDS}s" --latency "${gz[@]}" "$url" 2>&1)
     after=$(cpu_ticks "$pid")
     requests=$(awk '/requests in/ {print $1}' <<< "$out")
     printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$(awk '/Requests\/sec/ {print $2}' <<< "$out")" \
@@ -93,7 +101,8 @@ python3 - "$DIR/results.tsv" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 ref = float(rows[0][1])
-names = {"nginx": "nginx auth_request + add_header", "edge": "edge forwardauth + headers", "plain": "edge, no middlewares"}
+names = {"nginx": "nginx gzip + auth_request + add_header", "edge": "edge compress + forwardauth + headers",
+         "plain": "edge, no middlewares (not compressed)"}
 print("| proxy | req/s | × nginx | p50 | CPU µs/req (proxy process) | errors |")
 print("|---|---|---|---|---|---|")
 for name, rps, p50, cpu, errors in rows:

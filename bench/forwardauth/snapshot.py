@@ -4,11 +4,12 @@ import pickle
 import sys
 
 from edge.rules import PathPrefix
-from edge.snapshot import BackendService, ForwardAuth, Headers, Router, Snapshot, Target
+from edge.snapshot import BackendService, Compress, ForwardAuth, Headers, Router, Snapshot, Target
 
 port, out = int(sys.argv[1]), sys.argv[2]
 plain = len(sys.argv) > 3
 middlewares = () if plain else (
+    Compress(),
     ForwardAuth(address=f"http://127.0.0.1:{port}/auth", auth_response_headers=("Remote-User",)),
     Headers(frame_deny=True, content_type_nosniff=True),
 )
