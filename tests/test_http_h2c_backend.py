@@ -112,6 +112,14 @@ class Server:
             self.protocol.dataReceived(out)
         return bool(data or out)
 
+    def read_all(self) -> None:
+        """Acknowledge every DATA byte so far, and from now on."""
+        for e in self.events:
+            if isinstance(e, h2.events.DataReceived):
+                self.h2.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+        self.auto_ack = True
+        self.pump()
+
     def requests(self) -> list:
         return [e for e in self.events if isinstance(e, h2.events.RequestReceived)]
 
@@ -172,6 +180,16 @@ def client_for(world, framing):
     return H1Client(world) if framing == "http/1.1" else H2Client(world)
 
 
+def sent(framing, path, method=b"GET", headers=(), body=None, **world_options):
+    """A World, a client of ``framing`` that sent a request, and the backend connection it reached."""
+    world = World(**world_options)
+    client = client_for(world, framing)
+    client.send(method, path, b"web.test", headers=headers, body=body)
+    server = world.accept()
+    world.pump(client)
+    return world, client, server
+
+
 # -- the request goes out as HTTP/2 --------------------------------------------------
 
 
@@ -199,11 +217,7 @@ def test_request_head_and_body_go_out_as_http2_fields_and_data(framing):
 
 
 def test_te_other_than_trailers_is_not_forwarded():
-    world = World()
-    client = H1Client(world)
-    client.send(b"GET", b"/", b"web.test", headers=((b"TE", b"gzip"),))
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("http/1.1", b"/", b"GET", headers=((b"TE", b"gzip"),))
     assert b"te" not in server.fields()
 
 
@@ -226,11 +240,7 @@ def test_a_body_without_length_streams_as_data_frames():
 
 
 def test_response_relayed_to_both_framings(framing):
-    world = World()
-    client = client_for(world, framing)
-    client.send(b"GET", b"/x", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent(framing, b"/x")
     sid = server.requests()[-1].stream_id
     server.respond(sid, headers=[(b"content-type", b"text/plain"), (b"content-length", b"5")], body=b"hello")
     world.pump(client)
@@ -242,11 +252,7 @@ def test_response_relayed_to_both_framings(framing):
 
 
 def test_trailers_reach_an_http2_client_as_a_trailing_headers_frame():
-    world = World()
-    client = H2Client(world)
-    client.send(b"POST", b"/pkg.Svc/Call", b"web.test", headers=((b"te", b"trailers"),), body=b"\0\0\0\0\0")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("h2", b"/pkg.Svc/Call", b"POST", headers=((b"te", b"trailers"),), body=b"\0\0\0\0\0")
     sid = server.requests()[-1].stream_id
     server.respond(sid, headers=[(b"content-type", b"application/grpc")], body=b"\0\0\0\0\x01z",
                    trailers=[(b"grpc-status", b"5"), (b"grpc-message", b"no such thing")])
@@ -258,11 +264,7 @@ def test_trailers_reach_an_http2_client_as_a_trailing_headers_frame():
 
 
 def test_a_trailers_only_answer_stays_one_headers_frame_with_end_stream():
-    world = World()
-    client = H2Client(world)
-    client.send(b"POST", b"/pkg.Svc/Call", b"web.test", headers=((b"te", b"trailers"),), body=b"\0\0\0\0\0")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("h2", b"/pkg.Svc/Call", b"POST", headers=((b"te", b"trailers"),), body=b"\0\0\0\0\0")
     sid = server.requests()[-1].stream_id
     server.respond(sid, headers=[(b"content-type", b"application/grpc"), (b"grpc-status", b"12"),
                                  (b"grpc-message", b"unimplemented")])
@@ -274,11 +276,7 @@ def test_a_trailers_only_answer_stays_one_headers_frame_with_end_stream():
 
 
 def test_http11_client_that_sent_te_trailers_gets_chunked_trailers():
-    world = World()
-    client = H1Client(world)
-    client.send(b"GET", b"/x", b"web.test", headers=((b"TE", b"trailers"),))
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("http/1.1", b"/x", b"GET", headers=((b"TE", b"trailers"),))
     server.respond(server.requests()[-1].stream_id, body=b"abc", trailers=[(b"grpc-status", b"0")])
     status, headers, body, trailers = h1_response(client.transport.value())
     assert (status, body) == (200, b"abc")
@@ -287,11 +285,7 @@ def test_http11_client_that_sent_te_trailers_gets_chunked_trailers():
 
 
 def test_http11_client_without_te_trailers_gets_no_trailers():
-    world = World()
-    client = H1Client(world)
-    client.send(b"GET", b"/x", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("http/1.1", b"/x")
     server.respond(server.requests()[-1].stream_id, body=b"abc", trailers=[(b"grpc-status", b"0")])
     status, _, body, trailers = h1_response(client.transport.value())
     assert (status, body, trailers) == (200, b"abc", [])
@@ -371,11 +365,7 @@ def test_connect_failure_tries_the_next_target(framing):
 
 
 def test_reset_before_the_head_is_a_502(framing):
-    world = World()
-    client = client_for(world, framing)
-    client.send(b"GET", b"/x", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent(framing, b"/x")
     server.h2.reset_stream(server.requests()[-1].stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
     server.pump()
     world.pump(client)
@@ -384,11 +374,7 @@ def test_reset_before_the_head_is_a_502(framing):
 
 
 def test_reset_after_the_head_cuts_the_client_off(framing):
-    world = World()
-    client = client_for(world, framing)
-    client.send(b"GET", b"/x", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent(framing, b"/x")
     sid = server.requests()[-1].stream_id
     server.respond(sid, body=b"part", end=False)
     server.h2.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -399,11 +385,7 @@ def test_reset_after_the_head_cuts_the_client_off(framing):
 
 
 def test_refused_stream_goes_to_a_fresh_attempt():
-    world = World()
-    client = H1Client(world)
-    client.send(b"GET", b"/x", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("http/1.1", b"/x")
     server.h2.reset_stream(1, h2.errors.ErrorCodes.REFUSED_STREAM)
     server.pump()
     world.pump(client)
@@ -434,11 +416,7 @@ def test_goaway_retries_unprocessed_streams_and_fails_the_others():
 
 
 def test_connection_lost_before_the_head_is_a_502(framing):
-    world = World()
-    client = client_for(world, framing)
-    client.send(b"POST", b"/x", b"web.test", body=b"x")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent(framing, b"/x", b"POST", body=b"x")
     server.protocol.connectionLost(Failure(error.ConnectionLost("gone")))
     world.pump(client)
     assert client.answer().status == 502
@@ -458,11 +436,7 @@ def test_not_an_h2c_server_is_a_502():
 
 
 def test_no_answer_in_time_is_a_504_and_the_stream_is_cancelled(framing):
-    world = World(http=HTTPConfig(backend_response_timeout=5))
-    client = client_for(world, framing)
-    client.send(b"GET", b"/x", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent(framing, b"/x", http=HTTPConfig(backend_response_timeout=5))
     world.service.startService()
     try:
         world.clock.advance(7)
@@ -523,11 +497,7 @@ def test_upgrade_requests_are_a_502():
 
 
 def test_response_head_over_the_configured_bound_is_a_502():
-    world = World(http=HTTPConfig(backend_max_header_count=3))
-    client = H1Client(world)
-    client.send(b"GET", b"/x", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("http/1.1", b"/x", http=HTTPConfig(backend_max_header_count=3))
     server.respond(1, headers=[(b"x-%d" % i, b"v") for i in range(4)], body=b"x")
     world.pump(client)
     status, _, body, _ = h1_response(client.transport.value())
@@ -582,11 +552,7 @@ def test_slow_http2_client_closes_its_backend_streams_window_only():
 
 
 def test_slow_http11_client_pauses_acknowledgements():
-    world = World()
-    client = H1Client(world)
-    client.send(b"GET", b"/big", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("http/1.1", b"/big")
     server.h2.send_headers(1, [(b":status", b"200")])
     client.server.peer_full(True)  # the client's socket buffer is full
     n = 0
@@ -611,11 +577,7 @@ def test_slow_backend_holds_the_clients_upload():
     world.pump(client)
     assert len(server.body(1)) == 65535  # the backend's initial stream window
     assert client.transport.producerState == "paused"  # edge stops reading the client
-    for e in list(server.events):
-        if isinstance(e, h2.events.DataReceived):
-            server.h2.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
-    server.auto_ack = True
-    server.pump()
+    server.read_all()
     world.pump(client)
     assert len(server.body(1)) == 100000
     assert client.transport.producerState == "producing"
@@ -645,22 +607,14 @@ def test_slow_backend_holds_an_http2_clients_upload_in_its_window():
     # The 1,000 bytes wait in edge for the backend's window, and edge does not
     # hand their window back to the client meanwhile.
     assert edge_stream._unacked == 1000
-    for e in list(server.events):
-        if isinstance(e, h2.events.DataReceived):
-            server.h2.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
-    server.auto_ack = True
-    server.pump()
+    server.read_all()
     world.pump(client)
     assert server.body(1) == b"z" * 65535 + b"w" * 1000
     assert edge_stream._unacked == 0
 
 
 def test_client_reset_cancels_the_backend_stream_and_keeps_the_connection():
-    world = World()
-    client = H2Client(world)
-    client.send(b"GET", b"/slow", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("h2", b"/slow")
     client.h2.reset_stream(client.sid, h2.errors.ErrorCodes.CANCEL)
     client.server.dataReceived(client.h2.data_to_send())
     world.pump(client)
@@ -678,11 +632,7 @@ def test_client_reset_cancels_the_backend_stream_and_keeps_the_connection():
 
 
 def test_idle_connection_closes_after_the_idle_timeout():
-    world = World()
-    client = H1Client(world)
-    client.send(b"GET", b"/x", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("http/1.1", b"/x")
     server.respond(1, body=b"ok")
     pool = world.service.pool
     assert pool.h2c.idle_count() == 1
@@ -692,11 +642,7 @@ def test_idle_connection_closes_after_the_idle_timeout():
 
 
 def test_target_leaving_the_snapshot_closes_its_connection_when_done():
-    world = World()
-    client = H1Client(world)
-    client.send(b"GET", b"/x", b"web.test")
-    server = world.accept()
-    world.pump(client)
+    world, client, server = sent("http/1.1", b"/x")
     world.service.pool.retain([])
     assert not server.transport.disconnecting  # a stream is in flight
     server.respond(1, body=b"ok")
