@@ -13,26 +13,14 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DURATION=${DURATION:-10}
 PY=${PY:-.venv/bin/python}
 TWISTD=${TWISTD:-.venv/bin/twistd}
-DNSMASQ=${DNSMASQ:-/usr/sbin/dnsmasq}
-for tool in dnsperf "$DNSMASQ" "$TWISTD" dig; do
-    command -v "$tool" >/dev/null || { echo "bench/dns.sh: $tool is missing" >&2; exit 1; }
-done
-
-DIR=$(mktemp -d /tmp/edge-bench-dns.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-free_port() {
-    "$PY" -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+bench_need dnsperf dnsmasq:dnsmasq-base dig:dnsutils
+DNSMASQ=${DNSMASQ:-$(command -v dnsmasq)}
+command -v "$TWISTD" >/dev/null || { echo "bench/dns.sh: $TWISTD is missing (make venv)" >&2; exit 1; }
+bench_dir dns
 EDGE_PORT=$(free_port); PEER_PORT=$(free_port); UP_PORT=$(free_port)
 HTTP_PORT=$(free_port); ADMIN_PORT=$(free_port)
 "$PY" bench/dns/setup.py "$DIR" "$EDGE_PORT" "$PEER_PORT" "$UP_PORT" "$HTTP_PORT" "$ADMIN_PORT"
@@ -55,6 +43,9 @@ EDGE_PID=$!; PIDS+=($EDGE_PID)
 wait_answer() {  # port name
     for _ in $(seq 100); do
         if [ -n "$(dig @127.0.0.1 -p "$1" "$2" +short +time=1 +tries=1 2>/dev/null)" ]; then return 0; fi
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || { echo "bench/dns.sh: process $pid exited" >&2; cat "$DIR"/*.log >&2; exit 1; }
+        done
         sleep 0.2
     done
     echo "bench/dns.sh: nothing answers $2 on port $1" >&2; cat "$DIR/edge.log" >&2; exit 1
@@ -62,9 +53,6 @@ wait_answer() {  # port name
 wait_answer "$UP_PORT" fwd0.up.bench
 wait_answer "$PEER_PORT" svc999.bench.home
 wait_answer "$EDGE_PORT" svc999.bench.home
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 
 # Warm both caches with every forwarded name.
 for port in "$EDGE_PORT" "$PEER_PORT"; do
@@ -87,7 +75,7 @@ measure() {  # label pid port queryfile
         "$label" "${QPS[$label]}" "${CPU[$label]}" "${P50[$label]}" "${P99[$label]}"
 }
 
-echo "dnsperf, 100 outstanding, ${DURATION}s per run; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "dnsperf, 100 outstanding, ${DURATION}s per run; $(machine_line)"
 measure "dnsmasq local" "$PEER_PID" "$PEER_PORT" "$DIR/local.queries"
 measure "edge local" "$EDGE_PID" "$EDGE_PORT" "$DIR/local.queries"
 measure "dnsmasq forwarded" "$PEER_PID" "$PEER_PORT" "$DIR/forwarded.queries"

@@ -15,7 +15,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
+. "$HERE/lib.sh"
+ROOT=$BENCH_ROOT
 CONF="$HERE/http"
 RUN_SECONDS=${SECONDS_PER_RUN:-5}
 PROXIES=${PROXIES:-"nginx haproxy caddy edge"}
@@ -23,41 +24,12 @@ BASE_PORT=${BASE_PORT:-28800}
 ORIGIN=$BASE_PORT
 declare -A PORT=([nginx]=$((BASE_PORT + 1)) [haproxy]=$((BASE_PORT + 2)) [caddy]=$((BASE_PORT + 3)) [edge]=$((BASE_PORT + 4)))
 
-for tool in wrk /usr/sbin/nginx /usr/sbin/haproxy /usr/bin/caddy; do
-    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
-
-DIR=$(mktemp -d /tmp/edge-bench-http.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-chmod 755 "$DIR"  # nginx workers run as nobody
+bench_need wrk nginx:nginx-light haproxy caddy curl
+bench_dir http
 mkdir -p "$DIR/www"
 head -c 100 /dev/zero | tr '\0' 'a' > "$DIR/www/small"
 head -c 1048576 /dev/urandom > "$DIR/www/big"
-
-render() {  # render TEMPLATE PORT > file
-    sed -e "s#@DIR@#$DIR#g" -e "s#@PORT@#$2#g" -e "s#@ORIGIN@#$ORIGIN#g" "$1"
-}
-
-wait_port() {
-    for _ in $(seq 100); do
-        curl -s -o /dev/null "http://127.0.0.1:$1/small" && return 0
-        sleep 0.1
-    done
-    echo "nothing answers on port $1" >&2
-    return 1
-}
-
-render "$CONF/origin.conf" "$ORIGIN" > "$DIR/origin.conf"
-/usr/sbin/nginx -c "$DIR/origin.conf" -e "$DIR/origin-error.log" &
-PIDS+=($!)
-wait_port "$ORIGIN"
+start_origin "$CONF/origin.conf"
 
 # The process whose CPU and memory count: nginx's worker, the others themselves.
 declare -A WORK_PID
@@ -66,15 +38,15 @@ start_proxy() {
     case $name in
     nginx)
         render "$CONF/nginx-proxy.conf" "$port" > "$DIR/nginx-proxy.conf"
-        /usr/sbin/nginx -c "$DIR/nginx-proxy.conf" -e "$DIR/nginx-proxy-error.log" &
+        nginx -c "$DIR/nginx-proxy.conf" -e "$DIR/nginx-proxy-error.log" &
         local master=$!
         PIDS+=($master)
         wait_port "$port"
-        WORK_PID[$name]=$(pgrep -P "$master" | head -1)
+        WORK_PID[$name]=$(child_pid "$master")
         ;;
     haproxy)
         render "$CONF/haproxy.cfg" "$port" > "$DIR/haproxy.cfg"
-        /usr/sbin/haproxy -db -f "$DIR/haproxy.cfg" > "$DIR/haproxy.log" 2>&1 &
+        haproxy -db -f "$DIR/haproxy.cfg" > "$DIR/haproxy.log" 2>&1 &
         WORK_PID[$name]=$!
         PIDS+=($!)
         wait_port "$port"
@@ -82,7 +54,7 @@ start_proxy() {
     caddy)
         render "$CONF/Caddyfile" "$port" > "$DIR/Caddyfile"
         GOMAXPROCS=1 XDG_DATA_HOME="$DIR" XDG_CONFIG_HOME="$DIR" \
-            /usr/bin/caddy run --config "$DIR/Caddyfile" --adapter caddyfile > "$DIR/caddy.log" 2>&1 &
+            caddy run --config "$DIR/Caddyfile" --adapter caddyfile > "$DIR/caddy.log" 2>&1 &
         WORK_PID[$name]=$!
         PIDS+=($!)
         wait_port "$port"
@@ -98,7 +70,6 @@ start_proxy() {
     esac
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 to_ms() {  # wrk latency like 850.00us / 1.23ms / 1.01s -> ms
     awk -v v="$1" 'BEGIN {
@@ -110,7 +81,6 @@ to_ms() {  # wrk latency like 850.00us / 1.23ms / 1.01s -> ms
 
 RESULTS="$DIR/results.tsv"
 : > "$RESULTS"
-HZ=$(getconf CLK_TCK)
 
 measure() {  # measure PROXY SCENARIO CONNECTIONS PATH
     local name=$1 scenario=$2 conns=$3 path=$4 pid=${WORK_PID[$1]} port=${PORT[$1]}
@@ -125,7 +95,8 @@ measure() {  # measure PROXY SCENARIO CONNECTIONS PATH
     p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<< "$out")")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<< "$out")")
     errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<< "$out")
-    local cpu_us=$(( (after - before) * 1000000 / HZ / (requests > 0 ? requests : 1) ))
+    local cpu_us
+    cpu_us=$(per_request_us $((after - before)) "${requests:-0}")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$scenario" "$rps" "$p50" "$p99" "$cpu_us" \
         "$(hwm_kib "$pid")" "${errors:-}" >> "$RESULTS"
     printf '%-8s %-10s %9s req/s  p50 %7s ms  p99 %7s ms  %5s us/req  %s\n' \
@@ -145,7 +116,7 @@ for scenario in "small-32 32 /small" "small-256 256 /small" "1MiB-8 8 /big"; do
 done
 
 echo
-echo "HTTP proxy bench, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), ${RUN_SECONDS}s per run"
+echo "HTTP proxy bench, $(machine_line), ${RUN_SECONDS}s per run"
 python3 - "$RESULTS" <<'EOF'
 import sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]

@@ -24,6 +24,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+. "$ROOT/bench/lib.sh"
 HERE="$ROOT/bench/tls"
 PY="${PY:-$ROOT/.venv/bin/python}"
 TWISTD="${TWISTD:-$ROOT/.venv/bin/twistd}"
@@ -38,52 +39,20 @@ BASE="${BASE_PORT:-18600}"
 ORIGIN=$BASE; EDGE=$((BASE + 1)); EDGE_HTTP=$((BASE + 2)); NGINX=$((BASE + 3))
 HAPROXY=$((BASE + 4)); CADDY=$((BASE + 5))
 
-DIR="$(mktemp -d /tmp/edge-bench-tls.XXXXXX)"
+bench_need wrk h2load:nghttp2-client nginx:nginx-light haproxy caddy curl
+bench_dir tls
 mkdir -p "$DIR/www" "$DIR/certs" "$DIR/state"
-chmod 755 "$DIR" "$DIR/www"  # nginx workers run as www-data
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    sleep 0.3
-    for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+chmod 755 "$DIR/www"
 
-render() {  # template port -> $DIR/name
-    sed -e "s#@DIR@#$DIR#g" -e "s#@PORT@#$2#g" -e "s#@ORIGIN@#$ORIGIN#g" \
-        -e "s#@HTTP_PORT@#$EDGE_HTTP#g" "$HERE/$1" >"$DIR/$1"
-}
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on port $1" >&2
-    return 1
-}
-
-cpu_ticks() {  # total utime+stime of the given pids and their children
-    local total=0 pid
-    for pid in "$@" $(for p in "$@"; do pgrep -P "$p" || true; done); do
-        if [[ -r /proc/$pid/stat ]]; then
-            total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-        fi
-    done
-    echo "$total"
+render_conf() {  # template port -> $DIR/name
+    render "$HERE/$1" "$2" -e "s#@HTTP_PORT@#$EDGE_HTTP#g" >"$DIR/$1"
 }
 
 printf '%0100d' 0 >"$DIR/www/index.html"  # 100 bytes
 head -c 1048576 /dev/zero >"$DIR/www/big"  # 1 MiB
 "$PY" "$HERE/make_cert.py" "$DIR"
 
-render origin.conf "$ORIGIN"
-nginx -c "$DIR/origin.conf" -e "$DIR/origin-error.log" &
-PIDS+=($!)
-wait_port "$ORIGIN"
-
-TICK=$(getconf CLK_TCK)
+start_origin "$HERE/origin.conf"
 printf '%-8s %-12s %10s %10s %12s %8s\n' proxy mode "req/s" requests "cpu_us/req" "MiB/s" | tee "$OUT"
 
 measure() {  # name mode url pid... ; header args in WRK_ARGS
@@ -111,7 +80,7 @@ measure() {  # name mode url pid... ; header args in WRK_ARGS
     errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
     if [[ -n "$errors" ]]; then echo "  ($name $mode: $errors)" >&2; fi
     local us
-    us=$(awk -v t=$((after - before)) -v r="$reqs" -v hz="$TICK" 'BEGIN {printf "%.0f", (r > 0 ? t / hz * 1e6 / r : 0)}')
+    us=$(per_request_us $((after - before)) "$reqs")
     printf '%-8s %-12s %10s %10s %12s %8s\n' "$name" "$mode" "$rate" "$reqs" "$us" "-" | tee -a "$OUT"
 }
 
@@ -130,7 +99,7 @@ measure_h2() {  # name mode url conns streams pid...
     local failed
     failed=$(awk '/^requests:/ {print $10 + $12}' <<<"$out")
     if [[ "${failed:-0}" != 0 ]]; then echo "  ($name $mode: $failed failed/errored)" >&2; fi
-    us=$(awk -v t=$((after - before)) -v r="$reqs" -v hz="$TICK" 'BEGIN {printf "%.0f", (r > 0 ? t / hz * 1e6 / r : 0)}')
+    us=$(per_request_us $((after - before)) "$reqs")
     printf '%-8s %-12s %10s %10s %12s %8s\n' "$name" "$mode" "$rate" "$reqs" "$us" "$mib" | tee -a "$OUT"
 }
 
@@ -164,7 +133,7 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 wanted() { [[ " $ONLY " == *" $1 "* ]]; }
 
 if wanted edge; then
-render edge.toml "$EDGE"
+render_conf edge.toml "$EDGE"
 "$TWISTD" -n --pidfile= edge --config "$DIR/edge.toml" --log-level warn >"$DIR/edge.log" 2>&1 &
 EPID=$!
 PIDS+=($EPID)
@@ -181,7 +150,7 @@ stop "$EPID"
 fi
 
 if wanted nginx; then
-render nginx-tls.conf "$NGINX"
+render_conf nginx-tls.conf "$NGINX"
 nginx -c "$DIR/nginx-tls.conf" -e "$DIR/nginx-tls-error.log" &
 NPID=$!
 PIDS+=($NPID)
@@ -191,7 +160,7 @@ stop "$NPID"
 fi
 
 if wanted haproxy; then
-render haproxy-tls.cfg "$HAPROXY"
+render_conf haproxy-tls.cfg "$HAPROXY"
 haproxy -f "$DIR/haproxy-tls.cfg" -db >"$DIR/haproxy.log" 2>&1 &
 HPID=$!
 PIDS+=($HPID)
@@ -201,7 +170,7 @@ stop "$HPID"
 fi
 
 if wanted caddy; then
-render Caddyfile "$CADDY"
+render_conf Caddyfile "$CADDY"
 GOMAXPROCS=1 XDG_DATA_HOME="$DIR" XDG_CONFIG_HOME="$DIR" \
     caddy run --config "$DIR/Caddyfile" --adapter caddyfile >"$DIR/caddy.log" 2>&1 &
 CPID=$!
