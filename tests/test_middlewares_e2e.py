@@ -8,7 +8,6 @@ zlib, brotli and zstandard.  Everything on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import zlib
 
@@ -18,8 +17,9 @@ import zstandard
 
 from edge.rules import Host
 from edge.snapshot import BackendService, Compress, Errors, Router, Snapshot
-from tests.ports import free_port
-from tests.test_http_proxy import Edge, Origin
+from tests.swarmkit import wait_for
+from tests.test_http_h2_e2e import tls_edge
+from tests.test_http_proxy import Origin
 
 VERSIONS = pytest.mark.parametrize("version", ["--http1.1", "--http2"])
 
@@ -34,23 +34,15 @@ def origins():
 
 @pytest.fixture(scope="module")
 def edge(origins, tmp_path_factory):
-    from tests.test_tls_store import TestCA, write
-
     app, pages = origins
-    tmp = tmp_path_factory.mktemp("mw-e2e")
-    ca = TestCA()
-    pem = write(str(tmp / "web.pem"), ca.bundle("web.test"))
-    root = write(str(tmp / "root.pem"), ca.pem())
-    port = free_port()
+    e = tls_edge(tmp_path_factory.mktemp("mw-e2e"), [app.target()])
     middlewares = (Compress(), Errors(status=((500, 599),), service="pages", query="/echo?s={status}&u={url}"))
-    snap = Snapshot.build(
+    e.publish(Snapshot.build(
         routers=[Router("web", Host(("web.test",)), "Host(`web.test`)", "web", middlewares=middlewares)],
         services=[BackendService("web", (app.target(),)), BackendService("pages", (pages.target(),))],
-    )
-    env = {**os.environ, "EDGE_TEST_CERT": pem, "EDGE_TEST_ALPN": "h2,http/1.1"}
-    e = Edge(tmp, snap, entrypoints=f'[entrypoints.https]\naddress = "tcp:{port}:interface=127.0.0.1"\ntls = true\n',
-             env=env)
-    e.https_port, e.root = port, root
+    ))
+    # The harness reads the new snapshot within a poll or two: wait until it routes with the middlewares.
+    wait_for(lambda: b'"origin": "pages"' in _curl(e, "--http1.1", "/status/500")[2], 20, "the snapshot with middlewares")
     yield e
     e.stop()
 
