@@ -14,47 +14,25 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/.." && pwd)
+. "$HERE/lib.sh"
+ROOT=$BENCH_ROOT
 CONF="$HERE/forwardauth"
 RUN_SECONDS=${SECONDS_PER_RUN:-5}
 CONNS=${CONNS:-32}
 BASE_PORT=${BASE_PORT:-28900}
 ORIGIN=$BASE_PORT NGINX=$((BASE_PORT + 1)) EDGE=$((BASE_PORT + 2)) PLAIN=$((BASE_PORT + 3))
 
-for tool in wrk /usr/sbin/nginx; do
-    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
-
-DIR=$(mktemp -d /tmp/edge-bench-fa.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
-chmod 755 "$DIR"
+bench_need wrk nginx:nginx-light curl
+bench_dir fa
 mkdir -p "$DIR/www"
 head -c 100 /dev/zero | tr '\0' 'a' > "$DIR/www/small"
 for i in $(seq 200); do echo "<p>line $i of the page edge and nginx compress</p>"; done > "$DIR/www/page.html"
 
-render() { sed -e "s#@DIR@#$DIR#g" -e "s#@PORT@#$2#g" -e "s#@ORIGIN@#$ORIGIN#g" "$1"; }
-wait_port() {
-    for _ in $(seq 100); do
-        curl -s -o /dev/null "http://127.0.0.1:$1/small" && return 0
-        sleep 0.1
-    done
-    echo "nothing answers on port $1" >&2
-    return 1
-}
-
-render "$CONF/origin.conf" "$ORIGIN" > "$DIR/origin.conf"
-/usr/sbin/nginx -c "$DIR/origin.conf" -e "$DIR/origin-error.log" & PIDS+=($!)
-wait_port "$ORIGIN"
+start_origin "$CONF/origin.conf"
 render "$CONF/nginx-proxy.conf" "$NGINX" > "$DIR/nginx.conf"
-/usr/sbin/nginx -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" & master=$!; PIDS+=($master)
+nginx -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" & master=$!; PIDS+=($master)
 wait_port "$NGINX"
-declare -A WORK_PID=([nginx]=$(pgrep -P "$master" | head -1))
+declare -A WORK_PID=([nginx]=$(child_pid "$master"))
 
 start_edge() {  # start_edge NAME PORT [plain]
     (cd "$ROOT" && .venv/bin/python bench/forwardauth/snapshot.py "$ORIGIN" "$DIR/$1.pickle" ${3:-})
@@ -75,8 +53,6 @@ for port in "$EDGE" "$NGINX"; do
         | grep -qi '^Content-Encoding: gzip' || { echo "port $port: page not compressed" >&2; exit 1; }
 done
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 measure() {  # measure NAME PORT
     local pid=${WORK_PID[$1]}
     local url="http://127.0.0.1:$2/page.html" gz=(-H "Accept-Encoding: gzip")
@@ -87,7 +63,7 @@ measure() {  # measure NAME PORT
     after=$(cpu_ticks "$pid")
     requests=$(awk '/requests in/ {print $1}' <<< "$out")
     printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$(awk '/Requests\/sec/ {print $2}' <<< "$out")" \
-        "$(awk '$1 == "50%" {print $2}' <<< "$out")" "$(( (after - before) * 1000000 / HZ / (requests > 0 ? requests : 1) ))" \
+        "$(awk '$1 == "50%" {print $2}' <<< "$out")" "$(per_request_us $((after - before)) "${requests:-0}")" \
         "$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<< "$out")" >> "$DIR/results.tsv"
 }
 : > "$DIR/results.tsv"
@@ -96,7 +72,7 @@ for name in nginx edge plain; do
     measure "$name" "$port"
 done
 
-echo "forward auth bench, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), ${RUN_SECONDS}s, $CONNS connections"
+echo "forward auth bench, $(machine_line), ${RUN_SECONDS}s, $CONNS connections"
 python3 - "$DIR/results.tsv" <<'PY'
 import sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
