@@ -58,6 +58,9 @@ class _Transport(StringTransport):
     def write(self, data):  # keep nothing: the bench would grow without end
         self.written += len(data)
 
+    def writeSequence(self, seq):
+        self.write(b"".join(seq))
+
     written = 0
 
     def abortConnection(self):

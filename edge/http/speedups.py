@@ -27,6 +27,17 @@ stock, public code path runs.
     ``twisted.python.log`` lines; edge logs through ``twisted.logger``.
     Needs ``EPollReactor``'s ``_poller``, ``_selectables`` and ``_doReadOrWrite``.
 
+``h2_data``
+    :func:`h2_data_frames` frames an HTTP/2 response body of 16 KiB or more
+    as DATA frames itself and does ``h2``'s bookkeeping for them (the
+    connection's and the stream's state machines, both send windows), so
+    the bytes are joined once for the TLS write instead of being copied
+    five times by ``h2``/``hyperframe`` per frame (frame body, frame, batch,
+    output buffer, ``data_to_send``), with two objects per frame.  Needs
+    ``H2Connection``'s ``streams``, ``state_machine`` and
+    ``outbound_flow_control_window``, the stream's ``state_machine`` and
+    ``outbound_flow_control_window``, ``ConnectionInputs.SEND_DATA`` and
+    ``StreamInputs.SEND_DATA``/``SEND_END_STREAM``.
 ``openssl_direct``
     The TLS transport (:mod:`edge.tls.sni`) calls OpenSSL through
     pyOpenSSL's private ``_util`` binding (no exception per empty read, one
@@ -44,14 +55,15 @@ from twisted.internet import tcp
 __all__ = ["write", "lean_dispatch", "configure", "missing", "CHECKED", "enabled"]
 
 # Versions these speed-ups were read against (upper bounds in setup.cfg too).
-CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0", "hpack": "4.2.0"}
+CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0", "hpack": "4.2.0", "h2": "4.4.1"}
 
 # Only these take the direct-send shortcut: wrappers (TLS, PROXY protocol)
 # forward attribute lookups to the TCP transport underneath, so duck typing
 # would send plaintext past TLS.
 _PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
 
-_switches = {"direct_send": True, "lean_dispatch": True, "quiet_hpack": True, "openssl_direct": True}
+_switches = {"direct_send": True, "lean_dispatch": True, "quiet_hpack": True, "openssl_direct": True,
+             "h2_data": True}
 
 
 class _QuietLog:
@@ -217,6 +229,46 @@ def lean_dispatch(reactor, protocols) -> bool:
     return True
 
 
+_DATA_HEADER = __import__("struct").Struct(">HBBBL")
+
+
+def h2_data_frames(h2c, stream_id: int, data, end_stream: bool) -> list:
+    """
+    What ``h2c.send_data`` would queue for ``data`` cut into frames of the
+    peer's ``max_outbound_frame_size``, as a list of frame headers and
+    payload views for one ``writeSequence``; ``h2``'s state and windows are
+    updated as its ``send_data`` does.  The caller checked ``data`` fits the
+    stream's window (``local_flow_control_window``) and wrote what ``h2``
+    had queued first.  Raises ``h2``'s errors for a closed stream or
+    connection before anything changes.
+    """
+    from h2.connection import ConnectionInputs
+    from h2.exceptions import StreamClosedError
+    from h2.stream import StreamInputs
+
+    stream = h2c.streams.get(stream_id)
+    if stream is None:
+        raise StreamClosedError(stream_id)
+    total = len(data)
+    h2c.state_machine.process_input(ConnectionInputs.SEND_DATA)
+    stream.state_machine.process_input(StreamInputs.SEND_DATA)
+    if end_stream:
+        stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+    stream.outbound_flow_control_window -= total
+    h2c.outbound_flow_control_window -= total
+    size = h2c.max_outbound_frame_size
+    sid = stream_id & 0x7FFFFFFF
+    pack = _DATA_HEADER.pack
+    view = data if data.__class__ is memoryview else memoryview(data)
+    pieces = []
+    for start in range(0, total, size):
+        n = min(size, total - start)
+        flags = 0x1 if end_stream and start + n == total else 0
+        pieces.append(pack(n >> 8, n & 0xFF, 0, flags, sid))
+        pieces.append(view[start:start + n])
+    return pieces
+
+
 def missing() -> list[str]:
     """Private names the speed-ups need that the installed packages lack."""
     import socket
@@ -266,4 +318,29 @@ def missing() -> list[str]:
 
     if not hasattr(hpack.hpack, "log"):
         gone.append("hpack.hpack.log")
+    gone += _missing_h2()
+    return gone
+
+
+def _missing_h2() -> list[str]:
+    import h2.config
+    import h2.connection
+    import h2.stream
+
+    gone = []
+    for owner, names in ((h2.connection.ConnectionInputs, ("SEND_DATA",)),
+                         (h2.stream.StreamInputs, ("SEND_DATA", "SEND_END_STREAM"))):
+        for name in names:
+            if not hasattr(owner, name):
+                gone.append(f"{owner.__module__}.{owner.__name__}.{name}")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "a")])
+    for name in ("streams", "state_machine", "outbound_flow_control_window"):
+        if not hasattr(conn, name):
+            gone.append(f"h2.connection.H2Connection.{name}")
+    stream = getattr(conn, "streams", {}).get(1)
+    for name in ("state_machine", "outbound_flow_control_window"):
+        if not hasattr(stream, name):
+            gone.append(f"h2.stream.H2Stream.{name}")
     return gone
