@@ -150,3 +150,67 @@ def test_a_big_response_through_a_small_window_arrives_intact_either_way():
             assert [e for e in client.events if isinstance(e, h2.events.StreamEnded)]
         finally:
             speedups.configure(True)
+
+
+def test_edges_hpack_encoder_round_trips_through_hpacks_decoder_across_table_changes():
+    """20,000 random blocks (repeats, evictions, big values, size changes) decode to what was encoded."""
+    import random
+
+    import hpack
+
+    from edge.http.hpackenc import Encoder
+
+    rng = random.Random(7)
+    names = [b":status", b"server", b"date", b"content-type", b"etag", b"x-a", b"set-cookie", b"x-long"]
+    values = [b"200", b"nginx", b"text/html", b""]
+    enc, dec = Encoder(), hpack.Decoder()
+    sizes = set()
+    for i in range(20000):
+        if rng.random() < 0.01:  # the peer's SETTINGS_HEADER_TABLE_SIZE, sometimes twice between blocks
+            enc.header_table_size = rng.choice([0, 100, 256, 1000, 4096])
+            if rng.random() < 0.3:
+                enc.header_table_size = rng.choice([50, 4096])
+        fields = [(rng.choice(names), rng.choice(values + [b"%d" % rng.randint(0, 40), b"v" * rng.randint(0, 900)]))
+                  for _ in range(rng.randint(1, 12))]
+        assert dec.decode(enc.encode(fields), raw=True) == fields, i
+        sizes.add(len(enc._entries))
+    assert len(dec.header_table.dynamic_entries) == len(enc._entries)  # both tables hold as many
+    assert max(sizes) > 20 and 0 in sizes
+
+
+def test_edges_hpack_encoder_indexes_repeats_and_never_indexes_cookies():
+    import hpack
+
+    from edge.http.hpackenc import Encoder
+
+    enc = Encoder()
+    fields = [(b":status", b"200"), (b"server", b"nginx"), (b"set-cookie", b"s=secret")]
+    first = enc.encode(fields)
+    second = enc.encode(fields)
+    assert second[:2] == b"\x88\xbe"  # :status 200 static 8, server: nginx the newest dynamic entry (62)
+    assert b"secret" in second  # set-cookie: a literal again, never in the table
+    assert second[2] & 0xF0 == 0x10  # never indexed (RFC 7541 6.2.3)
+    dec = hpack.Decoder()
+    assert dec.decode(first, raw=True) == fields and dec.decode(second, raw=True) == fields
+
+
+def test_server_connections_encode_with_edges_encoder_only_when_switched_on():
+    import hpack
+
+    from edge.http import http2
+    from edge.http.hpackenc import Encoder
+    from tests.test_http_pipeline import H2Client, World
+
+    for on in (False, True):
+        speedups.configure(on)
+        try:
+            client = H2Client(World())
+            encoder = client.server._h2.h2.encoder
+            assert isinstance(encoder, Encoder if speedups.enabled("h2_hpack") else hpack.Encoder)
+            client.send(b"GET", b"/x", b"web.test")
+            client.world.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok")
+            answer = client.answer()
+            assert answer.status == 200 and answer.header(b"x-a") == b"b" and answer.body == b"ok"
+        finally:
+            speedups.configure(True)
+    assert http2  # (imported for the server side the client drives)

@@ -620,6 +620,7 @@ class HTTP2Connection:
         self.reactor = reactor
         self.limits = proxy.limits
         self.h2 = h2.connection.H2Connection(config=_config())
+        speedups.h2_connection(self.h2)
         self._streams: dict[int, _Stream] = {}
         self._state = OPEN
         self._write_paused = False

@@ -38,6 +38,12 @@ stock, public code path runs.
     ``outbound_flow_control_window``, the stream's ``state_machine`` and
     ``outbound_flow_control_window``, ``ConnectionInputs.SEND_DATA`` and
     ``StreamInputs.SEND_DATA``/``SEND_END_STREAM``.
+``h2_hpack``
+    :func:`h2_connection` gives each of edge's server ``H2Connection`` edge's
+    HPACK encoder (:mod:`edge.http.hpackenc`: dict look-ups, no Huffman, no
+    per-field logging) in place of ``hpack.Encoder``.  Needs ``h2`` to encode
+    through ``H2Connection.encoder`` (``encode``, ``header_table_size``) and
+    ``hpack.table.HeaderTable.STATIC_TABLE``.
 ``openssl_direct``
     The TLS transport (:mod:`edge.tls.sni`) calls OpenSSL through
     pyOpenSSL's private ``_util`` binding (no exception per empty read, one
@@ -63,7 +69,7 @@ CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0", "hpack": "4.2.0", "h2": 
 _PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
 
 _switches = {"direct_send": True, "lean_dispatch": True, "quiet_hpack": True, "openssl_direct": True,
-             "h2_data": True}
+             "h2_data": True, "h2_hpack": True}
 
 
 class _QuietLog:
@@ -229,6 +235,14 @@ def lean_dispatch(reactor, protocols) -> bool:
     return True
 
 
+def h2_connection(h2c) -> None:
+    """Switch-dependent set-up of a new server ``H2Connection`` (before it encodes anything)."""
+    if _switches["h2_hpack"]:
+        from edge.http.hpackenc import Encoder
+
+        h2c.encoder = Encoder(h2c.encoder.header_table_size)
+
+
 _DATA_HEADER = __import__("struct").Struct(">HBBBL")
 
 
@@ -334,6 +348,13 @@ def _missing_h2() -> list[str]:
             if not hasattr(owner, name):
                 gone.append(f"{owner.__module__}.{owner.__name__}.{name}")
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    for name in ("encode", "header_table_size"):
+        if not hasattr(getattr(conn, "encoder", None), name):
+            gone.append(f"h2.connection.H2Connection.encoder.{name}")
+    import hpack.table
+
+    if not hasattr(hpack.table.HeaderTable, "STATIC_TABLE"):
+        gone.append("hpack.table.HeaderTable.STATIC_TABLE")
     conn.initiate_connection()
     conn.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "a")])
     for name in ("streams", "state_machine", "outbound_flow_control_window"):
