@@ -310,6 +310,18 @@ ROWS = [
         backend_has=(b"X-Forwarded-For: 127.0.0.1\r\n", b"X-Forwarded-Host: web.test\r\n",
                      b"X-Real-Ip: 127.0.0.1\r\n"),
         body_out=b"hello"),
+    # Traefik's entry point deletes these from a client it does not trust, with or without
+    # middlewares on the router; edge writes its own X-Forwarded-For/Proto/Host/Port.
+    Row("no middlewares: an untrusted client's X-Forwarded-Prefix/Uri/Method/Server do not reach the backend",
+        headers=((b"X-Forwarded-Prefix", b"/evil"), (b"X-Forwarded-Uri", b"/evil-uri"),
+                 (b"X-Forwarded-Method", b"EVILMETHOD"), (b"X-Forwarded-Server", b"evil-server"),
+                 (b"X_Forwarded_For", b"203.0.113.66"), (b"X-Forwarded_Proto", b"evil-proto")),
+        backend_starts=b"GET /x HTTP/1.1\r\n", backend_has=(b"X-Forwarded-For: 127.0.0.1\r\n",),
+        backend_lacks=(b"evil", b"EVILMETHOD", b"203.0.113.66")),
+    Row("no middlewares: a trusted proxy's X-Forwarded-Prefix and X-Forwarded-Uri are kept",
+        headers=((b"X-Forwarded-Prefix", b"/outer"), (b"X-Forwarded-Uri", b"/outer/x")),
+        http=HTTPConfig(trusted_proxies=("127.0.0.1/32",)),
+        backend_has=(b"X-Forwarded-Prefix: /outer\r\n", b"X-Forwarded-Uri: /outer/x\r\n")),
     Row("dot-segments are removed before matching and forwarding", path=b"/a/%2e%2e/b/./c",
         backend_starts=b"GET /b/c HTTP/1.1\r\n"),
     Row("an encoded slash is refused", path=b"/a%2fb", response=None, status=400),

@@ -160,6 +160,8 @@ def route(side, req: Request) -> None:
         req.error = "entry point redirect"
         side.reply(req, redirect(req, scheme, port, True))
         return
+    if not side.peer.trusted:
+        _drop_untrusted_forwarded(req)
     table = factory.table
     matched = table.match(req.method, req.host, req.target, req.headers, req.client_ip) if table else None
     if matched is None:
@@ -172,8 +174,6 @@ def route(side, req: Request) -> None:
     chain = matched.middlewares.request
     if chain:
         req.peer = side.peer
-        if not side.peer.trusted:
-            _drop_untrusted_forwarded(req)
         _run_middlewares(side, req, chain, 0)
     elif matched.middlewares.response:
         dispatch(interpose(side, req, matched.middlewares.response), req)
@@ -182,8 +182,9 @@ def route(side, req: Request) -> None:
 
 
 # The forwarding headers Traefik's entry point deletes from clients it does
-# not trust, before any middleware: ipStrategy, rate-limit sources and
-# stripPrefix must not see an address or a prefix the client chose.
+# not trust, before routing: Headers rules, ipStrategy, rate-limit sources,
+# stripPrefix and the backend must not see an address, prefix, URI or method
+# the client chose (edge writes its own X-Forwarded-For/Proto/Host/Port).
 _CLIENT_FORWARDED = frozenset({
     b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port",
     b"x-forwarded-server", b"x-forwarded-uri", b"x-forwarded-method", b"x-forwarded-prefix",
