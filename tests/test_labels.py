@@ -861,6 +861,13 @@ def _value_for(label: str) -> str:
         "maxrequestbodybytes": "1000",
         "memrequestbodybytes": "1000",
         "maxresponsebodybytes": "1000",
+        "encodings": "gzip,br",
+        "defaultencoding": "gzip",
+        "excludedcontenttypes": "text/event-stream",
+        "includedcontenttypes": "text/html",
+        "minresponsebodybytes": "1024",
+        "status": "500-599",
+        "query": "/{status}.html",
         "memresponsebodybytes": "1000",
         "retryexpression": "IsNetworkError() && Attempts() <= 2",
     }
@@ -890,6 +897,7 @@ _MAIN_OPTIONS = {
     ".inflightreq.": {"amount": "5"},
     ".retry.": {"attempts": "2"},
     ".circuitbreaker.": {"expression": "NetworkErrorRatio() > 0.5"},
+    ".errors.": {"status": "500-599", "service": "s"},
     ".ipallowlist.": {"sourcerange": "10.0.0.0/8"},
 }
 
@@ -902,6 +910,8 @@ def _concrete(label: str) -> str:
         .replace("<segment>", "seg")
         .replace("<Header>", "X-Test")
         .replace("<n>", "0")
+        .replace("<code or range>", "418")
+        .replace("<name>", "e")
     )
 
 
@@ -946,6 +956,8 @@ def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, lab
                             labels.setdefault(f"{prefix}.http.middlewares.m{kind}{opt}", v)
                 if key.endswith(".tls.cert"):
                     labels[key[: -len("cert")] + "key"] = _PEM
+                if ".statusrewrites." in key:
+                    labels[key] = "400"
                 if ".chain." in key:
                     labels[key] = "member"
                     labels[f"{prefix}.http.middlewares.member.addprefix.prefix"] = "/p"
@@ -970,6 +982,9 @@ def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, lab
             labels.setdefault("traefik.frontend.auth.forward.address", "http://auth.test/")
             if label.endswith(".tls.cert"):
                 labels["traefik.frontend.auth.forward.tls.key"] = _PEM
+        if ".frontend.errors." in label.lower():
+            labels.setdefault(label.rsplit(".", 1)[0] + ".status", "500-599")
+            labels.setdefault(label.rsplit(".", 1)[0] + ".backend", "b")
         if label.lower() == "traefik.backend.maxconn.extractorfunc":
             labels["traefik.backend.maxconn.amount"] = "5"
         if label.lower() == "traefik.frontend.redirect.regex":
