@@ -985,8 +985,9 @@ def test_every_supported_label_in_the_doc_is_read_without_a_warning(section, lab
         if ".frontend.errors." in label.lower():
             labels.setdefault(label.rsplit(".", 1)[0] + ".status", "500-599")
             labels.setdefault(label.rsplit(".", 1)[0] + ".backend", "b")
-        if label.lower() == "traefik.backend.maxconn.extractorfunc":
-            labels["traefik.backend.maxconn.amount"] = "5"
+        if label.lower().startswith("traefik.backend.maxconn."):  # Traefik 1.7 needs both
+            labels.setdefault("traefik.backend.maxconn.amount", "5")
+            labels.setdefault("traefik.backend.maxconn.extractorFunc", "client.ip")
         if label.lower() == "traefik.frontend.redirect.regex":
             labels["traefik.frontend.redirect.replacement"] = "http://b/"
         if label.lower() == "traefik.frontend.redirect.replacement":

@@ -264,6 +264,11 @@ def test_labels_v1_backend_circuitbreaker_and_maxconn():
         "traefik.backend.circuitbreaker.expression": "Ratio() > 0.5",
     })
     assert routers == {} and any(p.level == "error" for p in problems)
-    routers, problems = _routers({"traefik.frontend.rule": "Host:a.test",
-                                  "traefik.backend.maxconn.extractorfunc": "client.ip"})
-    assert routers == {} and any("needs an amount" in p.message for p in problems)
+    for alone in ({"traefik.backend.maxconn.extractorfunc": "client.ip"}, {"traefik.backend.maxconn.amount": "3"}):
+        # Traefik 1.7 limits nothing unless both are set.
+        routers, problems = _routers({"traefik.frontend.rule": "Host:a.test", **alone})
+        assert list(routers.values()) == [()]
+        assert [p.level for p in problems] == ["warning"] and "needs both" in problems[0].message
+    routers, problems = _routers({"traefik.frontend.rule": "Host:a.test", "traefik.backend.maxconn.amount": "3",
+                                  "traefik.backend.maxconn.extractorfunc": "request.cookie"})
+    assert routers == {} and any(p.level == "error" for p in problems)

@@ -130,13 +130,14 @@ def v1_backend(reader, opts: dict[str, tuple[str, str]], extractor) -> tuple[tup
         func_pair = maxconn.pop("extractorfunc", None)
         for _rest, (label, _value) in maxconn.items():
             reader.unknown(label)
-        if amount_pair is None:
-            label = func_pair[0] if func_pair else "traefik.backend.maxconn.amount"
-            reader.error(label, "traefik.backend.maxconn needs an amount; the service's frontends are dropped")
-            ok = False
+        if amount_pair is None or func_pair is None:
+            # Traefik 1.7 builds the limit only from both labels together.
+            label = (func_pair or amount_pair)[0]
+            reader.warn(label, "traefik.backend.maxconn needs both .amount and .extractorfunc; ignored"
+                               " (as in Traefik 1.7)")
         else:
             amount = reader.integer(amount_pair[0], amount_pair[1], None, 1, 2**31 - 1)
-            criterion = extractor(reader, *func_pair) if func_pair else extractor(reader, "", "client.ip")
+            criterion = extractor(reader, *func_pair)
             if amount is None or criterion is None:
                 ok = False
             else:
