@@ -676,3 +676,18 @@ def test_h2c_health_check_scheme_falls_back_to_http_with_a_warning():
     (service,) = config.services
     assert service.health_check.scheme == "http"
     assert any("health checks are made over HTTP/1.1" in p.message for p in config.problems)
+
+
+def test_a_health_check_on_an_h2c_service_warns_that_probes_are_http11():
+    labels = {
+        "traefik.http.routers.g.rule": "Host(`g.test`)",
+        "traefik.http.services.g.loadbalancer.server.port": "50051",
+        "traefik.http.services.g.loadbalancer.server.scheme": "h2c",
+        "traefik.http.services.g.loadbalancer.healthcheck.path": "/health",
+    }
+    config = read_labels("grpc", labels)
+    assert any("health checks are made over HTTP/1.1" in p.message for p in config.problems)
+    # An HTTP/1.1 endpoint named for the probes: no warning.
+    config = read_labels("grpc", {**labels, "traefik.http.services.g.loadbalancer.healthcheck.scheme": "http",
+                                  "traefik.http.services.g.loadbalancer.healthcheck.port": "8080"})
+    assert not any("health checks are made over HTTP/1.1" in p.message for p in config.problems)

@@ -1054,6 +1054,11 @@ def _service_spec(
             )
         else:
             check = HealthCheck(path=path, headers=tuple(health_headers), **health)
+            if scheme == "h2c" and not check.scheme:
+                # Probes are HTTP/1.1: a gRPC-only target fails them and is taken out of service.
+                reader.warn(health_label, f"service {name}: health checks are made over HTTP/1.1,"
+                            " which an h2c target may not answer (a failed check takes it out of"
+                            " service); point healthcheck.scheme/port at an HTTP/1.1 endpoint")
     return ServiceSpec(
         name=f"{name}@{reader.provider}",
         port=port,
