@@ -92,7 +92,7 @@ class Request:
     # Called once when the request is done (answered or given up): inFlightReq.
     on_finish = None
     # The retry middleware's attempts so far, and a body the buffering
-    # middleware holds whole (bytes) so that an attempt can send it again.
+    # middleware holds whole (a tuple of bytes) so that an attempt can send it again.
     attempts = 1
     held = None
     # The response filter nearest the backend (compress, errors), for routers

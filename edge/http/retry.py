@@ -90,7 +90,7 @@ class RetryPolicy:
         req.tried.clear()
         req.retried = False
         if req.held is not None:
-            req.pending = [req.held]
-            req.pending_bytes = len(req.held)
+            req.pending = list(req.held)
+            req.pending_bytes = req.content_length
         exchange.dispatch(getattr(req, "response_filter", None) or side, req)
         side.flush()
