@@ -36,6 +36,7 @@ def test_switch_off_runs_the_stock_paths(monkeypatch):
 
         assert not isinstance(hpack.hpack.log, speedups._QuietLog)
         assert not speedups.enabled("h2_data")
+        assert not speedups.enabled("h2_headers") and not speedups.enabled("h2_hpack")
         transport = StringTransport()
         speedups.write(transport, b"x")
         assert transport.value() == b"x"
@@ -214,3 +215,36 @@ def test_server_connections_encode_with_edges_encoder_only_when_switched_on():
         finally:
             speedups.configure(True)
     assert http2  # (imported for the server side the client drives)
+
+
+def test_h2_queue_headers_and_small_data_queue_what_h2_would():
+    """HEADERS (with CONTINUATION past the frame size), then small DATA: byte for byte h2's own."""
+    heads = [
+        ([(b":status", b"200"), (b"server", b"nginx"), (b"content-length", b"2")], False),
+        ([(b":status", b"404")] + [(b"x-h%d" % i, b"v" * 1000) for i in range(40)], True),  # > 16 KiB
+    ]
+    for fields, end in heads:
+        ours, client = _h2_pair()
+        theirs, _ = _h2_pair()
+        request = _request_on(client, 3)  # a fresh request on stream 3 to answer
+        for conn in (ours, theirs):
+            conn.receive_data(request)
+        assert speedups.h2_queue_headers(ours, 3, fields, end)
+        theirs.send_headers(3, fields, end_stream=end)
+        if not end:
+            speedups.h2_data_frames(ours, 3, b"ok", True, queue=True)
+            theirs.send_data(3, b"ok", end_stream=True)
+        got = ours.data_to_send()
+        assert got == theirs.data_to_send()
+        assert ours.streams[3].state_machine.state == theirs.streams[3].state_machine.state
+        assert ours.outbound_flow_control_window == theirs.outbound_flow_control_window
+        events = client.receive_data(got)
+        assert [dict(e.headers)[b":status"] for e in events if hasattr(e, "headers")] == [fields[0][1]]
+    server, _ = _h2_pair()
+    assert not speedups.h2_queue_headers(server, 5, heads[0][0], False)  # no such stream: h2's turn
+
+
+def _request_on(client, sid):
+    client.send_headers(sid, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"https"),
+                              (b":authority", b"a")], end_stream=True)
+    return client.data_to_send()

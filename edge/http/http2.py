@@ -266,7 +266,7 @@ class _Stream:
         req.sent_bytes = len(reply.body)
         h2c = self.conn.h2
         try:
-            h2c.send_headers(self.stream_id, headers, end_stream=not body)
+            self._send_head(reply.status, headers, not body)
         except h2.exceptions.ProtocolError:  # the stream or the connection is closed
             self._abandon_backend()
             self._finish(reset=None)
@@ -326,11 +326,18 @@ class _Stream:
             headers.append((b"set-cookie", req.set_cookie))
         req.replied = True
         try:
-            self.conn.h2.send_headers(self.stream_id, headers, end_stream=no_body)
+            self._send_head(status, headers, no_body)
         except h2.exceptions.ProtocolError:  # the stream or the connection is closed
             self._abandon_backend()
             self._finish(reset=None)
         return no_body
+
+    def _send_head(self, status: int, headers: list, end_stream: bool) -> None:
+        h2c = self.conn.h2
+        if status >= 200 and speedups.enabled("h2_headers") and speedups.h2_queue_headers(
+                h2c, self.stream_id, headers, end_stream):
+            return
+        h2c.send_headers(self.stream_id, headers, end_stream=end_stream)
 
     def response_body(self, req: Request, data: bytes) -> None:
         if self._state is DONE:
@@ -461,6 +468,7 @@ class _Stream:
                 self.backend.pause_reading()
             return
         sent = 0
+        queue = speedups.enabled("h2_headers")
         try:
             while out:
                 window = h2c.local_flow_control_window(sid)
@@ -489,7 +497,10 @@ class _Stream:
                 if len(chunk) <= size:
                     out.pop(0)
                     last = self._out_end and not out and self.req.trailers is None
-                    h2c.send_data(sid, chunk, end_stream=last)
+                    if queue:
+                        speedups.h2_data_frames(h2c, sid, chunk, last, queue=True)
+                    else:
+                        h2c.send_data(sid, chunk, end_stream=last)
                     conn._data_out += len(chunk)
                     if last:
                         self._finish(reset=None, ended=True)

@@ -44,6 +44,15 @@ stock, public code path runs.
     per-field logging) in place of ``hpack.Encoder``.  Needs ``h2`` to encode
     through ``H2Connection.encoder`` (``encode``, ``header_table_size``) and
     ``hpack.table.HeaderTable.STATIC_TABLE``.
+``h2_headers``
+    :func:`h2_queue_headers` and :func:`h2_data_frames` with ``queue=True``
+    put a response's HEADERS (CONTINUATION past the peer's frame size) and
+    its small DATA frames straight into ``h2``'s output buffer with the same
+    state-machine and window bookkeeping as ``send_headers``/``send_data``,
+    without their per-call header re-encoding to bytes, informational-status
+    scan, validation flags and frame objects.  Needs what ``h2_data`` needs,
+    ``H2Connection._data_to_send`` (a bytearray), ``encoder`` and
+    ``ConnectionInputs.SEND_HEADERS``/``StreamInputs.SEND_HEADERS``.
 ``openssl_direct``
     The TLS transport (:mod:`edge.tls.sni`) calls OpenSSL through
     pyOpenSSL's private ``_util`` binding (no exception per empty read, one
@@ -69,7 +78,7 @@ CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0", "hpack": "4.2.0", "h2": 
 _PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
 
 _switches = {"direct_send": True, "lean_dispatch": True, "quiet_hpack": True, "openssl_direct": True,
-             "h2_data": True, "h2_hpack": True}
+             "h2_data": True, "h2_hpack": True, "h2_headers": True}
 
 
 class _QuietLog:
@@ -246,15 +255,48 @@ def h2_connection(h2c) -> None:
 _DATA_HEADER = __import__("struct").Struct(">HBBBL")
 
 
-def h2_data_frames(h2c, stream_id: int, data, end_stream: bool) -> list:
+def h2_queue_headers(h2c, stream_id: int, headers, end_stream: bool) -> bool:
+    """
+    Queue a final response head (status 200 or more) as ``h2c.send_headers``
+    would; False (nothing done) when the stream is not open, so the caller
+    lets ``h2`` raise its error.
+    """
+    from h2.connection import ConnectionInputs
+    from h2.stream import StreamInputs
+
+    stream = h2c.streams.get(stream_id)
+    if stream is None:
+        return False
+    h2c.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+    stream.state_machine.process_input(StreamInputs.SEND_HEADERS)
+    block = h2c.encoder.encode(headers)
+    if end_stream:
+        stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
+    size = h2c.max_outbound_frame_size
+    buf = h2c._data_to_send
+    pack = _DATA_HEADER.pack
+    sid = stream_id & 0x7FFFFFFF
+    total = len(block)
+    kind, flags = 0x1, 0x1 if end_stream else 0  # HEADERS, then CONTINUATION
+    for start in range(0, total or 1, size):
+        piece = block[start:start + size]
+        n = len(piece)
+        buf += pack(n >> 8, n & 0xFF, kind, flags | (0x4 if start + size >= total else 0), sid)
+        buf += piece
+        kind, flags = 0x9, 0
+    return True
+
+
+def h2_data_frames(h2c, stream_id: int, data, end_stream: bool, queue: bool = False) -> list | None:
     """
     What ``h2c.send_data`` would queue for ``data`` cut into frames of the
     peer's ``max_outbound_frame_size``, as a list of frame headers and
-    payload views for one ``writeSequence``; ``h2``'s state and windows are
-    updated as its ``send_data`` does.  The caller checked ``data`` fits the
-    stream's window (``local_flow_control_window``) and wrote what ``h2``
-    had queued first.  Raises ``h2``'s errors for a closed stream or
-    connection before anything changes.
+    payload views for one ``writeSequence`` (the caller wrote what ``h2``
+    had queued first), or with ``queue`` appended to ``h2``'s own output
+    buffer; ``h2``'s state and windows are updated as its ``send_data``
+    does.  The caller checked ``data`` fits the stream's window
+    (``local_flow_control_window``).  Raises ``h2``'s errors for a closed
+    stream or connection before anything changes.
     """
     from h2.connection import ConnectionInputs
     from h2.exceptions import StreamClosedError
@@ -273,6 +315,13 @@ def h2_data_frames(h2c, stream_id: int, data, end_stream: bool) -> list:
     size = h2c.max_outbound_frame_size
     sid = stream_id & 0x7FFFFFFF
     pack = _DATA_HEADER.pack
+    if queue:
+        buf = h2c._data_to_send
+        for start in range(0, total or 1, size):
+            n = min(size, total - start)
+            buf += pack(n >> 8, n & 0xFF, 0, 0x1 if end_stream and start + n == total else 0, sid)
+            buf += data[start:start + n]
+        return None
     view = data if data.__class__ is memoryview else memoryview(data)
     pieces = []
     for start in range(0, total, size):
@@ -342,8 +391,8 @@ def _missing_h2() -> list[str]:
     import h2.stream
 
     gone = []
-    for owner, names in ((h2.connection.ConnectionInputs, ("SEND_DATA",)),
-                         (h2.stream.StreamInputs, ("SEND_DATA", "SEND_END_STREAM"))):
+    for owner, names in ((h2.connection.ConnectionInputs, ("SEND_DATA", "SEND_HEADERS")),
+                         (h2.stream.StreamInputs, ("SEND_DATA", "SEND_END_STREAM", "SEND_HEADERS"))):
         for name in names:
             if not hasattr(owner, name):
                 gone.append(f"{owner.__module__}.{owner.__name__}.{name}")
@@ -357,9 +406,11 @@ def _missing_h2() -> list[str]:
         gone.append("hpack.table.HeaderTable.STATIC_TABLE")
     conn.initiate_connection()
     conn.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "a")])
-    for name in ("streams", "state_machine", "outbound_flow_control_window"):
+    for name in ("streams", "state_machine", "outbound_flow_control_window", "encoder"):
         if not hasattr(conn, name):
             gone.append(f"h2.connection.H2Connection.{name}")
+    if not isinstance(getattr(conn, "_data_to_send", None), bytearray):
+        gone.append("h2.connection.H2Connection._data_to_send (a bytearray)")
     stream = getattr(conn, "streams", {}).get(1)
     for name in ("state_machine", "outbound_flow_control_window"):
         if not hasattr(stream, name):
