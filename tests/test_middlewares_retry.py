@@ -207,3 +207,37 @@ def test_labels_retry():
     config = read_labels("web", {**base, "traefik.http.middlewares.re.retry.initialinterval": "1s"})
     assert config.routers == () or list(config.routers) == []
     assert any("has no attempts" in p.message for p in config.problems)
+
+
+class _Side:
+    def gone(self, req):
+        return False
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("cause, retried", [
+    ("http://10.0.0.1:80 closed the connection: reset", True),
+    ("h2c://10.0.0.1:80 reset the stream (REFUSED_STREAM)", True),
+    ("malformed response: invalid status (from http://10.0.0.1:80)", False),
+    ("response head larger than 73728 bytes (from http://10.0.0.1:80)", False),
+])
+def test_only_a_connection_or_stream_ended_before_the_head_is_retried(cause, retried):
+    from twisted.internet.task import Clock
+
+    from edge.http.exchange import Request
+
+    clock = Clock()
+    policy = RetryPolicy(Retry(attempts=2, initial_interval=1), clock)
+    req = Request("http", "127.0.0.1")
+    req.method, req.body_done = b"GET", True
+
+    class Route:
+        router = "r"
+
+    req.route = Route()
+    assert policy.again(_Side(), req, cause, nothing_sent=False) is retried
+    assert len(clock.getDelayedCalls()) == (1 if retried else 0)
+    if retried:
+        assert clock.getDelayedCalls()[0].getTime() == 1.0 and req.attempts == 2

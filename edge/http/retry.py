@@ -10,7 +10,8 @@ attempt fails when edge would answer 502 before any byte of a response
 reached the client:
 
 - no target accepted the connection: nothing was sent, always retried;
-- the backend closed or reset the connection before its response head:
+- the backend closed or reset the connection (an h2c backend: or the
+  stream) before its response head:
   retried only when sending the request again is safe -- an idempotent
   method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose body is empty or
   held whole by the ``buffering`` middleware (Traefik would not retry here
@@ -33,8 +34,9 @@ from edge.snapshot import MAX_RETRY_ATTEMPTS as MAX_ATTEMPTS, Retry
 
 __all__ = ["RetryPolicy", "MAX_ATTEMPTS"]
 
-# backend.BackendProtocol's cause when a connection ends before the response head.
-_CLOSED = " closed the connection"
+# The causes the backend connections give when a connection (HTTP/1.1, h2c) or
+# an h2c stream ends before the response head; any other 502 is an answer.
+_ENDED = (" closed the connection", " reset the stream")
 
 
 class RetryPolicy:
@@ -65,7 +67,7 @@ class RetryPolicy:
         """Schedule the next attempt for ``req`` if one is left and safe; False to answer 502."""
         if req.attempts >= self.attempts:
             return False
-        if not nothing_sent and _CLOSED not in cause:
+        if not nothing_sent and not any(marker in cause for marker in _ENDED):
             return False  # a malformed answer: the backend did answer
         if not self.replayable(req, nothing_sent):
             return False
