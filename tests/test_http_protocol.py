@@ -262,3 +262,16 @@ def test_pool_keeps_a_burst_of_idle_connections_until_the_sweep_trims_the_oldest
     assert pool.idle_count() == 2
     assert [c.closed for c in conns] == [True, True, True, False, False]  # oldest closed
     assert pool.take(conns[0].key) is conns[4]  # newest reused first
+
+
+def test_backend_writes_go_through_the_switched_speedups_write(monkeypatch):
+    """`[http] speedups = false` must reach BackendProtocol.send (it bound the write at import)."""
+    from edge.http import speedups
+    from edge.http.backend import BackendProtocol
+
+    sent = []
+    monkeypatch.setattr(speedups, "write", lambda transport, data: sent.append(data))
+    backend = BackendProtocol(("http", "127.0.0.1", 80), pool=None)
+    backend.transport = StringTransport()
+    backend.send(b"GET / HTTP/1.1\r\n\r\n")
+    assert sent == [b"GET / HTTP/1.1\r\n\r\n"]

@@ -35,7 +35,6 @@ from zope.interface import implementer
 
 from edge.http import speedups
 from edge.http.forwarding import request_bytes
-from edge.http.speedups import write as _write
 
 __all__ = ["BackendProtocol", "PeerReads", "IDEMPOTENT"]
 
@@ -170,7 +169,7 @@ class BackendProtocol(Protocol):
 
     def send(self, data: bytes):
         """Raw bytes for the backend (a tunnel's, or a side's own framing)."""
-        _write(self.transport, data)
+        speedups.write(self.transport, data)
 
     # The request as the sides hand it over; the framing is the backend's
     # (HTTP/1.1 here, HTTP/2 for h2c targets: edge.http.backend_h2).
