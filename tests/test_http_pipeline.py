@@ -1119,3 +1119,35 @@ def test_an_h2_path_that_is_not_origin_form_is_a_400(path):
     assert client.answer().status == 400
     assert world.backend_bytes() == b""
     assert [line["status"] for line in world.log_lines()] == [400]
+
+
+@FRAMINGS
+def test_counting_middlewares_keep_their_state_across_a_new_snapshot(framing):
+    """A snapshot follows any task change in the swarm: limits and breakers must not start over."""
+    limit = RateLimit(1, burst=1)
+    breaker = CircuitBreaker("ResponseCodeRatio(500, 600, 0, 600) > 0.5", check_period=1.0,
+                             fallback_duration=10.0)
+    world = World(middlewares=(limit, InFlightReq(1), breaker))
+    world.clock.advance(100)
+    first = framing(world)
+    first.send(b"GET", b"/x", b"mw.test")
+    world.service.apply(_snapshot((limit, InFlightReq(1), breaker)))  # while it is in flight
+    second = framing(world)
+    second.send(b"GET", b"/x", b"mw.test")
+    assert second.answer().status == 429  # the in-flight slot is still taken
+    world.answer(b"HTTP/1.1 500 X\r\nContent-Length: 0\r\n\r\n")
+    assert first.answer().status == 500
+    world.clock.advance(1.5)
+    world.service._housekeeping()
+    world.service.apply(_snapshot((limit, InFlightReq(1), breaker)))
+    sent = world.backend_bytes()
+    third = framing(world)
+    third.send(b"GET", b"/x", b"mw.test")
+    assert third.answer().status == 503  # the breaker is still open
+    assert world.backend_bytes() == sent
+    # A changed definition starts afresh.
+    world.service.apply(_snapshot((RateLimit(100, burst=100),)))
+    fourth = framing(world)
+    fourth.send(b"GET", b"/x", b"mw.test")
+    world.answer(OK)
+    assert fourth.answer().status == 200

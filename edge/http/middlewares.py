@@ -287,8 +287,21 @@ _REWRITES = {
 }
 
 
-def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> Chain:
-    """Compile a router's middlewares, in order, into a :class:`Chain`."""
+def _make_anew(middleware, make):
+    return make()
+
+
+def compile_middlewares(middlewares, *, reactor=None, https_port: str = "", keep=None) -> Chain:
+    """
+    Compile a router's middlewares, in order, into a :class:`Chain`.
+
+    ``keep(middleware, make)`` returns the runtime object of a middleware
+    that counts (rate and in-flight limits, circuit breakers), kept across
+    rebuilds (:class:`edge.http.middleware_state.MiddlewareState`); without
+    it each compile makes new ones.
+    """
+    if keep is None:
+        keep = _make_anew
     request = []
     drop: set[bytes] = set()
     add: list = []
@@ -296,8 +309,8 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
     sts_always = False
     ssl_proxy: tuple = ()
     cors: list = []
-    response: list = []
     retry = expression_retry = None
+    response: list = []
     for mw in middlewares:
         if isinstance(mw, RedirectScheme):
             request.append(_redirect_scheme(mw, https_port))
@@ -323,13 +336,13 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
             from edge.http.ratelimit import InFlightLimiter, RateLimiter
 
             if isinstance(mw, InFlightReq):
-                request.append(InFlightLimiter(mw))
+                request.append(keep(mw, lambda: InFlightLimiter(mw)))
             else:
                 if reactor is None:
                     from twisted.internet import reactor as default_reactor
 
                     reactor = default_reactor
-                request.append(RateLimiter(mw, reactor))
+                request.append(keep(mw, lambda: RateLimiter(mw, reactor)))
         elif isinstance(mw, Headers):
             from edge.http import secure
 
@@ -374,7 +387,7 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
             elif isinstance(mw, CircuitBreaker):
                 from edge.http.circuitbreaker import Breaker
 
-                request.append(Breaker(mw, reactor))
+                request.append(keep(mw, lambda: Breaker(mw, reactor)))
             else:
                 from edge.http.buffering import ExpressionRetry, RequestBuffer
 
@@ -402,6 +415,6 @@ def compile_middlewares(middlewares, *, reactor=None, https_port: str = "") -> C
         sts_always=sts_always,
         ssl_proxy=ssl_proxy,
         cors=tuple(cors),
-        response=tuple(response),
         retry=retry or expression_retry,
+        response=tuple(response),
     )

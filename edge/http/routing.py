@@ -189,13 +189,16 @@ class RoutingTable:
         health: HealthRegistry | None = None,
         reactor=None,
         https_port: str = "",
+        state=None,
     ) -> "RoutingTable":
         """
         Compile every router of ``snapshot`` bound to ``entrypoint_name``.
 
         ``balancers`` (one per service, shared between entry points) come
         from :func:`edge.http.balancer.build_balancers`; when omitted a fresh
-        set is built.  A router that fails to compile is logged and skipped.
+        set is built.  ``state`` (a :class:`~edge.http.middleware_state.MiddlewareState`)
+        keeps counting middlewares across rebuilds.  A router that fails to
+        compile is logged and skipped.
         """
         if balancers is None:
             balancers = build_balancers(snapshot, health or HealthRegistry(reactor), reactor)
@@ -207,7 +210,7 @@ class RoutingTable:
             if router.entry_points and entrypoint_name not in router.entry_points:
                 continue
             try:
-                route = _compile_router(router, snapshot, balancers, reactor, https_port)
+                route = _compile_router(router, snapshot, balancers, reactor, https_port, state)
             except Exception as e:
                 _log.error(
                     "Router {router} skipped: cannot compile it ({error})",
@@ -322,7 +325,7 @@ def _order(route: Route):
 
 
 def _compile_router(router: Router, snapshot: Snapshot, balancers, reactor=None,
-                    https_port: str = "") -> Route:
+                    https_port: str = "", state=None) -> Route:
     rule = router.rule
     # A plain Host() rule is decided by the index alone.
     matcher = None if isinstance(rule, R.Host) else compile_rule(rule)
@@ -332,7 +335,10 @@ def _compile_router(router: Router, snapshot: Snapshot, balancers, reactor=None,
         service=router.service,
         priority=router.effective_priority,
         matcher=matcher,
-        middlewares=compile_middlewares(router.middlewares, reactor=reactor, https_port=https_port),
+        middlewares=compile_middlewares(
+            router.middlewares, reactor=reactor, https_port=https_port,
+            keep=None if state is None else (lambda mw, make: state.keep(router.name, mw, make)),
+        ),
         balancer=balancers.get(router.service),
         pass_host_header=service.pass_host_header if service else True,
         tls=router.tls is not None,

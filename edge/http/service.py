@@ -28,6 +28,7 @@ from edge.http import speedups
 from edge.http.backend import BackendProtocol
 from edge.http.http1 import ServerProtocol
 from edge.http.proxy import Proxy, ProxyFactory
+from edge.http.middleware_state import MiddlewareState
 from edge.http.routing import RoutingTable
 from edge.shutdown import drain_within, stop_listening
 from edge.snapshot import Snapshot
@@ -164,6 +165,8 @@ class HTTPService(Service):
         self.proxy = Proxy(reactor, http, self.pool, self.health,
                            http.trusted_proxies, None, self.stats)
         self.checks = HealthChecks(reactor, self.health, self._probe)
+        # Rate/in-flight limits and breakers keep counting across snapshots.
+        self._middleware_state = MiddlewareState()
         self.factories: dict[str, ProxyFactory] = {}
         self.ports: dict[str, object] = {}
         # Entry point name -> why it is not listening (read by edge.listeners).
@@ -216,11 +219,13 @@ class HTTPService(Service):
         # For middlewares that send requests to another service (errors).
         self.proxy.balancers = balancers
         self.proxy.snapshot = snapshot
+        self._middleware_state.begin()
         for name, factory in self.factories.items():
             factory.table = RoutingTable.build(
                 snapshot, name, balancers=balancers, reactor=self._reactor,
-                https_port=self._https_port,
+                https_port=self._https_port, state=self._middleware_state,
             )
+        self._middleware_state.end()
         keys = {target_key(t) for s in snapshot.services for t in s.targets}
         self.pool.retain(keys)
         self.health.forget_except(keys)
