@@ -12,6 +12,7 @@ import tomllib
 
 import pytest
 from twisted.internet import task
+from twisted.logger import Logger, formatEvent
 
 from edge.config import ConfigError, parse
 from edge.discovery.build import DockerState, build_snapshot
@@ -264,6 +265,9 @@ def test_a_reloaded_file_rebuilds_docker_routers_with_its_middlewares():
     source = FakeSource(_container_state())
     first = config('[docker]\nurl = "unix:///fake.sock"\n' + FILE_TEXT)
     tree = make_discovery_service(first, publisher, clock, docker_source=source)
+    docker = next(s for s in tree if type(s).__name__ == "DockerProvider")
+    logged: list[dict] = []
+    docker._log = Logger(observer=logged.append)
     tree.startService()
     try:
         (router,) = [r for r in publisher.current.routers if r.provider == "docker"]
@@ -280,6 +284,11 @@ def test_a_reloaded_file_rebuilds_docker_routers_with_its_middlewares():
         static.reload(config('[docker]\nurl = "unix:///fake.sock"\n'))
         assert [r for r in publisher.current.routers if r.provider == "docker"] == []
         assert any("auth@file" in p.message for p in publisher.current.problems)
+        # ... and the log says so once, not at every build.
+        docker.rebuild()
+        said = [formatEvent(e) for e in logged if "auth@file" in formatEvent(e)]
+        assert len(said) == 1 and "router dropped" in said[0]
+        assert [e["log_level"].name for e in logged if "auth@file" in formatEvent(e)] == ["error"]
     finally:
         tree.stopService()
 
@@ -367,6 +376,7 @@ def test_labels_use_the_config_files_middlewares_through_a_real_edge(swarm, tmp_
             assert requests.get(f"http://127.0.0.1:{port}/", headers={"Host": f"x-{host}", **good},
                                 timeout=5).status_code == 404
             assert "names provider 'internal', which edge does not have" in problems()
+            assert log.read_text().count("middleware 'auth@internal' names provider 'internal'") == 1  # once, not per build
 
             # A reload whose middleware does not build is rejected whole: the routes stay as they were.
             reload(head + auth("justaname") + tag)
@@ -383,6 +393,8 @@ def test_labels_use_the_config_files_middlewares_through_a_real_edge(swarm, tmp_
             reload(head + tag)
             wait_for(lambda: status(**other) == 404, 10, "the router dropped once auth@file is gone")
             assert "'auth@file' is not defined in the config file's [middlewares]" in problems()
+            assert "[edge.discovery.docker_provider.DockerProvider#error]" in log.read_text().split(
+                "'auth@file' is not defined in the config file's [middlewares]")[0].splitlines()[-1]
         finally:  # other tests watch the same swarm: leave nothing behind
             swarm.remove_service(created.id)
 

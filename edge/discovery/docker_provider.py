@@ -116,6 +116,8 @@ class DockerProvider(Service):
         self._failed_attempts = 0
         self._ever_connected = False
         self._event_at: float | None = None  # oldest event not yet reflected
+        # Problems of the last build: each is logged once, when it appears.
+        self._logged_problems: frozenset = frozenset()
         # Bumped on every (re)connect: results of syncs started on an older
         # connection are ignored, so a slow failure cannot tear down a new one.
         self._connection = 0
@@ -300,6 +302,7 @@ class DockerProvider(Service):
             self._publisher.report_error("docker", "snapshot build failed (see log)")
             return False
         self._publisher.report("docker", snapshot)
+        self._log_problems(snapshot.problems)
         if self._memory.patched_nodes or self._memory.patched_tasks:
             self._log.info(
                 "Swarm read {nodes} node(s) as unknown and {tasks} task(s) without ports;"
@@ -308,6 +311,14 @@ class DockerProvider(Service):
                 tasks=self._memory.patched_tasks,
             )
         return True
+
+    def _log_problems(self, problems) -> None:
+        """A label problem (a router dropped, a label ignored) in the log once, when it appears; the API lists them all."""
+        current = frozenset(problems)
+        for problem in sorted(current - self._logged_problems, key=lambda p: (p.source, p.label, p.message)):
+            log = self._log.error if problem.level == "error" else self._log.warn
+            log("{source}: {message}", source=problem.source, message=problem.message)
+        self._logged_problems = current
 
     # -- polling tasks and nodes
 
