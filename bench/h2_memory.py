@@ -18,7 +18,10 @@ then 10 backend reads answer them, then one flush); ``h2 100 ...`` like 1x100;
 ``h2 10 2000 1048576`` the 1 MiB rows (the backend's body arrives in 64 KiB
 reads, as a socket would give it).  ``h1 1 20000`` is HTTP/1.1 keep-alive.
 Prints the best and median CPU microseconds per request over the rounds.
-``CPROFILE=file`` writes a cProfile of one round's measured part instead.
+``CPROFILE=file`` writes a cProfile of one round's measured part instead;
+``H2_READS=file`` keeps the client's bytes in a file (made on the first run),
+so that under ``valgrind --tool=callgrind`` the instructions of runs with two
+request counts differ by edge's work alone.
 """
 
 from __future__ import annotations
@@ -156,18 +159,12 @@ def _stop(t0: float) -> float:
     return spent
 
 
-def run_h2(streams: int, total: int, body: bytes) -> tuple[float, int]:
-    world = World(body)
-    reads = _h2_client_bytes(streams, total)
-    transport = _Transport("127.0.0.1")
-    transport.negotiatedProtocol = b"h2"
-    server = ServerProtocol()
-    server.factory = world.factory
-    server.makeConnection(transport)
-    # Warm-up: the pool, caches and the HPACK tables reach their steady state.
+def _drive(world, server, reads) -> tuple[float, int]:
+    """Feed the client's reads, answer the backends, run the turn; CPU seconds after the warm-up."""
     clock = world.clock
     gc.collect()
     gc.freeze()
+    # Warm-up: the pool, caches and the HPACK tables reach their steady state.
     warm = max(1, len(reads) // 20)
     t0 = 0.0
     for i, data in enumerate(reads):
@@ -176,7 +173,30 @@ def run_h2(streams: int, total: int, body: bytes) -> tuple[float, int]:
         server.dataReceived(data)
         world.answer_all()
         clock.advance(0)
-    spent = _stop(t0)
+    return _stop(t0), warm
+
+
+def run_h2(streams: int, total: int, body: bytes) -> tuple[float, int]:
+    world = World(body)
+    saved = os.environ.get("H2_READS")  # a file of the client's reads (made once, for callgrind runs)
+    if saved and os.path.exists(saved):
+        import pickle
+
+        with open(saved, "rb") as f:
+            reads = pickle.load(f)
+    else:
+        reads = _h2_client_bytes(streams, total)
+        if saved:
+            import pickle
+
+            with open(saved, "wb") as f:
+                pickle.dump(reads, f)
+    transport = _Transport("127.0.0.1")
+    transport.negotiatedProtocol = b"h2"
+    server = ServerProtocol()
+    server.factory = world.factory
+    server.makeConnection(transport)
+    spent, warm = _drive(world, server, reads)
     n = (len(reads) - warm) * streams
     # Sanity: every stream answered, nothing left open.
     h2conn = server._h2
@@ -192,18 +212,7 @@ def run_h1(total: int, body: bytes) -> tuple[float, int]:
     server.factory = world.factory
     server.makeConnection(transport)
     request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18602\r\nUser-Agent: wrk\r\n\r\n"
-    clock = world.clock
-    gc.collect()
-    gc.freeze()
-    warm = max(1, total // 20)
-    t0 = 0.0
-    for i in range(total):
-        if i == warm:
-            t0 = _start()
-        server.dataReceived(request)
-        world.answer_all()
-        clock.advance(0)
-    spent = _stop(t0)
+    spent, warm = _drive(world, server, [request] * total)
     n = total - warm
     assert transport.written > n * len(body)
     return spent / n * 1e6, n

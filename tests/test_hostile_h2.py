@@ -33,6 +33,7 @@ import pytest
 
 from edge.snapshot import Target
 from edge.http import http2
+from edge.http.hpackenc import _int  # an HPACK integer (RFC 7541 5.1), checked by test_speedups
 from tests.recording_backend import RecordingBackend, ok, strict_requests
 from tests.swarmkit import wait_for
 from tests.test_http_h2_e2e import _curl, tls_edge
@@ -52,18 +53,6 @@ def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
     return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
 
 
-def _int(value: int, prefix: int, first: int = 0) -> bytes:
-    """An HPACK integer (RFC 7541 5.1) with ``first`` in the bits above the prefix."""
-    top = (1 << prefix) - 1
-    if value < top:
-        return bytes([first | value])
-    out = bytearray([first | top])
-    value -= top
-    while value >= 128:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def literal(name: bytes, value: bytes, indexing: bool = False) -> bytes:

@@ -34,7 +34,7 @@ _SENSITIVE = frozenset({b"set-cookie", b"cookie", b"authorization", b"proxy-auth
 _INDEXED = tuple(bytes((0x80 | i,)) for i in range(127))
 
 
-def _int(value: int, prefix: int, first: int) -> bytes:
+def _int(value: int, prefix: int, first: int = 0) -> bytes:
     """An HPACK integer (RFC 7541 5.1) after ``first``'s high bits."""
     top = (1 << prefix) - 1
     if value < top:
