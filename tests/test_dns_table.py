@@ -311,3 +311,19 @@ def test_no_zone_configured():
     s = Server(config=DNSConfig(zone=""))
     assert sorted(addresses(s.ask("jenkins.athome.ga"))) == sorted(MANAGERS)
     assert s.table.lookup(b"\x08managers\x05swarm\x04home\x00", 1) is None
+
+
+def test_tcp_routers_hostsni_names_answer_like_router_hosts():
+    from edge.snapshot import TCPRouter
+    from edge.tcp.rules import parse_tcp_rule
+
+    rule = "HostSNI(`db.athome.ga`) || HostSNI(`*`)"
+    snapshot = Snapshot.build(
+        routers=SNAPSHOT.routers, nodes=SNAPSHOT.nodes,
+        tcp_routers=[TCPRouter("db@docker", parse_tcp_rule(rule), rule, "db")],
+    )
+    srv = Server(snapshot)
+    response = srv.ask("db.athome.ga")
+    assert response.rcode() == dns.rcode.NOERROR and response.flags & dns.flags.AA
+    assert sorted(addresses(response)) == sorted(MANAGERS)
+    assert srv.problems == []

@@ -26,6 +26,7 @@ from edge.config import DNSConfig, DNSRecord
 from edge.dns.hosts import HostEntry
 from edge.dns.wire import QNAME_POINTER, encode_name, name_text, rdata, reverse_name, rr
 from edge.snapshot import Node, Snapshot
+from edge.tcp.rules import sni_names
 
 __all__ = ["Entry", "External", "AnswerTable", "build_table", "edge_addresses"]
 
@@ -434,7 +435,11 @@ def build_table(
     _add_hosts(b, hosts)
     edge = edge_addresses(snapshot, config)
     # A rule may match an address (Host(`192.168.1.5`)): that is no DNS name.
-    routed = sorted({host for host, _router in snapshot.host_names() if not _is_address(host)})
+    # TCP routers' HostSNI names too: a client must resolve them to reach edge.
+    routed = sorted(
+        {host for host, _router in snapshot.host_names() if not _is_address(host)}
+        | {name for r in snapshot.tcp_routers for name in sni_names(r.rule) if not _is_address(name)}
+    )
     if routed and not edge:
         b.problems.append(
             "no edge addresses: no ready manager has a usable address and dns.advertise"
