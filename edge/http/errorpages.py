@@ -129,10 +129,6 @@ class _ErrorsFilter(Filter):
         elif self._state is None:
             self.out.response_end(req)
 
-    def flush(self) -> None:
-        if self._state is None or self._state is _DONE:
-            self.out.flush()
-
     def reply(self, req, reply) -> None:
         # edge's own answer for the service (dispatch: no target, connect failures).
         if self._catch(reply.status):
