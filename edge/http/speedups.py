@@ -253,6 +253,10 @@ def h2_connection(h2c) -> None:
 
 
 _DATA_HEADER = __import__("struct").Struct(">HBBBL")
+# (Imported here, not per call: these run once per response.)
+from h2.connection import ConnectionInputs  # noqa: E402
+from h2.exceptions import StreamClosedError  # noqa: E402
+from h2.stream import StreamInputs  # noqa: E402
 
 
 def h2_queue_headers(h2c, stream_id: int, headers, end_stream: bool) -> bool:
@@ -261,9 +265,6 @@ def h2_queue_headers(h2c, stream_id: int, headers, end_stream: bool) -> bool:
     would; False (nothing done) when the stream is not open, so the caller
     lets ``h2`` raise its error.
     """
-    from h2.connection import ConnectionInputs
-    from h2.stream import StreamInputs
-
     stream = h2c.streams.get(stream_id)
     if stream is None:
         return False
@@ -298,10 +299,6 @@ def h2_data_frames(h2c, stream_id: int, data, end_stream: bool, queue: bool = Fa
     (``local_flow_control_window``).  Raises ``h2``'s errors for a closed
     stream or connection before anything changes.
     """
-    from h2.connection import ConnectionInputs
-    from h2.exceptions import StreamClosedError
-    from h2.stream import StreamInputs
-
     stream = h2c.streams.get(stream_id)
     if stream is None:
         raise StreamClosedError(stream_id)
