@@ -2,7 +2,9 @@
 ``compress`` and ``errors`` end to end: a real edge process over TLS (ALPN
 h2 and http/1.1, tests/test_http_harness.py), raw origins behind it, and
 curl as the client over HTTP/1.1 and HTTP/2; bodies are decoded here with
-zlib, brotli and zstandard.  Everything on 127.0.0.1.
+zlib, brotli and zstandard.  Everything on 127.0.0.1.  ``/opts/...`` is a
+second router with the options set (encodings, minResponseBodyBytes,
+excludedContentTypes, statusRewrites).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import brotli
 import pytest
 import zstandard
 
-from edge.rules import Host
-from edge.snapshot import BackendService, Compress, Errors, Router, Snapshot
+from edge.rules import And, Host, PathPrefix
+from edge.snapshot import BackendService, Compress, Errors, Router, Snapshot, StripPrefix
 from tests.swarmkit import wait_for
 from tests.test_http_h2_e2e import tls_edge
 from tests.test_http_proxy import Origin
@@ -37,12 +39,21 @@ def edge(origins, tmp_path_factory):
     app, pages = origins
     e = tls_edge(tmp_path_factory.mktemp("mw-e2e"), [app.target()])
     middlewares = (Compress(), Errors(status=((500, 599),), service="pages", query="/echo?s={status}&u={url}"))
+    # /opts/...: the options, on a second router (the prefix is stripped before the origin).
+    options = (StripPrefix(("/opts",)),
+               Compress(excluded_content_types=("application/json",), min_response_body_bytes=100,
+                        encodings=("br", "gzip")),
+               Errors(status=((400, 499),), service="pages", query="/echo?s={status}&o={originalStatus}",
+                      status_rewrites=((418, 418, 404),)))
     e.publish(Snapshot.build(
-        routers=[Router("web", Host(("web.test",)), "Host(`web.test`)", "web", middlewares=middlewares)],
+        routers=[Router("web", Host(("web.test",)), "Host(`web.test`)", "web", middlewares=middlewares),
+                 Router("opts", And((Host(("web.test",)), PathPrefix(("/opts",)))),
+                        "Host(`web.test`) && PathPrefix(`/opts`)", "web", middlewares=options)],
         services=[BackendService("web", (app.target(),)), BackendService("pages", (pages.target(),))],
     ))
     # The harness reads the new snapshot within a poll or two: wait until it routes with the middlewares.
-    wait_for(lambda: b'"origin": "pages"' in _curl(e, "--http1.1", "/status/500")[2], 20, "the snapshot with middlewares")
+    wait_for(lambda: b'"origin": "pages"' in _curl(e, "--http1.1", "/opts/status/418")[2], 20,
+             "the snapshot with middlewares")
     yield e
     e.stop()
 
@@ -115,3 +126,30 @@ def test_a_500_gets_the_page_of_the_pages_service_with_status_500(edge, version)
 def test_a_404_is_not_in_range_and_passes(edge, version):
     status, _, body = _curl(edge, version, "/status/404")
     assert (status, body) == (404, b"status body")
+
+
+@VERSIONS
+@pytest.mark.parametrize("path,accept,encoding", [
+    ("/opts/big/500", "zstd, br, gzip", "br"),  # encodings=br,gzip: zstd is not offered
+    ("/opts/big/500", "gzip", "gzip"),
+    ("/opts/big/99", "gzip", None),  # below minResponseBodyBytes=100
+    ("/opts/big/100", "gzip", "gzip"),
+    ("/opts/echo", "gzip", None),  # application/json is excluded
+])
+def test_compress_options(edge, version, path, accept, encoding):
+    status, headers, body = _curl(edge, version, path, "-H", f"Accept-Encoding: {accept}")
+    assert status == 200
+    assert headers.get("content-encoding") == encoding
+    if encoding == "br":
+        body = brotli.decompress(body)
+    elif encoding == "gzip":
+        body = zlib.decompress(body, 31)
+    if path.startswith("/opts/big/"):
+        assert body == b"b" * int(path.rsplit("/", 1)[1])
+
+
+@VERSIONS
+def test_status_rewrites_and_original_status(edge, version):
+    status, _, body = _curl(edge, version, "/opts/status/418")
+    assert status == 404
+    assert json.loads(body)["url"] == "/echo?s=404&o=418"
