@@ -175,6 +175,9 @@ class IPAllowList:
     # first from the right not excluded, instead of the client address.
     ip_depth: int = 0
     excluded_ips: tuple[str, ...] = ()
+    # Traefik 1.7's whiteList.useXForwardedFor: the client address, or the one
+    # the trusted proxy in front reports (the last X-Forwarded-For entry).
+    use_forwarded_for: bool = False
 
 
 @dataclass(frozen=True)

@@ -1024,3 +1024,15 @@ def test_memoized_results_follow_their_inputs():
     assert only_router(read_labels("x", labels, shared_middlewares=shared)).middlewares == (RedirectScheme(),)
     assert read_labels("x", labels).routers == ()
     assert read_labels("x", labels, exposed_by_default=True) == read_labels("x", dict(labels))
+
+
+def test_v1_whitelist_use_x_forwarded_for_is_read_into_the_allow_list():
+    labels = {
+        "traefik.port": "80",
+        "traefik.frontend.rule": "Host:lan.example.com",
+        "traefik.frontend.whiteList.useXForwardedFor": "true",
+        "traefik.frontend.whiteList.sourceRange": "192.168.0.0/16",
+    }
+    config = read_labels("lan", labels)
+    assert config.problems == ()
+    assert only_router(config).middlewares == (IPAllowList(("192.168.0.0/16",), use_forwarded_for=True),)

@@ -1377,6 +1377,7 @@ def _v1_frontend(
     """Frontend options of one v1 segment: (fields, middlewares, keep)."""
     fields: dict = {}
     allow: list[Middleware] = []
+    use_forwarded_for = False
     redirect: list[Middleware] = []
     auth: list[Middleware] = []
     headers: dict = {}
@@ -1468,7 +1469,7 @@ def _v1_frontend(
             if ranges:
                 allow.append(IPAllowList(ranges))
         elif opt == "whitelist.usexforwardedfor":
-            reader.unsupported(label, "edge takes client addresses from [http] trusted_proxies")
+            use_forwarded_for = reader.boolean(label, value, False)
         elif opt == "headers.customrequestheaders":
             headers["custom_request"] = _v1_header_pairs(reader, label, value)
         elif opt == "headers.customresponseheaders":
@@ -1518,6 +1519,8 @@ def _v1_frontend(
         extra.extend(v1_errors(reader, error_pages))
     limits, ok = _v1_rate_limits(reader, name, rate_limit) if rate_limit else ([], True)
     keep = keep and ok
+    if use_forwarded_for:
+        allow = [IPAllowList(a.source_ranges, use_forwarded_for=True) for a in allow]
     return fields, allow + limits + redirect + auth + extra, keep
 
 

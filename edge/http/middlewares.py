@@ -193,6 +193,24 @@ def _ip_allow(mw: IPAllowList):
 
         return ip_allow_by_strategy
 
+    if mw.use_forwarded_for:
+        from edge.http.ratelimit import source_key
+        from edge.snapshot import SourceCriterion
+
+        # Only a trusted proxy's X-Forwarded-For is left by now (an untrusted
+        # client's is dropped before routing), and only the entry that proxy
+        # wrote is believed: Traefik 1.7 lets any entry in, which a client
+        # behind the proxy can write itself.
+        forwarded = source_key(SourceCriterion(ip_depth=1))
+
+        def ip_allow_or_forwarded(request):
+            if request.client_ip in networks:
+                return None
+            found = forwarded(request).decode("latin-1")
+            return None if found and found in networks else forbidden
+
+        return ip_allow_or_forwarded
+
     def ip_allow(request):
         return None if request.client_ip in networks else forbidden
 
