@@ -632,6 +632,22 @@ def test_the_control_frame_budget_grows_with_requests_and_is_counted_across_spli
     assert allowance - 10 <= server._h2._control_kinds[PING] - rounds <= allowance + 10
 
 
+def test_a_long_lived_connection_may_ping_now_and_then():
+    # A connection with no request that PINGs every 20 s (gRPC keep-alive) for
+    # about 14 hours: 2.5 times the base budget, never cut off; a burst is (the
+    # hours did not bank more than the base budget).
+    world, client = _memory_client()
+    for i in range(5 * http2.CONTROL_BUDGET // 2):
+        world.clock.advance(20)
+        client.h2.ping(b"%08d" % i)
+        client.server.dataReceived(client.h2.data_to_send())
+        client._pump()
+    assert _goaways(client) == [] and not client.transport.disconnecting
+    client.server.dataReceived(frame(PING, 0, 0, b"12345678") * (http2.CONTROL_BUDGET + 10))
+    client._pump()
+    assert _goaways(client) == [ENHANCE_YOUR_CALM]
+
+
 def test_data_earns_control_frames_as_it_flows():
     world, client = _memory_client()
     client.send(b"GET", b"/big", b"web.test")

@@ -80,13 +80,15 @@ _BULK = 16384  # response bytes in one piece from which edge frames DATA itself 
 RESET_LIMIT = 200
 # Frames that carry no request and no answer but cost edge work (SETTINGS, PING,
 # PRIORITY, WINDOW_UPDATE, RST_STREAM, empty or padding-only DATA, unknown types;
-# RFC 9113 10.5: CVE-2019-9512 ping, -9515 settings, -9518 empty frames floods): a
-# connection may send CONTROL_BUDGET of them, CONTROL_PER_STREAM more per request
-# and one more per CONTROL_PER_BYTES of DATA either way; past that, GOAWAY
-# ENHANCE_YOUR_CALM and the connection is closed.
+# RFC 9113 10.5: CVE-2019-9512 ping, -9515 settings, -9518 empty frames floods)
+# spend a connection's tokens: CONTROL_BUDGET to start with, refilled at
+# CONTROL_PER_SECOND up to CONTROL_BUDGET (keep-alive PINGs), and CONTROL_PER_STREAM
+# more per request and one per CONTROL_PER_BYTES of DATA either way (work done
+# earns them); none left: GOAWAY ENHANCE_YOUR_CALM and the connection is closed.
 CONTROL_BUDGET = 1000
 CONTROL_PER_STREAM = 10
 CONTROL_PER_BYTES = 2048
+CONTROL_PER_SECOND = 1
 _PREFACE_LENGTH = 24  # b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": skipped by the frame meter
 _CONTROL_NAMES = ("DATA", "", "PRIORITY", "RST_STREAM", "SETTINGS", "", "PING", "", "WINDOW_UPDATE",
                   "", "unknown")
@@ -651,6 +653,9 @@ class HTTP2Connection:
         self._headers_in = 0  # HEADERS frames received
         self._data_in = 0  # DATA payload bytes received
         self._data_out = 0  # DATA payload bytes sent
+        self._tokens = CONTROL_BUDGET  # control frames the connection may still send
+        self._earned = 0  # tokens earned by requests and DATA so far
+        self._refilled = reactor.seconds()
 
     def start(self, first_bytes: bytes, on_close=None) -> None:
         """Take over the transport: our SETTINGS, then the client's first bytes."""
@@ -813,8 +818,15 @@ class HTTP2Connection:
         if not control:
             return False
         self._control += control
-        return self._control > (CONTROL_BUDGET + CONTROL_PER_STREAM * self._headers_in
-                                + (self._data_in + self._data_out) // CONTROL_PER_BYTES)
+        earned = CONTROL_PER_STREAM * self._headers_in + (self._data_in + self._data_out) // CONTROL_PER_BYTES
+        tokens = self._tokens + earned - self._earned
+        self._earned = earned
+        now = self.reactor.seconds()
+        if tokens < CONTROL_BUDGET:
+            tokens = min(CONTROL_BUDGET, tokens + (now - self._refilled) * CONTROL_PER_SECOND)
+        self._refilled = now
+        self._tokens = tokens - control
+        return self._tokens < 0
 
     def _malformed(self, why: str) -> None:
         """A malformed request or trailer block (RFC 9113 8.1.1): GOAWAY PROTOCOL_ERROR and close."""
