@@ -180,36 +180,26 @@ class _BasicAuth:
 def _ip_allow(mw: IPAllowList):
     networks = Networks(mw.source_ranges)
     forbidden = Reply(403, b"Forbidden", [(b"Content-Type", b"text/plain; charset=utf-8")], b"403 Forbidden\n")
-    if mw.ip_depth or mw.excluded_ips:
+    if mw.ip_depth or mw.excluded_ips or mw.use_forwarded_for:
         from edge.http.ratelimit import source_key
         from edge.snapshot import SourceCriterion
 
-        address = source_key(SourceCriterion(ip_depth=mw.ip_depth, excluded_ips=mw.excluded_ips))
+        # v1 useXForwardedFor: the client address, or the last X-Forwarded-For
+        # entry -- only a trusted proxy's are left by now (an untrusted
+        # client's are dropped before routing), and only the entry that proxy
+        # wrote is believed (Traefik 1.7 lets in any, which its client can write).
+        client_too = mw.use_forwarded_for
+        address = source_key(SourceCriterion(ip_depth=mw.ip_depth or int(client_too),
+                                             excluded_ips=mw.excluded_ips))
 
         def ip_allow_by_strategy(request):
+            if client_too and request.client_ip in networks:
+                return None
             # No such address (too few X-Forwarded-For entries): refused, as Traefik does.
             found = address(request).decode("latin-1")
             return None if found and found in networks else forbidden
 
         return ip_allow_by_strategy
-
-    if mw.use_forwarded_for:
-        from edge.http.ratelimit import source_key
-        from edge.snapshot import SourceCriterion
-
-        # Only a trusted proxy's X-Forwarded-For is left by now (an untrusted
-        # client's is dropped before routing), and only the entry that proxy
-        # wrote is believed: Traefik 1.7 lets any entry in, which a client
-        # behind the proxy can write itself.
-        forwarded = source_key(SourceCriterion(ip_depth=1))
-
-        def ip_allow_or_forwarded(request):
-            if request.client_ip in networks:
-                return None
-            found = forwarded(request).decode("latin-1")
-            return None if found and found in networks else forbidden
-
-        return ip_allow_or_forwarded
 
     def ip_allow(request):
         return None if request.client_ip in networks else forbidden
