@@ -69,7 +69,7 @@ from twisted.internet import tcp
 
 __all__ = ["write", "lean_dispatch", "configure", "missing", "CHECKED", "enabled"]
 
-# Versions these speed-ups were read against (upper bounds in setup.cfg too).
+# Versions these speed-ups were read against: newer ones switch them off (configure).
 CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0", "hpack": "4.2.0", "h2": "4.4.1"}
 
 # Only these take the direct-send shortcut: wrappers (TLS, PROXY protocol)
