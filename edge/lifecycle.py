@@ -1,29 +1,38 @@
 """
-SIGHUP: re-read the configuration file and hand it to every service.
+SIGHUP: re-read the configuration file and hand it to the parts that reload.
 
-The file is read and checked completely before anything changes; a mistake
-is logged in one line and the running configuration stays.  A good one goes
-to every service in the tree that has a ``reload(config)`` method (the TLS
-service re-reads its certificate directory there), in tree order.
+The file (and every file its ``[middlewares]`` name, and the certificate
+files a reload reads) is read and checked in a thread pool, never on the
+reactor thread; the result is applied on the reactor thread.  A mistake is
+logged in one line, counted, and the running configuration stays.  A good
+one goes to the parts :mod:`edge.tap` passed in, in that order, then to the
+root config holder.  Reloads run one at a time: a SIGHUP while one is
+reading is served once after it, with the file as it is then.
 
-SIGTERM needs nothing here: twistd stops the service tree and waits for the
-Deferreds that ``stopService`` returns, which is where the HTTP front end
-lets requests in flight finish within ``[http] shutdown_grace``.
+SIGHUP's handler only queues the work.  SIGTERM needs nothing here: twistd
+stops the service tree and waits for the Deferreds that ``stopService``
+returns, which is where the HTTP front end lets requests in flight finish
+within ``[http] shutdown_grace``.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import signal
-from typing import Callable
+from typing import Callable, Generic, Protocol, Sequence, TypeVar
 
-from twisted.application.service import IService, Service
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from edge.admin.service import walk
 from edge.config import Config, ConfigError
 
-__all__ = ["ReloadService", "StartupSummary", "restart_needed"]
+__all__ = [
+    "ConfigHolder", "LatestRead", "Reloadable", "ReloadService", "StagedReloadable",
+    "StartupSummary", "restart_needed",
+]
 
 # What a reload applies while running; every other changed key is reported
 # as taking effect on restart, so a SIGHUP never ignores a change silently.
@@ -40,8 +49,6 @@ _RELOADED = {
 
 def _flat(config: Config) -> dict[str, object]:
     """Dotted key -> value, entry points by name, routes as one value."""
-    import dataclasses
-
     found: dict[str, object] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -75,26 +82,128 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     return changes
 
 
-def _takes_config(method) -> bool:
-    try:
-        parameters = inspect.signature(method).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters
-    )
+class Reloadable(Protocol):
+    """A part that takes a re-read configuration on the reactor thread (no file reads there)."""
+
+    def reload(self, config: Config) -> None: ...
 
 
-class ReloadService(Service):
-    """Installs the SIGHUP handler while running; ``load`` builds the new config."""
+_Read = TypeVar("_Read")
+
+
+class StagedReloadable(Protocol[_Read]):
+    """
+    A part whose reload reads files (TLS: its certificate directory):
+    ``read_reload`` runs in the pool thread and changes nothing,
+    ``apply_reload`` takes what it read on the reactor thread.
+    """
+
+    def read_reload(self, config: Config) -> _Read: ...
+
+    def apply_reload(self, read: _Read) -> None: ...
+
+
+class ConfigHolder(Protocol):
+    """The root service: ``config`` is what the admin API and the next reload compare with."""
+
+    config: Config
+
+
+_T = TypeVar("_T")
+
+
+class LatestRead(Generic[_T]):
+    """
+    ``read`` in a thread pool, then ``apply`` (or ``failed``) on the reactor
+    thread, one at a time.  A request made while a read runs starts one more
+    read after it, however many came (the newest file is what counts), so
+    results are applied in the order they were read.
+    """
 
     _log = Logger()
 
-    def __init__(self, load: Callable[[], Config], reactor, signum: int = signal.SIGHUP):
+    def __init__(self, reactor, pool, read: Callable[[], _T], apply: Callable[[_T], object],
+                 failed: Callable[[Failure], object]):
+        self._reactor = reactor
+        self._pool = pool
+        self._read = read
+        self._apply = apply
+        self._failed = failed
+        self._busy = False
+        self._next: list[Deferred] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    def request(self) -> Deferred:
+        """Fires with what ``apply``/``failed`` returned for a read begun at or after this call."""
+        done: Deferred = Deferred()
+        if self._busy:
+            if self._next is None:
+                self._next = []
+            self._next.append(done)
+        else:
+            self._start([done])
+        return done
+
+    def _start(self, waiters: list[Deferred]) -> None:
+        self._busy = True
+        d = deferToThreadPool(self._reactor, self._pool, self._read)
+        d.addCallbacks(self._apply, self._failed)
+        d.addBoth(self._finished, waiters)
+
+    def _finished(self, outcome, waiters: list[Deferred]) -> None:
+        if isinstance(outcome, Failure):  # apply or failed itself raised
+            self._log.failure("Applying a re-read configuration failed", outcome)
+            outcome = None
+        self._busy = False
+        queued, self._next = self._next, None
+        if queued is not None:
+            self._start(queued)
+        for waiter in waiters:
+            waiter.callback(outcome)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reread:
+    """What the pool thread read: the new config and each staged part's files (or why not)."""
+
+    config: Config
+    staged: list[tuple[StagedReloadable, object]]
+
+
+def _name(part) -> str:
+    return getattr(part, "name", None) or type(part).__name__
+
+
+class ReloadService(Service):
+    """
+    Installs the SIGHUP handler while running.  ``load`` (blocking: it reads
+    files) builds the new config in ``pool``; ``parts`` take it, then
+    ``staged`` parts take what they read alongside, then ``holder.config``.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        load: Callable[[], Config],
+        reactor,
+        pool,
+        holder: ConfigHolder,
+        parts: Sequence[Reloadable] = (),
+        staged: Sequence[StagedReloadable] = (),
+        signum: int = signal.SIGHUP,
+    ):
         self._load = load
         self._reactor = reactor
+        self._holder = holder
+        self.parts = tuple(parts)
+        self.staged = tuple(staged)
         self._signum = signum
         self._previous = None
+        self._reads = LatestRead(reactor, pool, self._read, self._apply, self._rejected)
         self.reloads = 0
         self.rejected = 0
 
@@ -113,56 +222,60 @@ class ReloadService(Service):
         # thread: only queue the work and wake the reactor.
         self._reactor.callFromThread(self.handle_hangup)
 
-    def _root(self) -> IService:
-        node: IService = self
-        while getattr(node, "parent", None) is not None:
-            node = node.parent
-        return node
+    def handle_hangup(self) -> Deferred:
+        """Reload (reading in the pool); fires with True when the new configuration was taken."""
+        if self._reads.busy:
+            self._log.info("SIGHUP: a reload is reading; re-reading once more after it")
+        else:
+            self._log.info("SIGHUP: re-reading the configuration")
+        return self._reads.request()
 
-    def handle_hangup(self) -> bool:
-        """Reload now; True when the new configuration was taken."""
-        self._log.info("SIGHUP: re-reading the configuration")
-        try:
-            config = self._load()
-        except ConfigError as e:
-            self.rejected += 1
+    # -- in the pool thread -------------------------------------------------
+
+    def _read(self) -> _Reread:
+        config = self._load()
+        staged: list[tuple[StagedReloadable, object]] = []
+        for part in self.staged:
+            try:
+                staged.append((part, part.read_reload(config)))
+            except Exception:  # that part keeps what it has; logged on the reactor thread
+                staged.append((part, Failure()))
+        return _Reread(config, staged)
+
+    # -- on the reactor thread ----------------------------------------------
+
+    def _rejected(self, failure: Failure) -> bool:
+        self.rejected += 1
+        if failure.check(ConfigError):
             self._log.error(
                 "Configuration reload rejected, keeping the running configuration: {error}",
-                error=str(e),
+                error=str(failure.value),
             )
+        else:
+            self._log.failure("Configuration reload failed, keeping the running configuration", failure)
+        return False
+
+    def _apply(self, reread: _Reread) -> bool:
+        if not self.running:  # stopped while reading: the tree is going away
+            self._log.info("Configuration re-read after edge began stopping; not applied")
             return False
-        except Exception:
-            self.rejected += 1
-            self._log.failure("Configuration reload failed, keeping the running configuration")
-            return False
-        # The edge root (under twistd, the application's service is above it).
-        root = self.parent if self.parent is not None else self._root()
-        previous = getattr(root, "config", None)
-        if isinstance(previous, Config):
-            later = restart_needed(previous, config)
-            if later:
-                self._log.warn(
-                    "Configuration reload: these changes take effect only on restart: {changes}",
-                    changes="; ".join(later),
-                )
-        for service in walk(root):
-            if service is self:
-                continue
-            reload = getattr(service, "reload", None)
-            if not callable(reload):
-                continue
+        config = reread.config
+        later = restart_needed(self._holder.config, config)
+        if later:
+            self._log.warn(
+                "Configuration reload: these changes take effect only on restart: {changes}",
+                changes="; ".join(later),
+            )
+        steps = [(part, part.reload, config) for part in self.parts]
+        steps += [(part, part.apply_reload, read) for part, read in reread.staged]
+        for part, step, argument in steps:
             try:
-                if _takes_config(reload):
-                    reload(config)
-                else:  # e.g. TLS: re-reads its certificate directory
-                    reload()
+                if isinstance(argument, Failure):
+                    argument.raiseException()
+                step(argument)
             except Exception:
-                self._log.failure(
-                    "Service {service!r} failed to take the new configuration",
-                    service=getattr(service, "name", None) or type(service).__name__,
-                )
-        if hasattr(root, "config"):
-            root.config = config
+                self._log.failure("Service {service!r} failed to take the new configuration", service=_name(part))
+        self._holder.config = config
         self.reloads += 1
         self._log.info(
             "Configuration reloaded from {source}", source=config.source or "defaults and flags"

@@ -206,7 +206,10 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     publisher = SnapshotPublisher(reactor, debounce=config.docker.debounce)
     root.publisher = publisher
     root.listeners = listeners = ListenerBoard()
-    make_discovery_service(config, publisher, reactor).setServiceParent(root)
+    discovery = make_discovery_service(config, publisher, reactor)
+    discovery.setServiceParent(root)
+    # What a SIGHUP reloads, in this order (makeService hands them to ReloadService).
+    root.reloadable = [discovery.static]
     # ACME certificates ([acme.<name>]) for the TLS entry points; the admin API lists them.
     root.acme = None
     if config.acme and any(ep.tls for ep in config.entrypoints):
@@ -215,13 +218,17 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
         root.acme = make_acme_service(config, publisher, reactor)
         root.acme.setServiceParent(root)
     # Front ends: each adds one line here.
-    make_admin_service(
+    admin = make_admin_service(
         config, publisher, reactor, listeners,
         certificates=root.acme.certificates if root.acme is not None else None,
-    ).setServiceParent(root)
+    )
+    admin.setServiceParent(root)
+    if config.admin.address:
+        root.reloadable.append(admin)
     if config.dns.enabled:
         dns = make_dns_service(config, publisher, reactor)
         dns.setServiceParent(root)
+        root.reloadable.append(dns)
         for interface in config.dns.interfaces:
             for protocol in ("udp", "tcp"):
                 listeners.expect(
@@ -315,5 +322,10 @@ def makeService(options) -> EdgeService:
         raise SystemExit(f"edge: cannot start: {_os_error(e, config)}")
     from edge.lifecycle import ReloadService  # SIGHUP: re-read the file, flags laid over it again
 
-    ReloadService(lambda: apply_flags(_config.load(options.get("config")), options), reactor).setServiceParent(root)
+    ReloadService(
+        lambda: apply_flags(_config.load(options.get("config")), options),  # runs in the pool
+        reactor, reactor.getThreadPool(), root,
+        parts=root.reloadable,
+        staged=[root.tls] if root.tls is not None else [],  # reads its certificate directory in the pool
+    ).setServiceParent(root)
     return root

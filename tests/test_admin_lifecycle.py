@@ -1,6 +1,7 @@
 """
-SIGHUP reload: a good file reaches every service's ``reload``; a bad one is
-logged in one line and the running configuration stays.
+SIGHUP reload: a good file reaches every part tap passed in; a bad one is
+logged in one line and the running configuration stays.  (The file is read
+in a pool thread: tests/test_reload_threads.py.)
 """
 
 from __future__ import annotations
@@ -29,18 +30,36 @@ class Recorder(Service):
 
 
 class NoArgs(Service):
-    """Like the TLS service: ``reload()`` re-reads its own files."""
+    """Like the TLS service: reads its own files in the pool, takes them on the reactor."""
 
     def __init__(self):
         self.calls = 0
 
-    def reload(self):
+    def read_reload(self, config):
+        return config.http.shutdown_grace
+
+    def apply_reload(self, read):
         self.calls += 1
 
 
 class Broken(Service):
     def reload(self, config):
         raise RuntimeError("cannot take it")
+
+
+class InlinePool:
+    """A thread pool double that runs the work at once, on the calling thread."""
+
+    def __init__(self, reactor):
+        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        try:
+            result = f(*args, **kwargs)
+        except BaseException as e:
+            on_result(False, e)
+        else:
+            on_result(True, result)
 
 
 class ReloadTests(SynchronousTestCase):
@@ -57,10 +76,18 @@ class ReloadTests(SynchronousTestCase):
         self.recorder.setServiceParent(self.nested)
         self.noargs = NoArgs()
         self.noargs.setServiceParent(self.root)
-        Broken().setServiceParent(self.root)
-        self.lifecycle = ReloadService(lambda: _config.load(self.path), self.reactor)
+        broken = Broken()
+        broken.setServiceParent(self.root)
+        self.lifecycle = ReloadService(
+            lambda: _config.load(self.path), self.reactor, InlinePool(self.reactor), self.root,
+            parts=[broken, self.recorder], staged=[self.noargs],
+        )
         self.lifecycle.setServiceParent(self.root)
+        self.lifecycle.running = True  # as under twistd (startService would take SIGHUP)
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def hangup(self):
+        return self.successResultOf(self.lifecycle.handle_hangup())
 
     def write(self, text):
         with open(self.path, "w") as f:
@@ -68,7 +95,7 @@ class ReloadTests(SynchronousTestCase):
 
     def test_good_config_reaches_every_service(self):
         self.write('[http]\nshutdown_grace = 7.5\n')
-        self.assertTrue(self.lifecycle.handle_hangup())
+        self.assertTrue(self.hangup())
         self.assertEqual([c.http.shutdown_grace for c in self.recorder.configs], [7.5])
         self.assertEqual(self.noargs.calls, 1)
         self.assertEqual(self.root.config.http.shutdown_grace, 7.5)
@@ -77,7 +104,7 @@ class ReloadTests(SynchronousTestCase):
 
     def test_bad_config_is_rejected_and_the_running_one_stays(self):
         self.write('[http]\nshutdown_grace = "soon"\n')
-        self.assertFalse(self.lifecycle.handle_hangup())
+        self.assertFalse(self.hangup())
         self.assertEqual(self.recorder.configs, [])
         self.assertEqual(self.noargs.calls, 0)
         self.assertEqual(self.root.config.http.shutdown_grace, 3.0)
@@ -88,7 +115,7 @@ class ReloadTests(SynchronousTestCase):
 
     def test_unreadable_file_is_rejected(self):
         os.remove(self.path)
-        self.assertFalse(self.lifecycle.handle_hangup())
+        self.assertFalse(self.hangup())
         self.assertEqual(self.lifecycle.rejected, 1)
         self.assertEqual(self.recorder.configs, [])
 

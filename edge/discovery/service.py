@@ -23,7 +23,9 @@ def make_discovery_service(config, publisher, reactor, docker_source=None) -> IS
     root.setName("discovery")
     # The config file's [middlewares], for labels' name@file; replaced on reload.
     middlewares = FileMiddlewares(file_middlewares(config)[0])
-    StaticProvider(config, publisher, middlewares).setServiceParent(root)
+    # The static provider takes a reloaded config file (edge.tap hands it to the SIGHUP handler).
+    root.static = StaticProvider(config, publisher, middlewares)
+    root.static.setServiceParent(root)
     provider = DockerProvider(config.docker, publisher, reactor, source=docker_source, build=middlewares.build)
     middlewares.listen(provider.rebuild)
     provider.setServiceParent(root)

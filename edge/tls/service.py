@@ -3,9 +3,11 @@ The TLS service: certificates from the directory and the built-in CA, kept
 current while edge runs.
 
 The directory is polled (a ``stat`` of each file every ``poll_interval``
-seconds, cheap) and re-read when anything changed, or at once on SIGHUP or
-:meth:`TLSService.reload`.  A re-read builds a new index and swaps it in one
-assignment: handshakes in progress and open connections keep the context they
+seconds, cheap) and re-read when anything changed, or at once on SIGHUP
+(read in a pool thread by :meth:`TLSService.read_reload`, taken on the
+reactor thread by :meth:`TLSService.apply_reload`) or :meth:`TLSService.reload`.
+A re-read builds a new index and swaps it in one assignment: handshakes in
+progress and open connections keep the context they
 started with.  If the directory cannot be listed, the last good index stays.
 
 The built-in CA issues only for names the current snapshot routes, so a
@@ -43,7 +45,7 @@ from edge.tls.store import (
     scan,
 )
 
-__all__ = ["TLSService", "make_tls_service", "routed_names", "DEFAULT_NAME"]
+__all__ = ["CertificateRead", "TLSService", "make_tls_service", "routed_names", "DEFAULT_NAME"]
 
 # The name on the internal CA's fallback certificate (RFC 2606: never real).
 DEFAULT_NAME = "edge-default.invalid"
@@ -112,6 +114,7 @@ class TLSService(Service):
         self._unsubscribe = None
         self._poll = None
         self._previous_handler = None
+        self._sighup_reads = None
         self.reloads = 0
         self.creator = SNIConnectionCreator(
             self.select,
@@ -152,24 +155,72 @@ class TLSService(Service):
 
     def reload(self, config=None) -> None:
         """
-        Re-read the directory now; edge's SIGHUP handler calls this with the
-        re-read configuration.  The certificate directory and default
-        certificate change at once; CA and protocol settings need a restart.
+        Re-read the directory now, on the calling thread (edge's SIGHUP
+        handler instead calls :meth:`read_reload` in a pool thread and
+        :meth:`apply_reload` on the reactor thread).  The certificate
+        directory and default certificate change at once; CA and protocol
+        settings need a restart.
         """
+        self.apply_reload(self.read_reload(config))
+
+    def read_reload(self, config=None) -> "CertificateRead":
+        """
+        Read what a reload takes (the directory's files, a default
+        certificate file) and change nothing: safe in a pool thread.
+        ``config`` is the whole re-read :class:`edge.config.Config`, or None
+        to re-read with the running settings.
+        """
+        tls, fixed = self.config, ()
         if config is not None and config.tls != self.config:
-            fixed = [k for k in _RESTART_KEYS if getattr(config.tls, k) != getattr(self.config, k)]
-            if fixed:
-                self._log.warn(
-                    "TLS settings {keys} take effect on restart", keys=", ".join(sorted(fixed))
-                )
-            self.config = dataclasses.replace(
-                config.tls, **{k: getattr(self.config, k) for k in fixed}
+            fixed = tuple(k for k in _RESTART_KEYS if getattr(config.tls, k) != getattr(self.config, k))
+            tls = dataclasses.replace(config.tls, **{k: getattr(self.config, k) for k in fixed})
+        directory = tls.certificates
+        state = scanned = None
+        if directory:
+            try:
+                state = directory_state(directory)
+                scanned = scan(directory, self._now(), self._cache)
+            except OSError as e:
+                return CertificateRead(tls, fixed, error=e.strerror or str(e))
+        path = _default_file(tls)
+        default, problem = None, ""
+        if path is not None and not any(e.source == path for e in (scanned[0].entries if scanned else ())):
+            current = self.creator.default
+            if current is None or current.source != path or current.not_after <= self._now():
+                try:
+                    default = load_bundle(path, now=self._now())
+                except StoreError as e:
+                    problem = str(e)
+        return CertificateRead(tls, fixed, state, "", scanned, path, default, problem)
+
+    def apply_reload(self, read: "CertificateRead") -> None:
+        """Take what :meth:`read_reload` read; on the reactor thread."""
+        if read.restart_keys:
+            self._log.warn(
+                "TLS settings {keys} take effect on restart", keys=", ".join(sorted(read.restart_keys))
             )
+        if read.config != self.config:
+            self.config = read.config
             self._state = None
             if self.running:
                 self._start_poll()
         self._log.info("Reloading TLS certificates")
-        self._rescan(force=True)
+        if read.error:
+            self._log.error(
+                "Cannot read the certificate directory {directory}: {error};"
+                " keeping the {count} certificates loaded before",
+                directory=read.config.certificates,
+                error=read.error,
+                count=len(self.index),
+            )
+            self._state = "error"
+            return
+        if read.scanned is not None:
+            # A poll that loaded in between is redone by the next poll: the
+            # state kept here is the one this read saw.
+            self._state = read.state
+            self._take(read.config.certificates, *read.scanned)
+        self._update_default(read)
 
     # -- service ----------------------------------------------------------
 
@@ -201,10 +252,22 @@ class TLSService(Service):
         return super().stopService()
 
     def _sighup(self, signum, frame) -> None:
-        self._reactor.callFromThread(self.reload)
+        self._reactor.callFromThread(self._reload_in_thread)
         previous = self._previous_handler
         if callable(previous):
             previous(signum, frame)
+
+    def _reload_in_thread(self) -> None:
+        # This service's own SIGHUP (handle_sighup, without edge's ReloadService):
+        # the files are read in the reactor's pool, one reload at a time.
+        if self._sighup_reads is None:
+            from edge.lifecycle import LatestRead
+
+            self._sighup_reads = LatestRead(
+                self._reactor, self._reactor.getThreadPool(), self.read_reload, self.apply_reload,
+                lambda failure: self._log.failure("Reloading TLS certificates failed", failure),
+            )
+        self._sighup_reads.request()
 
     # -- internals --------------------------------------------------------
 
@@ -239,7 +302,7 @@ class TLSService(Service):
 
     def _load(self, directory: str) -> None:
         try:
-            index, problems, self._cache = scan(directory, self._now(), self._cache)
+            scanned = scan(directory, self._now(), self._cache)
         except OSError as e:
             self._log.error(
                 "Cannot read the certificate directory {directory}: {error}",
@@ -247,7 +310,11 @@ class TLSService(Service):
                 error=e.strerror,
             )
             return
-        self.index, self.problems = index, problems
+        self._take(directory, *scanned)
+        self._update_default()
+
+    def _take(self, directory: str, index: CertificateIndex, problems: list[FileProblem], cache: dict) -> None:
+        self.index, self.problems, self._cache = index, problems, cache
         self.reloads += 1
         for problem in problems:
             self._log.warn(
@@ -262,22 +329,18 @@ class TLSService(Service):
             names=len(index.exact) + len(index.wildcard),
             problems=len(problems),
         )
-        self._update_default()
 
-    def _update_default(self) -> None:
-        default = self._default_certificate()
+    def _update_default(self, read: "CertificateRead | None" = None) -> None:
+        default = self._default_certificate(read)
         if default is not self.creator.default:
             self.creator.set_default(default)
 
-    def _default_certificate(self) -> CertifiedKey | None:
+    def _default_certificate(self, read: "CertificateRead | None" = None) -> CertifiedKey | None:
+        """With ``read``, a default certificate file was looked at (and read) in its thread."""
         wanted = self.config.default_certificate
         if wanted:
-            path = wanted
-            if not os.path.isabs(path) and self.config.certificates:
-                candidate = os.path.join(self.config.certificates, path)
-                if os.path.exists(candidate):
-                    path = candidate
-            if os.path.exists(path):
+            path = read.default_path if read is not None else _default_file(self.config)
+            if path is not None:
                 current = self.creator.default
                 if current is not None and current.source == path and current.not_after > self._now():
                     return current
@@ -285,6 +348,11 @@ class TLSService(Service):
                     if entry.source == path:
                         return entry
                 try:
+                    if read is not None:
+                        if read.default_error:
+                            raise StoreError(read.default_error)
+                        if read.default is not None:
+                            return read.default
                     return load_bundle(path, now=self._now())
                 except StoreError as e:
                     self._log.error(
@@ -304,6 +372,33 @@ class TLSService(Service):
         if self.issuer is not None:
             return self.issuer.certificate_for(DEFAULT_NAME)
         return None
+
+
+def _default_file(config: TLSConfig) -> str | None:
+    """The file ``tls.default_certificate`` names (relative to the directory first), if it exists."""
+    wanted = config.default_certificate
+    if not wanted:
+        return None
+    path = wanted
+    if not os.path.isabs(path) and config.certificates:
+        candidate = os.path.join(config.certificates, path)
+        if os.path.exists(candidate):
+            path = candidate
+    return path if os.path.exists(path) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class CertificateRead:
+    """What :meth:`TLSService.read_reload` read, for :meth:`TLSService.apply_reload`."""
+
+    config: TLSConfig  # the settings to run with (restart-only keys kept)
+    restart_keys: tuple[str, ...] = ()
+    state: object = None  # the directory's state as read
+    error: str = ""  # why the directory could not be read
+    scanned: tuple | None = None  # scan()'s (index, problems, cache)
+    default_path: str | None = None
+    default: CertifiedKey | None = None  # the default certificate file, when read
+    default_error: str = ""
 
 
 def _load_or_create_ca(config: TLSConfig):
