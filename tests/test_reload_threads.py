@@ -399,7 +399,8 @@ class RealReactorTests(TestCase):
     def test_a_hangup_reads_the_file_and_certificates_off_the_reactor_thread(self):
         from edge.tap import makeService
 
-        directory = self.mktemp()
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
         os.makedirs(os.path.join(directory, "certs"))
         write(os.path.join(directory, "certs", "alpha.pem"), TestCA().bundle("alpha.lan"))
         path = os.path.join(directory, "edge.toml")
