@@ -12,13 +12,14 @@ import signal
 import tempfile
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from edge import config as _config
 from edge.lifecycle import ReloadService
 from edge.tap import EdgeService
+from tests.test_reload_threads import HeldPool, ThreadsReactor
 
 
 class Recorder(Service):
@@ -47,28 +48,14 @@ class Broken(Service):
         raise RuntimeError("cannot take it")
 
 
-class InlinePool:
-    """A thread pool double that runs the work at once, on the calling thread."""
-
-    def __init__(self, reactor):
-        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)
-
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException as e:
-            on_result(False, e)
-        else:
-            on_result(True, result)
-
-
 class ReloadTests(SynchronousTestCase):
     def setUp(self):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
         self.path = os.path.join(directory, "edge.toml")
         self.write('[http]\nshutdown_grace = 3.0\n')
-        self.reactor = MemoryReactorClock()
+        self.reactor = ThreadsReactor()
+        self.pool = HeldPool()
         self.root = EdgeService(_config.load(self.path))
         self.nested = MultiService()
         self.nested.setServiceParent(self.root)
@@ -79,7 +66,7 @@ class ReloadTests(SynchronousTestCase):
         broken = Broken()
         broken.setServiceParent(self.root)
         self.lifecycle = ReloadService(
-            lambda: _config.load(self.path), self.reactor, InlinePool(self.reactor), self.root,
+            lambda: _config.load(self.path), self.reactor, self.pool, self.root,
             parts=[broken, self.recorder], staged=[self.noargs],
         )
         self.lifecycle.setServiceParent(self.root)
@@ -87,7 +74,10 @@ class ReloadTests(SynchronousTestCase):
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
     def hangup(self):
-        return self.successResultOf(self.lifecycle.handle_hangup())
+        done = self.lifecycle.handle_hangup()
+        self.pool.run_next()  # the file is read in a pool thread
+        self.reactor.drain()  # and applied on this one
+        return self.successResultOf(done)
 
     def write(self, text):
         with open(self.path, "w") as f:
