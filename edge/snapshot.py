@@ -129,6 +129,9 @@ class BasicAuth:
     users: tuple[str, ...]
     realm: str = "edge"
     remove_header: bool = False
+    # headerField: the authenticated user's name goes to the backend in this
+    # header (Grafana's X-WEBAUTH-USER); a client's own is always removed.
+    header_field: str = ""
 
 
 @dataclass(frozen=True)

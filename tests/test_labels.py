@@ -1036,3 +1036,34 @@ def test_v1_whitelist_use_x_forwarded_for_is_read_into_the_allow_list():
     config = read_labels("lan", labels)
     assert config.problems == ()
     assert only_router(config).middlewares == (IPAllowList(("192.168.0.0/16",), use_forwarded_for=True),)
+
+
+def test_basicauth_headerfield_v2_and_v1_name_the_user_header():
+    from edge.snapshot import BasicAuth
+
+    v2 = read_labels("graf", {
+        "traefik.http.routers.graf.rule": "Host(`graf.lan`)",
+        "traefik.http.routers.graf.middlewares": "auth",
+        "traefik.http.middlewares.auth.basicauth.users": "u:$apr1$x$y",
+        "traefik.http.middlewares.auth.basicauth.headerfield": "X-WEBAUTH-USER",
+        "traefik.http.services.graf.loadbalancer.server.port": "3000",
+    })
+    assert v2.problems == ()
+    assert only_router(v2).middlewares == (BasicAuth(("u:$apr1$x$y",), header_field="X-WEBAUTH-USER"),)
+    v1 = read_labels("graf", {
+        "traefik.port": "3000", "traefik.frontend.rule": "Host:graf.lan",
+        "traefik.frontend.auth.basic.users": "u:$apr1$x$y", "traefik.frontend.auth.headerField": "X-WEBAUTH-USER",
+    })
+    assert v1.problems == ()
+    assert only_router(v1).middlewares == (BasicAuth(("u:$apr1$x$y",), header_field="X-WEBAUTH-USER"),)
+
+
+def test_basicauth_headerfield_that_is_no_header_name_drops_the_router():
+    config = read_labels("graf", {
+        "traefik.http.routers.graf.rule": "Host(`graf.lan`)",
+        "traefik.http.routers.graf.middlewares": "auth",
+        "traefik.http.middlewares.auth.basicauth.users": "u:$apr1$x$y",
+        "traefik.http.middlewares.auth.basicauth.headerfield": "X User",
+        "traefik.http.services.graf.loadbalancer.server.port": "3000",
+    })
+    assert config.routers == () and any("not a header name" in p.message for p in config.problems)

@@ -332,7 +332,7 @@ def _build_middleware(
     if kind == "basicauth":
         users: tuple[str, ...] = ()
         file_users: tuple[str, ...] = ()
-        realm, remove = "", False
+        realm, remove, header_field = "", False, ""
         users_label = ""
         for opt, (label, _w, value) in opts.items():
             if opt == "users":
@@ -342,7 +342,10 @@ def _build_middleware(
             elif opt == "removeheader":
                 remove = reader.boolean(label, value, False)
             elif opt == "headerfield":
-                reader.unsupported(label, "the user name is not forwarded in a header")
+                header_field = value.strip()
+                if header_field and not _valid_header_name(header_field):
+                    reader.error(label, f"label {label}: {header_field!r} is not a header name")
+                    return _Broken("its headerField is not a header name", True)
             elif opt == "usersfile":
                 from_file = _users_file(reader, label, value)
                 if from_file is None:
@@ -358,8 +361,8 @@ def _build_middleware(
         if not users:
             return _Broken("it lists no users", True)
         if realm:
-            return BasicAuth(users=users, realm=realm, remove_header=remove)
-        return BasicAuth(users=users, remove_header=remove)
+            return BasicAuth(users=users, realm=realm, remove_header=remove, header_field=header_field)
+        return BasicAuth(users=users, remove_header=remove, header_field=header_field)
 
     if kind == "headers":
         return _headers_v2(reader, opts)
@@ -1386,6 +1389,7 @@ def _v1_frontend(
     redirect_scheme = ""
     users: tuple[str, ...] = ()
     remove_header = False
+    header_field = ""
     forward: dict[str, tuple[str, str]] = {}
     error_pages: dict[str, dict[str, tuple[str, str]]] = {}
     redirect_regex: dict[str, tuple[str, str]] = {}
@@ -1453,7 +1457,11 @@ def _v1_frontend(
             )
             keep = False
         elif opt == "auth.headerfield":
-            reader.unsupported(label, "the user name is not forwarded in a header")
+            header_field = value.strip()
+            if header_field and not _valid_header_name(header_field):
+                reader.error(label, f"label {label}: {header_field!r} is not a header name;"
+                             " frontend dropped so it is not served unprotected")
+                keep = False
         elif opt in ("whitelist.sourcerange", "whitelistsourcerange"):
             ranges = _list(value)
             for item in ranges:
@@ -1498,7 +1506,7 @@ def _v1_frontend(
             redirect.append(RedirectRegex(built.regex, built.replacement, redirect_permanent))
     users = users + file_users
     if users and keep:
-        auth.append(BasicAuth(users=users, remove_header=remove_header))
+        auth.append(BasicAuth(users=users, remove_header=remove_header, header_field=header_field))
     if forward:
         built = _forward_auth(reader, forward)
         if isinstance(built, _Broken):

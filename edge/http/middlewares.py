@@ -131,15 +131,26 @@ class _BasicAuth:
             b"401 Unauthorized\n",
         )
         self._remove = mw.remove_header
+        self._user_header = mw.header_field.encode("latin-1")
+        self._user_key = self._user_header.lower().replace(b"_", b"-")
         self._reactor = reactor
         self._cache: dict[bytes, bool] = {}
 
     def _answer(self, request, ok: bool):
         if ok:
+            if self._user_header:
+                self._name_user(request)
             if self._remove:
                 remove_header(request.headers, b"authorization")
             return None
         return self._challenge
+
+    def _name_user(self, request) -> None:
+        """headerField: the user the (already checked) Authorization names, for the backend."""
+        value = get_header(request.headers, b"authorization") or b""
+        encoded = value.strip().partition(b" ")[2]
+        user = base64.b64decode(encoded.strip(), validate=True).partition(b":")[0]
+        request.headers.append((self._user_header, user))
 
     def _remember(self, value: bytes, ok: bool) -> bool:
         if len(self._cache) > 4096:
@@ -148,6 +159,9 @@ class _BasicAuth:
         return ok
 
     def __call__(self, request):
+        if self._user_header:  # never the client's own, authenticated or not, in any spelling
+            key = self._user_key
+            request.headers[:] = [(k, v) for k, v in request.headers if k.lower().replace(b"_", b"-") != key]
         value = get_header(request.headers, b"authorization")
         if value is None:
             return self._challenge
