@@ -197,6 +197,7 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     from edge.discovery.publisher import SnapshotPublisher
     from edge.discovery.service import make_discovery_service
     from edge.admin import make_admin_service
+    from edge.admin.service import FrontEnds
     from edge.dns import make_dns_service
 
     from edge.listeners import ListenerBoard
@@ -217,10 +218,12 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
 
         root.acme = make_acme_service(config, publisher, reactor)
         root.acme.setServiceParent(root)
-    # Front ends: each adds one line here.
+    # Front ends: each adds one line here, and hands the admin site what it reads.
+    front_ends = FrontEnds()
     admin = make_admin_service(
         config, publisher, reactor, listeners,
         certificates=root.acme.certificates if root.acme is not None else None,
+        front_ends=front_ends,
     )
     admin.setServiceParent(root)
     if config.admin.address:
@@ -228,6 +231,7 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
     if config.dns.enabled:
         dns = make_dns_service(config, publisher, reactor)
         dns.setServiceParent(root)
+        front_ends.dns = dns
         root.reloadable.append(dns)
         for interface in config.dns.interfaces:
             for protocol in ("udp", "tcp"):
@@ -243,6 +247,7 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
 
         root.tls = make_tls_service(config, publisher, reactor, acme=root.acme)
         root.tls.setServiceParent(root)
+        front_ends.tls = root.tls
     # TCP routers: "tcp" entry points, and in front of the HTTP TLS ones (edge.tcp).
     from edge.tcp.service import make_tcp_service, tcp_entrypoints
 
@@ -272,6 +277,7 @@ def build_service(config: _config.Config, reactor) -> EdgeService:
         tcp=tcp,
     )
     http.setServiceParent(root)
+    front_ends.http = http
     for ep in config.entrypoints:
         if ep.protocol != "http":
             continue

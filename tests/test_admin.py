@@ -240,7 +240,7 @@ class SiteTests(SynchronousTestCase):
     def test_ca_certificate_from_the_tls_service(self):
         response, _ = self.get("/ca.crt")
         self.assertEqual(response.code, 404)
-        FakeTLS(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").setServiceParent(self.root)
+        self.admin.front_ends.tls = FakeTLS(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
         response, body = self.get("/ca.crt")
         self.assertEqual(response.code, 200)
         self.assertTrue(body.startswith(b"-----BEGIN CERTIFICATE-----"))
@@ -388,6 +388,7 @@ class LiveDNSTableTests(SynchronousTestCase):
         dns_service.responder = type("R", (), {})()
         dns_service.responder.table, _ = build_table(sample_snapshot(), CONFIG.dns.__class__(zone="other.test"))
         dns_service.setServiceParent(root)
+        admin.front_ends.dns = dns_service
         names = {n["name"]: n for n in admin.overview()["dns"]["names"]}
         # The running table's zone, not the config's, decides the cluster names.
         self.assertIn("web.example.test", names)
@@ -408,9 +409,48 @@ class PassiveHealthTests(SynchronousTestCase):
         http.health = HealthRegistry(clock)
         http.setServiceParent(root)
         admin = list(root)[0]
+        admin.front_ends.http = http
         http.health.connect_failed(target_key(target("t3", "10.0.1.7", 8080)))
         api = next(s for s in admin.overview()["services"] if s["name"] == "api@docker")
         self.assertEqual(api["targets"][0]["health"], "failing")
         clock.advance(60)  # the back-off is over: the proxy tries it again
         api = next(s for s in admin.overview()["services"] if s["name"] == "api@docker")
         self.assertEqual(api["targets"][0]["health"], "unknown")
+
+
+class FrontEndWiringTests(SynchronousTestCase):
+    def test_build_service_hands_the_admin_site_the_services_it_reads(self):
+        """Passed in by the builder: nothing is found by walking the service tree."""
+        import os
+        import shutil
+        import tempfile
+
+        from edge.config import load as load_config
+        from edge.dns.server import DNSService
+        from edge.http.service import HTTPService
+        from edge.tap import build_service
+        from edge.tls.service import TLSService
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        path = os.path.join(directory, "edge.toml")
+        with open(path, "w") as f:
+            f.write(
+                '[entrypoints.websecure]\naddress = "tcp:0:interface=127.0.0.1"\ntls = true\n'
+                f'[tls]\ninternal_ca = true\nstate_dir = "{directory}/state"\n'
+                '[dns]\nport = 5399\n[admin]\naddress = "tcp:0:interface=127.0.0.1"\n'
+            )
+        root = build_service(load_config(path), Clock())
+        [admin] = [s for s in root if isinstance(s, AdminService)]
+        self.assertIsInstance(admin.front_ends.dns, DNSService)
+        self.assertIsInstance(admin.front_ends.tls, TLSService)
+        self.assertIsInstance(admin.front_ends.http, HTTPService)
+        self.assertTrue(admin.ca_certificate().startswith(b"-----BEGIN CERTIFICATE-----"))
+
+    def test_a_service_in_the_tree_but_not_handed_over_is_not_read(self):
+        root = MultiService()
+        publisher = SnapshotPublisher(Clock(), debounce=0)
+        admin = AdminService(CONFIG, publisher, Clock())
+        admin.setServiceParent(root)
+        FakeTLS(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").setServiceParent(root)
+        self.assertIsNone(admin.ca_certificate())

@@ -89,6 +89,7 @@ class HostsFileNamesTests(SynchronousTestCase):
         admin.setServiceParent(root)
         dns = DNSService(config.dns, publisher, reactor)
         dns.setServiceParent(root)
+        admin.front_ends.dns = dns
         dns.privilegedStartService()  # reads the hosts file and builds the table
         names = {n["name"]: n for n in admin.overview()["dns"]["names"]}
         self.assertEqual(names["nas.home"]["values"], ["192.168.1.5"])

@@ -6,11 +6,11 @@ health check, reading the publisher and the rest of the service tree live.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Iterator
 
 from twisted.internet.endpoints import serverFromString
-from twisted.application.service import IService, IServiceCollection, MultiService
+from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -25,16 +25,23 @@ from edge.listeners import ListenError, ListenerBoard, describe_error
 from edge.redact import redact_snapshot_data
 from edge.snapshot import Snapshot, Target
 
-__all__ = ["AdminService", "routed_names", "walk"]
+__all__ = ["AdminService", "FrontEnds", "routed_names"]
 
 
-def walk(service: IService) -> Iterator[IService]:
-    """``service`` and every service below it, depth first."""
-    yield service
-    collection = IServiceCollection(service, None)
-    if collection is not None:
-        for child in collection:
-            yield from walk(child)
+@dataclass
+class FrontEnds:
+    """
+    The services the admin site reads, handed over by whoever builds them.
+
+    Each is None until (or unless) it exists: ``http`` (its ``health``
+    registry: targets backed off after failed connects), ``dns`` (its
+    ``responder.table`` and ``hosts_entries()``: what DNS answers) and
+    ``tls`` (``root_certificate_pem()``: the CA users install).
+    """
+
+    http: object = None
+    dns: object = None
+    tls: object = None
 
 
 def routed_names(snapshot: Snapshot, config: Config) -> tuple[tuple[str, str, tuple[str, ...], str], ...]:
@@ -95,16 +102,17 @@ class AdminService(MultiService):
     """
     Serves the admin site on ``config.admin.address``.
 
-    The TLS service's CA certificate and the DNS service's names are looked
-    up in the service tree when asked for, so this service does not care
-    which front ends exist or in what order they start.
+    The TLS service's CA certificate, the DNS service's names and the HTTP
+    proxy's passive health are read, when asked for, from ``front_ends``
+    (:class:`FrontEnds`), which the builder fills in as it makes them.
     """
 
     _log = Logger()
 
     def __init__(self, config: Config, publisher, reactor, listeners: ListenerBoard | None = None,
-                 certificates=None):
+                 certificates=None, front_ends: FrontEnds | None = None):
         super().__init__()
+        self.front_ends = front_ends if front_ends is not None else FrontEnds()
         self._certificates = certificates if certificates is not None else list
         self.config = config
         self.publisher = publisher
@@ -131,18 +139,6 @@ class AdminService(MultiService):
             check_password=self._passwords,
             certificates=self._certificates,
         )
-
-    def _root(self) -> IService:
-        node: IService = self
-        while getattr(node, "parent", None) is not None:
-            node = node.parent
-        return node
-
-    def _find(self, attribute: str):
-        for service in walk(self._root()):
-            if service is not self and callable(getattr(service, attribute, None)):
-                return service
-        return None
 
     def overview(self) -> dict:
         snapshot = self.publisher.current
@@ -176,27 +172,23 @@ class AdminService(MultiService):
 
     def _passive_health(self):
         """The HTTP proxy's view of a target's connects, when the proxy runs."""
-        for service in walk(self._root()):
-            registry = getattr(service, "health", None)
-            if registry is not None and callable(getattr(registry, "usable", None)):
-                try:
-                    from edge.http.balancer import target_key
-                except ImportError:
-                    return None
-                return lambda target: registry.usable(target_key(target))
-        return None
+        registry = getattr(self.front_ends.http, "health", None)
+        if registry is None:
+            return None
+        from edge.http.balancer import target_key
+
+        return lambda target: registry.usable(target_key(target))
 
     def _dns_names(self, snapshot: Snapshot):
         """What the running DNS server answers, else what it would (DNS off or absent)."""
-        for service in walk(self._root()):
-            table = getattr(getattr(service, "responder", None), "table", None)
-            if table is not None and callable(getattr(table, "lookup", None)):
-                hosts = getattr(service, "hosts_entries", None)
-                try:
-                    return answers(table, candidate_names(snapshot, self.config, hosts() if hosts else ()))
-                except Exception:
-                    self._log.failure("Reading the DNS answer table failed")
-                break
+        dns = self.front_ends.dns
+        table = getattr(getattr(dns, "responder", None), "table", None)
+        if table is not None:
+            hosts = getattr(dns, "hosts_entries", None)
+            try:
+                return answers(table, candidate_names(snapshot, self.config, hosts() if hosts else ()))
+            except Exception:
+                self._log.failure("Reading the DNS answer table failed")
         return routed_names(snapshot, self.config)
 
     def snapshot_json(self) -> object:
@@ -220,7 +212,7 @@ class AdminService(MultiService):
                 metrics.discovery_last_sync_age.labels(status.name).set(max(0.0, now - status.last_sync))
 
     def ca_certificate(self) -> bytes | None:
-        tls = self._find("root_certificate_pem")
+        tls = self.front_ends.tls
         if tls is None:
             return None
         pem = tls.root_certificate_pem()
@@ -285,11 +277,12 @@ class AdminService(MultiService):
 
 
 def make_admin_service(config: Config, publisher, reactor,
-                       listeners: ListenerBoard | None = None, certificates=None) -> MultiService:
+                       listeners: ListenerBoard | None = None, certificates=None,
+                       front_ends: FrontEnds | None = None) -> MultiService:
     """
     The admin service, or an empty one when ``[admin] address`` is "".
     ``certificates()`` lists the ACME-managed certificates (``/api/certificates``).
     """
     if not config.admin.address:
         return MultiService()
-    return AdminService(config, publisher, reactor, listeners, certificates)
+    return AdminService(config, publisher, reactor, listeners, certificates, front_ends)
