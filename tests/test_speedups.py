@@ -4,6 +4,8 @@ the installed packages, the versions are the ones they were checked against,
 and with the switch off the stock code paths run.
 """
 
+import pytest
+
 from edge.http import speedups
 
 
@@ -248,3 +250,81 @@ def _request_on(client, sid):
     client.send_headers(sid, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"https"),
                               (b":authority", b"a")], end_stream=True)
     return client.data_to_send()
+
+
+def test_edges_hpack_decoder_decodes_and_fails_as_hpacks_does():
+    """Random blocks (repeats as one-byte indices, literals, bad indices, size limits): same fields, same errors."""
+    import random
+
+    import hpack
+
+    from edge.http.hpackdec import Decoder
+
+    rng = random.Random(11)
+    names = [b":method", b":path", b":authority", b"user-agent", b"x-a", b"cookie", b"x-long"]
+    values = [b"GET", b"/", b"h2load", b""]
+    enc = hpack.Encoder()
+    ours, theirs = Decoder(), hpack.Decoder()
+    fast = 0
+    for i in range(5000):
+        kind = rng.random()
+        if kind < 0.05:  # an index past the tables, index 0, or a longer (two-byte) index
+            block = bytes([rng.choice([0x80, 0xFE, 0xFF, 0x81 + len(theirs.header_table.dynamic_entries) + 61])])
+            block += bytes([0x82]) * rng.randint(0, 3)
+        elif kind < 0.1:  # a header list over the limit
+            limit = rng.choice([0, 40, 100])
+            ours.max_header_list_size = theirs.max_header_list_size = limit
+            block = bytes([0x82, 0x84, 0x86] * rng.randint(1, 3))
+        else:
+            ours.max_header_list_size = theirs.max_header_list_size = 65536
+            fields = [(rng.choice(names), rng.choice(values + [b"v" * rng.randint(0, 300)]))
+                      for _ in range(rng.randint(1, 8))]
+            block = enc.encode(fields)
+        outcomes = []
+        for dec in (ours, theirs):
+            try:
+                outcomes.append(("ok", dec.decode(block, raw=True)))
+            except hpack.HPACKError as e:
+                outcomes.append(("error", type(e)))
+        assert outcomes[0] == outcomes[1], (i, block)
+        if outcomes[0][0] == "ok":
+            assert [type(h) for h in outcomes[0][1]] == [type(h) for h in outcomes[1][1]], i
+            if min(block) > 0x80 and max(block) < 0xFF:
+                fast += 1
+        else:
+            enc = hpack.Encoder()  # a failed block desynchronises the tables: start both afresh
+            ours, theirs = Decoder(), hpack.Decoder()
+        assert ours.header_table.dynamic_entries == theirs.header_table.dynamic_entries, i
+    assert fast > 300  # the fast path ran, not only hpack's
+
+
+def test_edges_hpack_decoder_checks_the_table_size_the_peer_must_shrink_to():
+    import hpack
+
+    from edge.http.hpackdec import Decoder
+
+    for dec in (Decoder(), hpack.Decoder()):
+        dec.header_table_size = 4096
+        dec.max_allowed_table_size = 100  # our SETTINGS lowered it; the peer signalled nothing
+        with pytest.raises(hpack.InvalidTableSizeError):
+            dec.decode(b"\x82\x84", raw=True)
+
+
+def test_server_connections_decode_with_edges_decoder_only_when_switched_on():
+    import hpack
+
+    from edge.http.hpackdec import Decoder
+    from tests.test_http_pipeline import H2Client, World
+
+    for on in (False, True):
+        speedups.configure(on)
+        try:
+            client = H2Client(World())
+            decoder = client.server._h2.h2.decoder
+            assert type(decoder) is (Decoder if speedups.enabled("h2_hpack") else hpack.Decoder)
+            for _ in range(2):  # the second request's fields are indices into the table
+                client.send(b"GET", b"/x", b"web.test")
+                client.world.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                assert client.answer().status == 200
+        finally:
+            speedups.configure(True)

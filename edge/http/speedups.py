@@ -41,9 +41,15 @@ stock, public code path runs.
 ``h2_hpack``
     :func:`h2_connection` gives each of edge's server ``H2Connection`` edge's
     HPACK encoder (:mod:`edge.http.hpackenc`: dict look-ups, no Huffman, no
-    per-field logging) in place of ``hpack.Encoder``.  Needs ``h2`` to encode
-    through ``H2Connection.encoder`` (``encode``, ``header_table_size``) and
-    ``hpack.table.HeaderTable.STATIC_TABLE``.
+    per-field logging) in place of ``hpack.Encoder``, and a decoder
+    (:mod:`edge.http.hpackdec`) that looks a block of one-byte indexed fields
+    (a repeated request) up in ``hpack``'s table itself and hands any other
+    block to ``hpack.Decoder.decode``.  Needs ``h2`` to encode through
+    ``H2Connection.encoder`` (``encode``, ``header_table_size``) and decode
+    through ``H2Connection.decoder``, ``hpack.table.HeaderTable.STATIC_TABLE``
+    and ``get_by_index``, ``hpack.Decoder``'s ``header_table``,
+    ``max_header_list_size``, ``max_allowed_table_size`` and
+    ``_assert_valid_table_size``.
 ``h2_headers``
     :func:`h2_queue_headers` and :func:`h2_data_frames` with ``queue=True``
     put a response's HEADERS (CONTINUATION past the peer's frame size) and
@@ -247,9 +253,14 @@ def lean_dispatch(reactor, protocols) -> bool:
 def h2_connection(h2c) -> None:
     """Switch-dependent set-up of a new server ``H2Connection`` (before it encodes anything)."""
     if _switches["h2_hpack"]:
+        from edge.http.hpackdec import Decoder
         from edge.http.hpackenc import Encoder
 
         h2c.encoder = Encoder(h2c.encoder.header_table_size)
+        stock = h2c.decoder
+        decoder = Decoder(stock.max_header_list_size)
+        decoder.max_allowed_table_size = stock.max_allowed_table_size
+        h2c.decoder = decoder
 
 
 _DATA_HEADER = __import__("struct").Struct(">HBBBL")
@@ -399,8 +410,13 @@ def _missing_h2() -> list[str]:
             gone.append(f"h2.connection.H2Connection.encoder.{name}")
     import hpack.table
 
-    if not hasattr(hpack.table.HeaderTable, "STATIC_TABLE"):
-        gone.append("hpack.table.HeaderTable.STATIC_TABLE")
+    for name in ("STATIC_TABLE", "get_by_index"):
+        if not hasattr(hpack.table.HeaderTable, name):
+            gone.append(f"hpack.table.HeaderTable.{name}")
+    decoder = getattr(conn, "decoder", None)
+    for name in ("header_table", "max_header_list_size", "max_allowed_table_size", "_assert_valid_table_size"):
+        if not hasattr(decoder, name):
+            gone.append(f"h2.connection.H2Connection.decoder.{name}")
     conn.initiate_connection()
     conn.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "a")])
     for name in ("streams", "state_machine", "outbound_flow_control_window", "encoder"):
