@@ -328,3 +328,17 @@ def test_server_connections_decode_with_edges_decoder_only_when_switched_on():
                 assert client.answer().status == 200
         finally:
             speedups.configure(True)
+
+
+def test_frames_h2_receives_get_a_short_repr_only_when_switched_on():
+    from hyperframe.frame import HeadersFrame
+
+    frame = HeadersFrame(3, data=b"\x82\x84", flags=["END_STREAM", "END_HEADERS"])
+    try:
+        speedups.configure(False)
+        assert "END_STREAM" in repr(frame) and "data=" in repr(frame)  # hyperframe's own
+        speedups.configure(True)
+        if speedups.enabled("quiet_frames"):
+            assert repr(frame) == "HeadersFrame(stream_id=3)"
+    finally:
+        speedups.configure(True)

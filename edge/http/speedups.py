@@ -27,6 +27,14 @@ stock, public code path runs.
     ``twisted.python.log`` lines; edge logs through ``twisted.logger``.
     Needs ``EPollReactor``'s ``_poller``, ``_selectables`` and ``_doReadOrWrite``.
 
+``quiet_frames``
+    ``h2`` builds ``repr(frame)`` of every frame it receives for a trace
+    call that logs nothing (the argument is made before the call): flags,
+    priority and a hex dump of the header block, about 3% of a small
+    request.  :func:`configure` gives ``hyperframe``'s ``Frame`` a
+    ``__repr__`` that names the class and stream only.  Needs
+    ``hyperframe.frame.Frame.__repr__`` (its own, not inherited).
+
 ``h2_data``
     :func:`h2_data_frames` frames an HTTP/2 response body of 16 KiB or more
     as DATA frames itself and does ``h2``'s bookkeeping for them (the
@@ -76,7 +84,7 @@ from twisted.internet import tcp
 __all__ = ["write", "lean_dispatch", "configure", "missing", "CHECKED", "enabled"]
 
 # Versions these speed-ups were read against: newer ones switch them off (configure).
-CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0", "hpack": "4.2.0", "h2": "4.4.1"}
+CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0", "hpack": "4.2.0", "h2": "4.4.1", "hyperframe": "6.1.0"}
 
 # Only these take the direct-send shortcut: wrappers (TLS, PROXY protocol)
 # forward attribute lookups to the TCP transport underneath, so duck typing
@@ -84,7 +92,7 @@ CHECKED = {"Twisted": "26.10.0", "pyOpenSSL": "26.4.0", "hpack": "4.2.0", "h2": 
 _PLAIN_TCP = frozenset({tcp.Server, tcp.Client})
 
 _switches = {"direct_send": True, "lean_dispatch": True, "quiet_hpack": True, "openssl_direct": True,
-             "h2_data": True, "h2_hpack": True, "h2_headers": True}
+             "h2_data": True, "h2_hpack": True, "h2_headers": True, "quiet_frames": True}
 
 
 class _QuietLog:
@@ -108,6 +116,24 @@ def _quiet_hpack(on: bool) -> None:
         hpack.hpack.log = _QuietLog(log)
     elif not on and isinstance(log, _QuietLog):
         hpack.hpack.log = log._log
+
+
+_FRAME_REPR = None  # hyperframe's own Frame.__repr__, while quiet_frames replaces it
+
+
+def _short_frame_repr(frame) -> str:
+    return f"{frame.__class__.__name__}(stream_id={frame.stream_id})"
+
+
+def _quiet_frames(on: bool) -> None:
+    global _FRAME_REPR
+    from hyperframe.frame import Frame
+
+    if on and Frame.__repr__ is not _short_frame_repr:
+        _FRAME_REPR = Frame.__repr__
+        Frame.__repr__ = _short_frame_repr
+    elif not on and Frame.__repr__ is _short_frame_repr:
+        Frame.__repr__ = _FRAME_REPR
 
 
 def enabled(name: str) -> bool:
@@ -163,6 +189,7 @@ def configure(on: bool) -> None:
         _switches[name] = on
     write = _direct_write if on else _plain_write
     _quiet_hpack(on)
+    _quiet_frames(on)
 
 
 def _plain_write(transport, data: bytes) -> None:
@@ -386,7 +413,10 @@ def missing() -> list[str]:
     except ImportError:
         gone.append("OpenSSL._util")
     import hpack.hpack
+    import hyperframe.frame
 
+    if "__repr__" not in vars(hyperframe.frame.Frame):
+        gone.append("hyperframe.frame.Frame.__repr__")
     if not hasattr(hpack.hpack, "log"):
         gone.append("hpack.hpack.log")
     gone += _missing_h2()
