@@ -98,6 +98,9 @@ class Request:
     # The response filter nearest the backend (compress, errors), for routers
     # with response middlewares: the side the backend connection talks to.
     response_filter = None
+    # Whether a header named X... may be present (the untrusted-forwarded
+    # sweep runs only then): unknown unless the framing tracks it (HTTP/1.1).
+    x_headers = True
     # HTTP/1.1 response framing, set by the h1 side per exchange.
     body_mode = 0
     close_client = False
@@ -160,7 +163,7 @@ def route(side, req: Request) -> None:
         req.error = "entry point redirect"
         side.reply(req, redirect(req, scheme, port, True))
         return
-    if not side.peer.trusted:
+    if req.x_headers and not side.peer.trusted:
         _drop_untrusted_forwarded(req)
     table = factory.table
     matched = table.match(req.method, req.host, req.target, req.headers, req.client_ip) if table else None

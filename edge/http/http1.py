@@ -343,6 +343,7 @@ class ServerProtocol(Protocol):
         if self._state is CLOSED:
             raise _Stop()
         req = Request(self._scheme, self.peer.client_ip)
+        req.x_headers = False
         self._parsing = req
         self._queue.append(req)
         if len(self._queue) == 1:
@@ -370,6 +371,8 @@ class ServerProtocol(Protocol):
         if req.head_done:
             return  # a trailer: dropped
         req.headers.append((name, value))
+        if name[0] | 32 == 120:  # X-... or x_...: exchange.route sweeps an untrusted client's X-Forwarded-*
+            req.x_headers = True
         if len(name) not in SPECIAL_LENGTHS:
             return
         lower = name.lower()
