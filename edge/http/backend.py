@@ -89,6 +89,10 @@ class BackendProtocol(Protocol):
     """
 
     _log = Logger()
+    # Whether end_body must be called when a request's body ends without
+    # chunked framing (HTTP/1.1 needs it only for chunked; an h2c stream or a
+    # body sink always): the HTTP/1.1 side skips the call otherwise.
+    ends_body = False
 
     def __init__(self, key, pool, limits=None):
         self.key = key

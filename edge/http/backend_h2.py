@@ -184,6 +184,8 @@ class BackendStream:
     ``chunked``, ``connection_tokens``).
     """
 
+    ends_body = True  # END_STREAM goes out with the body's end (BackendProtocol.ends_body)
+
     kept = None
     chunked = False
     connection_tokens = None

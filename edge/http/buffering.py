@@ -113,6 +113,8 @@ class _BodySink:
     ``end_body``, ``abandon``; ``req``, ``head_sent``, ``write_full``).
     """
 
+    ends_body = True  # the held body is complete then (BackendProtocol.ends_body)
+
     head_sent = False
     write_full = False
     reused = False

@@ -453,7 +453,7 @@ class ServerProtocol(Protocol):
         req = self._parsing
         req.body_done = True
         conn = req.conn
-        if conn is not None and conn.req is req:
+        if conn is not None and conn.req is req and (req.chunked or conn.ends_body):
             conn.end_body(req)
         if not req.keep_alive:
             # The last request on this connection: what follows is ignored,
