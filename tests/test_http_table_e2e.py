@@ -50,6 +50,8 @@ def _routers(origin):
         at("rate", "/rate", RateLimit(1, period=3600.0, burst=1,
                                       source=SourceCriterion(request_header_name="X-Bucket")), ReplacePath("/echo")),
         at("redir", "/old", RedirectRegex(r"^https://web\.test:[0-9]+/old/(.*)", "https://web.test/new/$1")),
+        at("who", "/who", BasicAuth((PW,), header_field="X-WEBAUTH-USER"), ReplacePath("/echo")),
+        at("lan", "/lan", IPAllowList(("10.0.0.0/8",), use_forwarded_for=True), ReplacePath("/echo")),
     )
 
 
@@ -305,3 +307,23 @@ def test_an_untrusted_source_is_served_as_itself_and_cannot_send_a_proxy_header(
     assert headers["x-forwarded-for"] == "127.0.0.3"
     with pytest.raises((ssl.SSLError, OSError)):  # its PROXY line is no TLS handshake
         _proxied_get(proxied, alpn, b"/echo", source="127.0.0.3")
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_basicauth_headerfield_names_the_user_and_drops_the_clients_own(edge, framing):
+    seen = _curl(edge, framing, "/who", "-u", "u:pw", "-H", "X-WEBAUTH-USER: admin",
+                 "-H", "X_WEBAUTH_USER: admin").json()
+    users = [v for k, v in seen["headers"] if k.lower().replace("_", "-") == "x-webauth-user"]
+    assert users == ["u"]
+    assert _curl(edge, framing, "/who", "-H", "X-WEBAUTH-USER: admin").status == 401
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_an_untrusted_clients_forwarded_headers_reach_neither_rules_nor_backend(edge, framing):
+    # v1 useXForwardedFor believes only a trusted proxy's X-Forwarded-For: this client is not one.
+    assert _curl(edge, framing, "/lan", "-H", "X-Forwarded-For: 10.1.2.3").status == 403
+    seen = _curl(edge, framing, "/echo", "-H", "X-Forwarded-Prefix: /evil", "-H", "X-Forwarded-Uri: /evil",
+                 "-H", "X_Forwarded_For: 10.6.6.6").json()
+    sent = " ".join(f"{k}: {v}" for k, v in seen["headers"])
+    assert "evil" not in sent and "10.6.6.6" not in sent
+    assert dict((k.lower(), v) for k, v in seen["headers"])["x-forwarded-for"] == "127.0.0.1"
