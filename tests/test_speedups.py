@@ -342,3 +342,40 @@ def test_frames_h2_receives_get_a_short_repr_only_when_switched_on():
             assert repr(frame) == "HeadersFrame(stream_id=3)"
     finally:
         speedups.configure(True)
+
+
+def test_edges_hpack_decoder_repeats_a_block_only_while_its_table_entries_stand():
+    """The same bytes again: the same fields until the table changes, the limits checked every time."""
+    import hpack
+
+    from edge.http.hpackdec import Decoder
+
+    ours, theirs = Decoder(), hpack.Decoder()
+
+    def both(block):
+        outcomes = []
+        for dec in (ours, theirs):
+            try:
+                outcomes.append(dec.decode(block, raw=True))
+            except hpack.HPACKError as e:
+                outcomes.append(type(e))
+        assert outcomes[0] == outcomes[1], block
+        return outcomes[0]
+
+    literal = b"\x40\x03x-a\x01" + b"%c"  # literal with incremental indexing, new name: the newest entry (62)
+    both(literal % b"1")
+    assert both(b"\x82\xbe") == [(b":method", b"GET"), (b"x-a", b"1")]
+    assert both(b"\x82\xbe") == [(b":method", b"GET"), (b"x-a", b"1")]  # the repeat
+    both(literal % b"2")  # a new newest entry: 62 is x-a: 2 now
+    assert both(b"\x82\xbe") == [(b":method", b"GET"), (b"x-a", b"2")]
+    ours.max_header_list_size = theirs.max_header_list_size = 60  # lowered: the repeat is too large now
+    assert both(b"\x82\xbe") is hpack.OversizedHeaderListError
+    ours.max_header_list_size = theirs.max_header_list_size = 65536
+    assert both(b"\x82\xbe") == [(b":method", b"GET"), (b"x-a", b"2")]
+    ours.header_table_size = theirs.header_table_size = 0  # the table emptied: index 62 is gone
+    assert both(b"\x82\xbe") is hpack.InvalidTableIndex
+    ours.header_table_size = theirs.header_table_size = 4096
+    both(literal % b"3")
+    assert both(b"\x82\xbe") == [(b":method", b"GET"), (b"x-a", b"3")]
+    ours.max_allowed_table_size = theirs.max_allowed_table_size = 100  # the peer must shrink first
+    assert both(b"\x82\xbe") is hpack.InvalidTableSizeError

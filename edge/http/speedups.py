@@ -52,12 +52,13 @@ stock, public code path runs.
     per-field logging) in place of ``hpack.Encoder``, and a decoder
     (:mod:`edge.http.hpackdec`) that looks a block of one-byte indexed fields
     (a repeated request) up in ``hpack``'s table itself and hands any other
-    block to ``hpack.Decoder.decode``.  Needs ``h2`` to encode through
+    block to ``hpack.Decoder.decode`` (and keeps the last such block's fields
+    for a byte-for-byte repeat).  Needs ``h2`` to encode through
     ``H2Connection.encoder`` (``encode``, ``header_table_size``) and decode
     through ``H2Connection.decoder``, ``hpack.table.HeaderTable.STATIC_TABLE``
     and ``get_by_index``, ``hpack.Decoder``'s ``header_table``,
-    ``max_header_list_size``, ``max_allowed_table_size`` and
-    ``_assert_valid_table_size``.
+    ``max_header_list_size``, ``max_allowed_table_size``,
+    ``_assert_valid_table_size`` and ``header_table.maxsize``.
 ``h2_headers``
     :func:`h2_queue_headers` and :func:`h2_data_frames` with ``queue=True``
     put a response's HEADERS (CONTINUATION past the peer's frame size) and
@@ -447,6 +448,8 @@ def _missing_h2() -> list[str]:
     for name in ("header_table", "max_header_list_size", "max_allowed_table_size", "_assert_valid_table_size"):
         if not hasattr(decoder, name):
             gone.append(f"h2.connection.H2Connection.decoder.{name}")
+    if not hasattr(getattr(decoder, "header_table", None), "maxsize"):
+        gone.append("h2.connection.H2Connection.decoder.header_table.maxsize")
     conn.initiate_connection()
     conn.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "a")])
     for name in ("streams", "state_machine", "outbound_flow_control_window", "encoder"):
