@@ -893,5 +893,3 @@ class H2CPool:
         keys = [key] if key is not None else list(self._conns)
         return sum(1 for k in keys for c in self._conns.get(k, ()) if c._state is OPEN and not c.reserved)
 
-    def connection_count(self, key) -> int:
-        return len(self._conns.get(key, ()))

@@ -23,7 +23,7 @@ from edge.http.middlewares import Chain, compile_middlewares
 from edge.http.target import decode_path
 from edge.snapshot import Router, Snapshot
 
-__all__ = ["Route", "RoutingTable", "MatchContext", "compile_rule", "headers_from_twisted"]
+__all__ = ["Route", "RoutingTable", "MatchContext", "compile_rule"]
 
 _log = Logger()
 
@@ -274,7 +274,7 @@ class RoutingTable:
         ``host`` is the Host header (a port is stripped here), ``path`` the
         request target (``/path?query``) as :func:`edge.http.target.split_target`
         normalised it (path rules see it percent-decoded), ``headers`` (name, value) byte
-        pairs (from twisted.web: :func:`headers_from_twisted`).
+        pairs as the framing parsed them.
         """
         known = self._raw.get(host)
         if known is None:
@@ -343,8 +343,3 @@ def _compile_router(router: Router, snapshot: Snapshot, balancers, reactor=None,
         pass_host_header=service.pass_host_header if service else True,
         tls=router.tls is not None,
     )
-
-
-def headers_from_twisted(headers) -> list[tuple[bytes, bytes]]:
-    """(name, value) pairs from a ``twisted.web.http_headers.Headers``."""
-    return [(k, v) for k, vs in headers.getAllRawHeaders() for v in vs]

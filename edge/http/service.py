@@ -206,11 +206,6 @@ class HTTPService(Service):
         default = 443 if target.tls else 80
         return (scheme, "" if port in (None, default) else str(port))
 
-    def table_for(self, entrypoint: str) -> RoutingTable | None:
-        """The current routing table of an entry point (the HTTP/2 path reads it per request)."""
-        factory = self.factories.get(entrypoint)
-        return factory.table if factory is not None else None
-
     # -- snapshots -------------------------------------------------------
 
     def apply(self, snapshot: Snapshot) -> None:
